@@ -1,0 +1,664 @@
+//! The run loop: streams candidates into probes under the adaptive limit, retries,
+//! requeues local failures and holds judge-shaped failures until the judge is cleared.
+//!
+//! Invariants:
+//! - a local failure (fd/port/buffer exhaustion, a starved runtime) never becomes a
+//!   verdict: the candidate is requeued and the limit is cut;
+//! - a failure that an unreachable judge could explain is emitted only after a direct
+//!   probe of that judge succeeded; a judge found down gets its held candidates
+//!   rechecked on another judge, and with no judge left the run fails and marks no
+//!   proxy dead;
+//! - memory grows only with the small descriptors of candidates, never with the input:
+//!   the iterator is pulled only when a slot is free.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tokio_util::time::DelayQueue;
+
+use super::judge::{self, Judge, JudgeError};
+use super::limit::AdaptiveLimit;
+use super::probe::{self, Exchange, Success};
+use super::reason::Failure;
+use super::{Alive, Candidate, CheckSettings, Mode, Progress, Reason, Verdict};
+use crate::proxy::Protocol;
+
+/// Why an engine could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("CA file `{path}`: {error}")]
+    CaFile { path: String, error: String },
+    #[error("full-http mode needs at least one judge URL")]
+    NoJudge,
+}
+
+/// Why a run produced no verdicts.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}; no proxy was marked dead")]
+    JudgeDown(#[from] JudgeError),
+    #[error("run cancelled")]
+    Cancelled,
+}
+
+/// Totals of a finished run.
+#[derive(Debug, Clone, Default)]
+pub struct RunStats {
+    pub checked: u64,
+    pub alive: u64,
+    pub dead_by_reason: Vec<(Reason, u64)>,
+    pub retries: u64,
+    pub local_requeues: u64,
+    /// Lowest concurrency limit the AIMD reached.
+    pub min_limit: usize,
+    pub duration: Duration,
+    /// Judges used (healthy at the start).
+    pub judges: Vec<String>,
+}
+
+/// Builds the shared TLS configuration: webpki roots plus an optional PEM file.
+pub fn tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ClientConfig>, EngineError> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let err = |error: String| EngineError::CaFile {
+            path: path.display().to_string(),
+            error,
+        };
+        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let mut n = 0;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots
+                .add(cert.map_err(|e| err(e.to_string()))?)
+                .map_err(|e| err(e.to_string()))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(err("no PEM certificates found".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A configured engine. Cheap to keep; one [`Engine::run`] per round.
+pub struct Engine {
+    settings: CheckSettings,
+    exchange: Arc<Exchange>,
+}
+
+impl Engine {
+    pub fn new(
+        settings: CheckSettings,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, EngineError> {
+        if settings.mode == Mode::FullHttp && settings.judges.is_empty() {
+            return Err(EngineError::NoJudge);
+        }
+        let exchange = Arc::new(Exchange {
+            tls: TlsConnector::from(tls),
+            expect_status: settings.expect_status,
+            validation: settings.validation.clone(),
+            connect_timeout: settings.connect_timeout,
+            timeout: settings.timeout,
+        });
+        Ok(Self { settings, exchange })
+    }
+
+    pub fn settings(&self) -> &CheckSettings {
+        &self.settings
+    }
+
+    /// Probes the judges directly; the healthy ones (at least one) are used by a run.
+    pub async fn healthy_judges(&self) -> Result<Vec<Arc<Judge>>, JudgeError> {
+        judge::probe_all(&self.settings.judges, &self.exchange, self.settings.timeout).await
+    }
+
+    /// Checks every candidate; verdicts go to `sink` as they become final. On error the
+    /// caller must discard what the sink received if it wants all-or-nothing.
+    pub async fn run<I>(
+        &self,
+        candidates: I,
+        progress: Arc<Progress>,
+        cancel: CancellationToken,
+        sink: &mut (dyn FnMut(Verdict) + Send),
+    ) -> Result<RunStats, RunError>
+    where
+        I: IntoIterator<Item = Candidate>,
+        I::IntoIter: Send,
+    {
+        let started = Instant::now();
+        let judges = match self.settings.mode {
+            Mode::ConnectOnly => Vec::new(),
+            Mode::FullHttp => tokio::select! {
+                r = self.healthy_judges() => r?,
+                _ = cancel.cancelled() => return Err(RunError::Cancelled),
+            },
+        };
+        let mut run = Run::new(self, judges, progress, candidates.into_iter());
+        let result = run.drive(&cancel, sink).await;
+        run.tasks.abort_all();
+        result?;
+        let p = &run.progress;
+        Ok(RunStats {
+            checked: p.checked.load(Ordering::Relaxed),
+            alive: p.alive.load(Ordering::Relaxed),
+            dead_by_reason: p.dead_by_reason(),
+            retries: p.retries.load(Ordering::Relaxed),
+            local_requeues: p.local_requeues.load(Ordering::Relaxed),
+            min_limit: run.min_limit,
+            duration: started.elapsed(),
+            judges: run.judges.iter().map(|j| j.judge.url.to_string()).collect(),
+        })
+    }
+}
+
+/// A probe kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Test {
+    Connect,
+    Forward,
+    Tunnel,
+    Socks4,
+    Socks5,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum State {
+    Pending,
+    Ok(Success),
+    Failed(Reason),
+    Local,
+}
+
+/// One candidate in the engine: up to two capability probes and their states.
+struct Job {
+    cand: Candidate,
+    attempt: u8,
+    judge: usize,
+    tests: [Option<(Test, State)>; 2],
+}
+
+impl Job {
+    fn new(cand: Candidate, mode: Mode, judge: usize, judge_https: bool) -> Self {
+        let tests = match (mode, cand.proxy.protocol) {
+            (Mode::ConnectOnly, _) => [Some(Test::Connect), None],
+            (Mode::FullHttp, Protocol::Socks4) => [Some(Test::Socks4), None],
+            (Mode::FullHttp, Protocol::Socks5) => [Some(Test::Socks5), None],
+            // An `https://` judge cannot be fetched by forwarding: tunnel only.
+            (Mode::FullHttp, Protocol::Http | Protocol::Https) if judge_https => {
+                [Some(Test::Tunnel), None]
+            }
+            (Mode::FullHttp, Protocol::Http | Protocol::Https) => {
+                [Some(Test::Forward), Some(Test::Tunnel)]
+            }
+        };
+        Self {
+            cand,
+            attempt: 0,
+            judge,
+            tests: tests.map(|t| t.map(|t| (t, State::Pending))),
+        }
+    }
+
+    fn states(&self) -> impl Iterator<Item = State> + '_ {
+        self.tests.iter().flatten().map(|(_, s)| *s)
+    }
+
+    fn verdict(&self) -> Verdict {
+        let mut best: Option<Success> = None;
+        let (mut forward, mut tunnel) = (false, false);
+        let mut reason: Option<Reason> = None;
+        for (test, state) in self.tests.iter().flatten() {
+            match state {
+                State::Ok(s) => {
+                    best = Some(match best {
+                        Some(b) if b.latency <= s.latency => b,
+                        _ => *s,
+                    });
+                    match test {
+                        Test::Forward => forward = true,
+                        Test::Tunnel | Test::Socks4 | Test::Socks5 => tunnel = true,
+                        Test::Connect => {}
+                    }
+                }
+                State::Failed(r) if reason.is_none_or(|cur| depth(*r) > depth(cur)) => {
+                    reason = Some(*r)
+                }
+                _ => {}
+            }
+        }
+        let outcome = match best {
+            Some(s) => Ok(Alive {
+                latency: s.latency,
+                connect: s.connect,
+                forward,
+                tunnel,
+            }),
+            None => Err(reason.unwrap_or(Reason::ProxyProtocolError)),
+        };
+        Verdict {
+            candidate: self.cand.clone(),
+            outcome,
+            attempts: self.attempt + 1,
+        }
+    }
+}
+
+/// How far a failure got: the deepest one explains a dead proxy best.
+fn depth(r: Reason) -> u8 {
+    match r {
+        Reason::ConnectRefused | Reason::ConnectTimeout | Reason::ConnectError => 0,
+        Reason::ProxyTimeout | Reason::ProxyClosed => 1,
+        Reason::ProxyProtocolError | Reason::ProxyRejected => 2,
+        Reason::Timeout => 3,
+        Reason::TlsError | Reason::ProxyAuthFailed => 4,
+        Reason::BadStatus => 5,
+        Reason::ContentMismatch => 6,
+    }
+}
+
+/// Runs the pending probes of a job, in order, on one socket at a time.
+async fn run_job(ex: Arc<Exchange>, judge: Option<Arc<Judge>>, mut job: Job) -> Job {
+    let addr = job.cand.addr;
+    let creds = job.cand.proxy.credentials.clone();
+    let creds = creds.as_deref();
+    let mut unreachable: Option<Reason> = None;
+    for slot in job.tests.iter_mut().flatten() {
+        let (test, state) = slot;
+        if !matches!(state, State::Pending) {
+            continue;
+        }
+        if let Some(r) = unreachable {
+            // A proxy that timed out or refused is not dialed twice in one attempt.
+            *state = State::Failed(r);
+            continue;
+        }
+        let result = match (*test, judge.as_deref()) {
+            (Test::Connect, _) => probe::connect_only(addr, &ex).await,
+            (Test::Forward, Some(j)) => ex.forward(addr, creds, j).await,
+            (Test::Tunnel, Some(j)) => ex.tunnel(addr, creds, j).await,
+            (Test::Socks4, Some(j)) => ex.socks(addr, false, creds, j).await,
+            (Test::Socks5, Some(j)) => ex.socks(addr, true, creds, j).await,
+            (_, None) => Err(Failure::Local(super::reason::Local(io::Error::other(
+                "no judge",
+            )))),
+        };
+        *state = match result {
+            Ok(s) => State::Ok(s),
+            Err(Failure::Dead(r)) => {
+                if r.is_connect_failure() {
+                    unreachable = Some(r);
+                }
+                State::Failed(r)
+            }
+            Err(Failure::Local(l)) => {
+                tracing::debug!(error = %l.0, "local failure; check requeued");
+                State::Local
+            }
+        };
+    }
+    job
+}
+
+struct JudgeSlot {
+    judge: Arc<Judge>,
+    healthy: bool,
+    /// Dead verdicts that an unreachable judge could explain, oldest first.
+    held: Vec<Verdict>,
+    probing: bool,
+    last_probe: Option<Instant>,
+    /// `held.len()` when the last probe was started or finished.
+    held_at_probe: usize,
+}
+
+/// Held failures that trigger an immediate judge probe.
+const HOLD_BURST: usize = 64;
+/// Between probes while failures are held.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+struct Run<'e, It> {
+    engine: &'e Engine,
+    judges: Vec<JudgeSlot>,
+    next_judge: usize,
+    progress: Arc<Progress>,
+    input: It,
+    input_done: bool,
+    ready: VecDeque<Job>,
+    delayed: DelayQueue<Job>,
+    tasks: JoinSet<Job>,
+    limit: Arc<AdaptiveLimit>,
+    min_limit: usize,
+    probes_tx: mpsc::UnboundedSender<(usize, usize, Result<Duration, JudgeError>)>,
+    probes_rx: mpsc::UnboundedReceiver<(usize, usize, Result<Duration, JudgeError>)>,
+}
+
+impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
+    fn new(
+        engine: &'e Engine,
+        judges: Vec<Arc<Judge>>,
+        progress: Arc<Progress>,
+        input: It,
+    ) -> Self {
+        let limit = AdaptiveLimit::new(engine.settings.concurrency, engine.settings.adaptive);
+        progress.limit.store(limit.current(), Ordering::Relaxed);
+        let (probes_tx, probes_rx) = mpsc::unbounded_channel();
+        Self {
+            engine,
+            judges: judges
+                .into_iter()
+                .map(|judge| JudgeSlot {
+                    judge,
+                    healthy: true,
+                    held: Vec::new(),
+                    probing: false,
+                    last_probe: None,
+                    held_at_probe: 0,
+                })
+                .collect(),
+            next_judge: 0,
+            min_limit: limit.current(),
+            progress,
+            input,
+            input_done: false,
+            ready: VecDeque::new(),
+            delayed: DelayQueue::new(),
+            tasks: JoinSet::new(),
+            limit,
+            probes_tx,
+            probes_rx,
+        }
+    }
+
+    fn pick_judge(&mut self) -> Option<usize> {
+        let n = self.judges.len();
+        for _ in 0..n {
+            let i = self.next_judge % n;
+            self.next_judge = self.next_judge.wrapping_add(1);
+            if self.judges[i].healthy {
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    fn new_job(&mut self, cand: Candidate) -> Job {
+        let mode = self.engine.settings.mode;
+        let judge = if mode == Mode::FullHttp {
+            self.pick_judge().unwrap_or(0)
+        } else {
+            0
+        };
+        let https = self.judges.get(judge).is_some_and(|j| j.judge.https);
+        Job::new(cand, mode, judge, https)
+    }
+
+    fn next_job(&mut self) -> Option<Job> {
+        if let Some(j) = self.ready.pop_front() {
+            return Some(j);
+        }
+        if self.input_done {
+            return None;
+        }
+        match self.input.next() {
+            Some(c) => Some(self.new_job(c)),
+            None => {
+                self.input_done = true;
+                None
+            }
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.ready.is_empty() || !self.input_done
+    }
+
+    fn finished(&self) -> bool {
+        !self.has_work()
+            && self.tasks.is_empty()
+            && self.delayed.is_empty()
+            && self.judges.iter().all(|j| j.held.is_empty() && !j.probing)
+    }
+
+    async fn drive(
+        &mut self,
+        cancel: &CancellationToken,
+        sink: &mut (dyn FnMut(Verdict) + Send),
+    ) -> Result<(), RunError> {
+        let mut tick = tokio::time::interval(PROBE_EVERY / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Fill every free slot without waiting.
+            while self.limit.available() > 0 {
+                let Some(job) = self.next_job() else { break };
+                let slot = self.limit.acquire().await;
+                self.spawn(job, slot);
+            }
+            if self.finished() {
+                return Ok(());
+            }
+            if !self.has_work() && self.tasks.is_empty() && self.delayed.is_empty() {
+                // Only held verdicts remain: clear or condemn their judges now.
+                self.probe_held(true);
+            }
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Err(RunError::Cancelled),
+                Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    match done {
+                        Ok(job) => self.finish(job, sink)?,
+                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        Err(_) => return Err(RunError::Cancelled),
+                    }
+                }
+                Some((j, covered, result)) = self.probes_rx.recv() => self.probed(j, covered, result, sink)?,
+                Some(exp) = poll_fn(|cx| self.delayed.poll_expired(cx)), if !self.delayed.is_empty() => {
+                    self.ready.push_back(exp.into_inner());
+                }
+                slot = self.limit.acquire(), if self.has_work() => {
+                    if let Some(job) = self.next_job() {
+                        self.spawn(job, slot);
+                    }
+                }
+                _ = tick.tick() => self.probe_held(false),
+            }
+        }
+    }
+
+    fn spawn(&mut self, job: Job, slot: super::limit::Slot) {
+        let ex = self.engine.exchange.clone();
+        let judge = self.judges.get(job.judge).map(|j| j.judge.clone());
+        let progress = self.progress.clone();
+        progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.tasks.spawn(async move {
+            let job = run_job(ex, judge, job).await;
+            drop(slot);
+            progress.in_flight.fetch_sub(1, Ordering::Relaxed);
+            job
+        });
+    }
+
+    fn finish(
+        &mut self,
+        mut job: Job,
+        sink: &mut (dyn FnMut(Verdict) + Send),
+    ) -> Result<(), RunError> {
+        let settings = &self.engine.settings;
+        if job.states().any(|s| matches!(s, State::Local)) {
+            for (_, s) in job.tests.iter_mut().flatten() {
+                if matches!(s, State::Local) {
+                    *s = State::Pending;
+                }
+            }
+            self.progress.local_requeues.fetch_add(1, Ordering::Relaxed);
+            if let Some(new) = self.limit.on_local_failure() {
+                tracing::info!(limit = new, "local resource shortage: concurrency lowered");
+                self.min_limit = self.min_limit.min(new);
+                self.progress.limit.store(new, Ordering::Relaxed);
+            }
+            self.ready.push_back(job);
+            return Ok(());
+        }
+        self.limit.on_clean();
+        self.progress
+            .limit
+            .store(self.limit.current(), Ordering::Relaxed);
+
+        if u32::from(job.attempt) < settings.retries {
+            let mut retry = false;
+            for (_, s) in job.tests.iter_mut().flatten() {
+                if let State::Failed(r) = s {
+                    if r.is_transient() {
+                        *s = State::Pending;
+                        retry = true;
+                    }
+                }
+            }
+            if retry {
+                let base = settings.backoff.saturating_mul(1 << job.attempt.min(16));
+                let delay = base + base.mul_f64(fastrand::f64() * 0.5);
+                job.attempt += 1;
+                self.progress.retries.fetch_add(1, Ordering::Relaxed);
+                self.delayed.insert(job, delay);
+                return Ok(());
+            }
+        }
+
+        let verdict = job.verdict();
+        match verdict.outcome {
+            Err(r) if settings.mode == Mode::FullHttp && r.may_be_judge() => {
+                self.hold(job.judge, verdict)
+            }
+            _ => {
+                self.progress.record(&verdict);
+                sink(verdict);
+                Ok(())
+            }
+        }
+    }
+
+    fn hold(&mut self, j: usize, verdict: Verdict) -> Result<(), RunError> {
+        let Some(slot) = self.judges.get_mut(j) else {
+            self.progress.record(&verdict);
+            return Ok(());
+        };
+        if !slot.healthy {
+            // The judge died while this check ran: check again elsewhere.
+            return self.recheck(verdict.candidate);
+        }
+        slot.held.push(verdict);
+        if slot.held.len() - slot.held_at_probe >= HOLD_BURST {
+            self.start_probe(j);
+        }
+        Ok(())
+    }
+
+    fn recheck(&mut self, cand: Candidate) -> Result<(), RunError> {
+        if !self.judges.iter().any(|j| j.healthy) {
+            return Err(self.all_judges_down());
+        }
+        let job = self.new_job(cand);
+        self.ready.push_back(job);
+        Ok(())
+    }
+
+    fn all_judges_down(&self) -> RunError {
+        let urls: Vec<_> = self
+            .judges
+            .iter()
+            .map(|j| j.judge.url.to_string())
+            .collect();
+        RunError::JudgeDown(JudgeError::Down {
+            url: urls.join(", "),
+            reason: "stopped answering during the run".into(),
+        })
+    }
+
+    /// Probes judges holding failures: when new ones arrived and a probe is due, or when
+    /// nothing else is left to do (`force`).
+    fn probe_held(&mut self, force: bool) {
+        for j in 0..self.judges.len() {
+            let s = &self.judges[j];
+            if !s.healthy || s.probing || s.held.is_empty() {
+                continue;
+            }
+            let fresh = s.held.len() > s.held_at_probe;
+            let due = s.last_probe.is_none_or(|t| t.elapsed() >= PROBE_EVERY);
+            if force || (fresh && due) {
+                self.start_probe(j);
+            }
+        }
+    }
+
+    fn start_probe(&mut self, j: usize) {
+        let slot = &mut self.judges[j];
+        if slot.probing {
+            return;
+        }
+        slot.probing = true;
+        slot.last_probe = Some(Instant::now());
+        slot.held_at_probe = slot.held.len();
+        let covered = slot.held.len();
+        let judge = slot.judge.clone();
+        let ex = self.engine.exchange.clone();
+        let timeout = self.engine.settings.timeout;
+        let tx = self.probes_tx.clone();
+        tokio::spawn(async move {
+            let r = judge::probe_direct(&judge, &ex, timeout).await;
+            let _ = tx.send((j, covered, r));
+        });
+    }
+
+    fn probed(
+        &mut self,
+        j: usize,
+        covered: usize,
+        result: Result<Duration, JudgeError>,
+        sink: &mut (dyn FnMut(Verdict) + Send),
+    ) -> Result<(), RunError> {
+        let slot = &mut self.judges[j];
+        slot.probing = false;
+        match result {
+            Ok(_) => {
+                // The judge answers: what failed before the probe failed on its own.
+                let cleared: Vec<_> = slot.held.drain(..covered).collect();
+                slot.held_at_probe = 0;
+                for v in cleared {
+                    self.progress.record(&v);
+                    sink(v);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(judge = %slot.judge.url, error = %e, held = slot.held.len(), "judge down during the run; its failures are rechecked");
+                slot.healthy = false;
+                let held = std::mem::take(&mut slot.held);
+                slot.held_at_probe = 0;
+                if !self.judges.iter().any(|j| j.healthy) {
+                    return Err(RunError::JudgeDown(e));
+                }
+                for v in held {
+                    self.recheck(v.candidate)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The check engine's HTTP/1.1 response reader: the hot path, hand-written over httparse.
+//!
+//! One growable buffer per check (1 KiB to start, capped), no per-response allocation
+//! beyond it. Reads the head, then only as much body as validation needs: with a needle
+//! it stops as soon as the needle is seen.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::time::Instant;
+
+use super::reason::{Failure, Reason};
+
+/// Largest response head accepted; an endless header is a protocol error, not a hang.
+pub const MAX_HEAD: usize = 16 * 1024;
+/// Largest body read while looking for the judge's answer. A judge echo is about 1 KiB.
+pub const MAX_BODY: usize = 64 * 1024;
+const MAX_HEADERS: usize = 48;
+
+/// A parsed response head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    /// Offset of the first body byte in the buffer.
+    pub len: usize,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+}
+
+/// Parses a head from `buf`. `Ok(None)`: incomplete.
+pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reason> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(buf) {
+        Ok(httparse::Status::Partial) => Ok(None),
+        Ok(httparse::Status::Complete(len)) => {
+            let status = resp.code.ok_or(Reason::ProxyProtocolError)?;
+            let mut content_length = None;
+            let mut chunked = false;
+            for h in resp.headers.iter() {
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    let v = std::str::from_utf8(h.value).map_err(|_| Reason::ProxyProtocolError)?;
+                    content_length = Some(
+                        v.trim()
+                            .parse::<u64>()
+                            .map_err(|_| Reason::ProxyProtocolError)?,
+                    );
+                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = h
+                        .value
+                        .windows(7)
+                        .any(|w| w.eq_ignore_ascii_case(b"chunked"));
+                }
+            }
+            Ok(Some(Head {
+                status,
+                len,
+                content_length,
+                chunked,
+            }))
+        }
+        Err(_) => Err(Reason::ProxyProtocolError),
+    }
+}
+
+/// Reads one more piece into `buf`. `Ok(0)` is end of stream.
+async fn read_more<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    cap: usize,
+) -> Result<usize, Failure> {
+    if buf.len() == buf.capacity() {
+        buf.reserve((buf.capacity()).clamp(1024, cap.saturating_sub(buf.len()).max(1)));
+    }
+    s.read_buf(buf).await.map_err(Failure::io)
+}
+
+/// Reads until a complete head is in `buf`. Silence until the deadline is `silent`
+/// (the proxy never answered); a partial answer is [`Reason::Timeout`].
+pub async fn read_head<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+    silent: Reason,
+) -> Result<Head, Failure> {
+    loop {
+        if let Some(head) = parse_head(buf)? {
+            return Ok(head);
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(Reason::ProxyProtocolError.into());
+        }
+        let on_timeout = if buf.is_empty() {
+            silent
+        } else {
+            Reason::Timeout
+        };
+        let n = super::probe::within(deadline, on_timeout, read_more(s, buf, MAX_HEAD)).await?;
+        if n == 0 {
+            return Err(Reason::ProxyClosed.into());
+        }
+    }
+}
+
+/// Reads the body after `head` until `needle` is found (alive), or the body ends without
+/// it ([`Reason::ContentMismatch`]).
+pub async fn expect_in_body<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    head: Head,
+    needle: &[u8],
+    deadline: Instant,
+) -> Result<(), Failure> {
+    let finder = memchr::memmem::Finder::new(needle);
+    let mut searched = head.len;
+    loop {
+        let body = &buf[head.len..];
+        if head.chunked {
+            match dechunk(body) {
+                Ok(Some(decoded)) => {
+                    return if finder.find(&decoded).is_some() {
+                        Ok(())
+                    } else {
+                        Err(Reason::ContentMismatch.into())
+                    };
+                }
+                Ok(None) => {}
+                Err(()) => return Err(Reason::ProxyProtocolError.into()),
+            }
+        } else {
+            let from = searched.saturating_sub(needle.len()).max(head.len);
+            if finder.find(&buf[from..]).is_some() {
+                return Ok(());
+            }
+            searched = buf.len();
+            if head
+                .content_length
+                .is_some_and(|cl| body.len() as u64 >= cl)
+            {
+                return Err(Reason::ContentMismatch.into());
+            }
+        }
+        if body.len() >= MAX_BODY {
+            return Err(Reason::ContentMismatch.into());
+        }
+        let n = super::probe::within(
+            deadline,
+            Reason::Timeout,
+            read_more(s, buf, head.len + MAX_BODY),
+        )
+        .await?;
+        if n == 0 {
+            // A body delimited by close ends here; a declared one was cut short.
+            let delimited_by_close = head.content_length.is_none() && !head.chunked;
+            return Err(if delimited_by_close {
+                Reason::ContentMismatch
+            } else {
+                Reason::ProxyClosed
+            }
+            .into());
+        }
+    }
+}
+
+/// Decodes a chunked body. `Ok(None)`: incomplete; `Err`: malformed.
+pub fn dechunk(mut input: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+    let mut out = Vec::with_capacity(input.len());
+    loop {
+        let Some(eol) = memchr::memmem::find(input, b"\r\n") else {
+            return if input.len() > 64 { Err(()) } else { Ok(None) };
+        };
+        let size_field = &input[..eol];
+        let size_hex = size_field.split(|&b| b == b';').next().unwrap_or_default();
+        let size_str = std::str::from_utf8(size_hex).map_err(|_| ())?.trim();
+        let size = usize::from_str_radix(size_str, 16).map_err(|_| ())?;
+        input = &input[eol + 2..];
+        if size == 0 {
+            return Ok(Some(out));
+        }
+        if input.len() < size + 2 {
+            return Ok(None);
+        }
+        out.extend_from_slice(&input[..size]);
+        if &input[size..size + 2] != b"\r\n" {
+            return Err(());
+        }
+        input = &input[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads() {
+        let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.status, h.len, h.content_length, h.chunked),
+            (200, 38, Some(5), false)
+        );
+        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(), None);
+        assert_eq!(
+            parse_head(b"\x05\x00garbage"),
+            Err(Reason::ProxyProtocolError)
+        );
+        assert_eq!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
+            Err(Reason::ProxyProtocolError)
+        );
+        let h = parse_head(b"HTTP/1.0 407 Auth\r\nTransfer-Encoding: Chunked\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert!(h.chunked && h.status == 407);
+    }
+
+    #[test]
+    fn chunks() {
+        assert_eq!(
+            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"),
+            Ok(Some(b"abcde".to_vec()))
+        );
+        assert_eq!(dechunk(b"3\r\nab"), Ok(None));
+        assert_eq!(dechunk(b"zz\r\n"), Err(()));
+        assert_eq!(dechunk(b"3\r\nabcXX0\r\n\r\n"), Err(()));
+    }
+
+    #[tokio::test]
+    async fn needle_split_across_reads_and_chunks() {
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        let body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nxxNO\r\n4\r\nNCEy\r\n0\r\n\r\n";
+        let mut s = tokio_test_reader(body);
+        let mut buf = Vec::with_capacity(8);
+        let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout)
+            .await
+            .unwrap();
+        expect_in_body(&mut s, &mut buf, head, b"NONCE", deadline)
+            .await
+            .unwrap();
+
+        let body = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nportal!!!";
+        let mut s = tokio_test_reader(body);
+        let mut buf = Vec::new();
+        let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout)
+            .await
+            .unwrap();
+        let err = expect_in_body(&mut s, &mut buf, head, b"NONCE", deadline)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Failure::Dead(Reason::ContentMismatch)));
+    }
+
+    /// A reader that hands out 3 bytes per read.
+    fn tokio_test_reader(data: &'static [u8]) -> impl AsyncRead + Unpin {
+        struct Trickle(&'static [u8]);
+        impl AsyncRead for Trickle {
+            fn poll_read(
+                mut self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                let n = self.0.len().min(3).min(buf.remaining());
+                buf.put_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                std::task::Poll::Ready(Ok(()))
+            }
+        }
+        Trickle(data)
+    }
+}

@@ -1,0 +1,313 @@
+//! Judges: the URLs fetched through each proxy, resolved once per run, and their direct
+//! health probe (no proxy) that tells a dead judge from dead proxies.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use rustls::pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::time::Instant;
+
+use super::http1;
+use super::probe::{self, Exchange};
+use super::reason::{Failure, Reason};
+use crate::proxy::Credentials;
+
+/// Why a judge cannot be used.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JudgeError {
+    #[error("judge URL `{0}`: only http:// and https:// judges are supported")]
+    Scheme(String),
+    #[error("judge URL `{0}` has no host")]
+    NoHost(String),
+    #[error("judge `{url}`: host does not resolve: {error}")]
+    Resolve { url: String, error: String },
+    #[error("judge `{url}` is down: {reason}")]
+    Down { url: String, reason: String },
+}
+
+/// A judge URL, resolved.
+#[derive(Debug)]
+pub struct Judge {
+    pub url: url::Url,
+    pub https: bool,
+    pub addr: SocketAddr,
+    /// `host[:port]` as written in `Host` and `CONNECT`.
+    authority: String,
+    connect_target: String,
+    /// Path and query, without the nonce.
+    target: String,
+    server_name: ServerName<'static>,
+}
+
+impl Judge {
+    /// Parses and resolves a judge URL (once per run).
+    pub async fn resolve(url: &url::Url) -> Result<Self, JudgeError> {
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            _ => return Err(JudgeError::Scheme(url.to_string())),
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| JudgeError::NoHost(url.to_string()))?;
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if https { 443 } else { 80 });
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let addr = tokio::net::lookup_host((bare, port))
+            .await
+            .map_err(|e| JudgeError::Resolve {
+                url: url.to_string(),
+                error: e.to_string(),
+            })?
+            .next()
+            .ok_or_else(|| JudgeError::Resolve {
+                url: url.to_string(),
+                error: "no addresses".into(),
+            })?;
+        let authority = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        let connect_target = format!("{host}:{port}");
+        let mut target = url.path().to_string();
+        if let Some(q) = url.query() {
+            target.push('?');
+            target.push_str(q);
+        }
+        let server_name = ServerName::try_from(bare.to_string())
+            .map_err(|_| JudgeError::NoHost(url.to_string()))?;
+        Ok(Self {
+            url: url.clone(),
+            https,
+            addr,
+            authority,
+            connect_target,
+            target,
+            server_name,
+        })
+    }
+
+    pub fn server_name(&self) -> ServerName<'static> {
+        self.server_name.clone()
+    }
+
+    /// `host:port` for CONNECT (the port is always written).
+    pub fn connect_authority(&self) -> &str {
+        &self.connect_target
+    }
+
+    fn push_target(&self, out: &mut Vec<u8>, nonce: Option<&str>) {
+        out.extend_from_slice(self.target.as_bytes());
+        if let Some(n) = nonce {
+            out.push(if self.target.contains('?') {
+                b'&'
+            } else {
+                b'?'
+            });
+            out.extend_from_slice(b"pc_nonce=");
+            out.extend_from_slice(n.as_bytes());
+        }
+    }
+
+    fn push_common(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(self.authority.as_bytes());
+        out.extend_from_slice(
+            concat!(
+                "\r\nUser-Agent: proxy-checker/",
+                env!("CARGO_PKG_VERSION"),
+                "\r\nAccept: */*\r\nConnection: close\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+
+    /// A request in origin form, for a tunnel or a direct probe.
+    pub fn origin_request(&self, nonce: Option<&str>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(192);
+        out.extend_from_slice(b"GET ");
+        self.push_target(&mut out, nonce);
+        self.push_common(&mut out);
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// A request in absolute form, for an HTTP forward proxy.
+    pub fn forward_request(&self, nonce: Option<&str>, creds: Option<&Credentials>) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"GET http://");
+        out.extend_from_slice(self.authority.as_bytes());
+        self.push_target(&mut out, nonce);
+        self.push_common(&mut out);
+        push_proxy_auth(&mut out, creds);
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// A CONNECT request to the judge.
+    pub fn connect_request(&self, creds: Option<&Credentials>) -> Vec<u8> {
+        let authority = self.connect_target.as_str();
+        let mut out = Vec::with_capacity(160);
+        out.extend_from_slice(b"CONNECT ");
+        out.extend_from_slice(authority.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
+        out.extend_from_slice(authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        push_proxy_auth(&mut out, creds);
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+}
+
+fn push_proxy_auth(out: &mut Vec<u8>, creds: Option<&Credentials>) {
+    if let Some(c) = creds {
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", c.username, c.password));
+        out.extend_from_slice(b"Proxy-Authorization: Basic ");
+        out.extend_from_slice(token.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Fetches the judge directly and validates its answer like a check would.
+pub async fn probe_direct(
+    judge: &Judge,
+    ex: &Exchange,
+    timeout: Duration,
+) -> Result<Duration, JudgeError> {
+    let down = |reason: String| JudgeError::Down {
+        url: judge.url.to_string(),
+        reason,
+    };
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let stream =
+        match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(judge.addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(down(format!("connect: {e}"))),
+            Err(_) => return Err(down(format!("connect timed out after {timeout:?}"))),
+        };
+    let result = if judge.https {
+        match tokio::time::timeout_at(deadline, ex.tls.connect(judge.server_name(), stream)).await {
+            Ok(Ok(mut tls)) => ex.fetch(&mut tls, judge, deadline).await,
+            Ok(Err(e)) => return Err(down(format!("TLS: {e}"))),
+            Err(_) => return Err(down("TLS handshake timed out".into())),
+        }
+    } else {
+        let mut s = stream;
+        let r = ex.fetch(&mut s, judge, deadline).await;
+        let _ = s.shutdown().await;
+        r
+    };
+    match result {
+        Ok(()) => Ok(start.elapsed()),
+        Err(Failure::Dead(r)) => Err(down(describe(r, ex))),
+        Err(Failure::Local(l)) => Err(down(format!("local error: {}", l.0))),
+    }
+}
+
+fn describe(r: Reason, ex: &Exchange) -> String {
+    match r {
+        Reason::BadStatus => format!("status is not {}", ex.expect_status),
+        Reason::ContentMismatch => "answer does not contain the nonce or expected text".into(),
+        other => other.as_str().to_string(),
+    }
+}
+
+/// The healthy judges of a run, probed up front.
+pub async fn probe_all(
+    urls: &[url::Url],
+    ex: &Exchange,
+    timeout: Duration,
+) -> Result<Vec<Arc<Judge>>, JudgeError> {
+    let mut healthy = Vec::new();
+    let mut last_err = None;
+    for url in urls {
+        let judge = Judge::resolve(url).await;
+        let result = match judge {
+            Ok(j) => probe_direct(&j, ex, timeout).await.map(|_| j),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(j) => healthy.push(Arc::new(j)),
+            Err(e) => {
+                tracing::warn!(judge = %url, error = %e, "judge skipped for this run");
+                last_err = Some(e);
+            }
+        }
+    }
+    match (healthy.is_empty(), last_err) {
+        (true, Some(e)) => Err(e),
+        (true, None) => Err(JudgeError::Down {
+            url: String::new(),
+            reason: "no judge configured".into(),
+        }),
+        _ => Ok(healthy),
+    }
+}
+
+impl Exchange {
+    /// Writes the origin-form request and validates the answer (status and body).
+    pub(crate) async fn fetch<S>(
+        &self,
+        s: &mut S,
+        judge: &Judge,
+        deadline: Instant,
+    ) -> Result<(), Failure>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        let nonce = probe::nonce();
+        let req = judge.origin_request(Some(&nonce));
+        probe::within(deadline, Reason::Timeout, async {
+            s.write_all(&req).await.map_err(Failure::io)
+        })
+        .await?;
+        let mut buf = Vec::with_capacity(1024);
+        let head = http1::read_head(s, &mut buf, deadline, Reason::Timeout).await?;
+        self.validate(s, &mut buf, head, &nonce, deadline).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests() {
+        let j = Judge::resolve(&"http://127.0.0.1:8080/get?a=1".parse().unwrap())
+            .await
+            .unwrap();
+        let creds = Credentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let fwd = String::from_utf8(j.forward_request(Some("N1"), Some(&creds))).unwrap();
+        assert!(
+            fwd.starts_with(
+                "GET http://127.0.0.1:8080/get?a=1&pc_nonce=N1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+            ),
+            "{fwd}"
+        );
+        assert!(fwd.contains("Proxy-Authorization: Basic dTpw\r\n") && fwd.ends_with("\r\n\r\n"));
+        let c = String::from_utf8(j.connect_request(None)).unwrap();
+        assert!(c.starts_with("CONNECT 127.0.0.1:8080 HTTP/1.1\r\n"), "{c}");
+        let j = Judge::resolve(&"https://localhost/".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(j.connect_authority(), "localhost:443");
+        assert!(
+            String::from_utf8(j.origin_request(Some("x")))
+                .unwrap()
+                .starts_with("GET /?pc_nonce=x HTTP/1.1\r\nHost: localhost\r\n")
+        );
+        let j = Judge::resolve(&"http://[::1]:81/".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(j.connect_authority(), "[::1]:81");
+    }
+}

@@ -1,0 +1,151 @@
+//! The check engine: candidates in, honest verdicts out.
+//!
+//! - [`probe`] speaks each protocol to one proxy (the hot path), [`http1`] reads answers.
+//! - [`engine`] runs probes concurrently under the [`limit`] (AIMD over a semaphore),
+//!   retries transient failures with backoff, requeues local failures, and holds
+//!   judge-shaped failures until a direct [`judge`] probe clears the judge.
+//! - [`fdbudget`] raises `RLIMIT_NOFILE` and turns it into the concurrency budget.
+//!
+//! The engine knows nothing of configuration files, JSON, the API or storage.
+
+pub mod engine;
+pub mod fdbudget;
+pub mod http1;
+pub mod judge;
+pub mod limit;
+pub mod probe;
+pub mod reason;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+pub use engine::{Engine, EngineError, RunError, RunStats};
+pub use reason::Reason;
+
+use crate::proxy::Proxy;
+
+/// How much of a proxy is exercised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Alive = the TCP connect completes.
+    ConnectOnly,
+    /// Alive = the judge's answer comes back through the proxy, validated.
+    FullHttp,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::ConnectOnly => "connect-only",
+            Mode::FullHttp => "full-http",
+        }
+    }
+}
+
+/// How the judge's answer is validated beyond its status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Validation {
+    /// The body must contain the fresh nonce added to the judge URL (echo judges).
+    Nonce,
+    /// The body must contain this text.
+    Contains(String),
+    /// Status only.
+    None,
+}
+
+/// Everything the engine needs for a run. Built from config; no I/O.
+#[derive(Clone, Debug)]
+pub struct CheckSettings {
+    pub mode: Mode,
+    /// Judges; checks are spread over the healthy ones. Unused in `connect-only`.
+    pub judges: Vec<url::Url>,
+    pub expect_status: u16,
+    pub validation: Validation,
+    pub connect_timeout: Duration,
+    /// Whole-check deadline for one probe, connect included.
+    pub timeout: Duration,
+    /// Extra attempts after a transient failure.
+    pub retries: u32,
+    /// First retry delay; doubles per attempt, with up to 50% jitter.
+    pub backoff: Duration,
+    /// Checks in flight at most (already clamped to the fd budget).
+    pub concurrency: usize,
+    /// Let local failures lower the concurrency (AIMD).
+    pub adaptive: bool,
+    /// Extra PEM roots for HTTPS judges, on top of the webpki roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// One proxy to check, with the address to dial (resolved once per round).
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub proxy: Proxy,
+    pub addr: SocketAddr,
+    /// Index of the source that listed it first.
+    pub source: u16,
+}
+
+/// What a live proxy can do, and how fast.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Alive {
+    /// Start of TCP connect to end of the judge's response head (best capability).
+    pub latency: Duration,
+    pub connect: Duration,
+    /// Forwards absolute-URI requests (HTTP proxies).
+    pub forward: bool,
+    /// Tunnels (CONNECT or SOCKS): usable for HTTPS.
+    pub tunnel: bool,
+}
+
+/// The verdict on one candidate.
+#[derive(Clone, Debug)]
+pub struct Verdict {
+    pub candidate: Candidate,
+    pub outcome: Result<Alive, Reason>,
+    /// Attempts made (1 + retries used).
+    pub attempts: u8,
+}
+
+impl Verdict {
+    pub fn is_alive(&self) -> bool {
+        self.outcome.is_ok()
+    }
+}
+
+/// Live counters of a run, shared with progress bars and `/stat`.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Candidates known so far (set by the caller).
+    pub total: AtomicU64,
+    pub checked: AtomicU64,
+    pub alive: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub retries: AtomicU64,
+    /// Checks put back because we, not the proxy, failed.
+    pub local_requeues: AtomicU64,
+    /// The engine's current concurrency limit.
+    pub limit: AtomicUsize,
+    dead: [AtomicU64; Reason::ALL.len()],
+}
+
+impl Progress {
+    pub fn dead_by_reason(&self) -> Vec<(Reason, u64)> {
+        Reason::ALL
+            .iter()
+            .zip(&self.dead)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    fn record(&self, v: &Verdict) {
+        self.checked.fetch_add(1, Ordering::Relaxed);
+        match v.outcome {
+            Ok(_) => self.alive.fetch_add(1, Ordering::Relaxed),
+            Err(r) => self.dead[Reason::ALL.iter().position(|x| *x == r).unwrap_or(0)]
+                .fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}

@@ -1,0 +1,225 @@
+//! Why a check failed — a closed set — and how I/O errors map onto it.
+//!
+//! Classification uses error kinds and OS error numbers, never message text. Errors that
+//! mean *we* are short of resources are not reasons at all: they are [`Local`] and the
+//! check is requeued instead of judged.
+
+use std::io;
+
+/// Why a proxy was judged dead. `as_str()` is stable: metric label, `/stat` key, JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// TCP connect did not finish within the connect timeout.
+    ConnectTimeout,
+    /// The proxy's host answered the SYN with a reset.
+    ConnectRefused,
+    /// Any other connect failure (unreachable, reset during connect).
+    ConnectError,
+    /// Connected, but the proxy sent nothing within the check timeout.
+    ProxyTimeout,
+    /// The proxy closed the connection before a complete answer.
+    ProxyClosed,
+    /// The proxy answered with something that is not its protocol.
+    ProxyProtocolError,
+    /// The proxy wants credentials we do not have, or refused ours (407, SOCKS auth).
+    ProxyAuthFailed,
+    /// The proxy (SOCKS reply, CONNECT status) refused to reach the judge.
+    ProxyRejected,
+    /// TLS to the judge through the tunnel failed (bad certificate, garbage, MITM).
+    TlsError,
+    /// The judge answer had the wrong status.
+    BadStatus,
+    /// The judge answer did not contain what the judge returns (captive portal, cache).
+    ContentMismatch,
+    /// The proxy started answering but did not finish within the check timeout.
+    Timeout,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Self::ConnectTimeout,
+        Self::ConnectRefused,
+        Self::ConnectError,
+        Self::ProxyTimeout,
+        Self::ProxyClosed,
+        Self::ProxyProtocolError,
+        Self::ProxyAuthFailed,
+        Self::ProxyRejected,
+        Self::TlsError,
+        Self::BadStatus,
+        Self::ContentMismatch,
+        Self::Timeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ConnectTimeout => "connect_timeout",
+            Self::ConnectRefused => "connect_refused",
+            Self::ConnectError => "connect_error",
+            Self::ProxyTimeout => "proxy_timeout",
+            Self::ProxyClosed => "proxy_closed",
+            Self::ProxyProtocolError => "proxy_protocol_error",
+            Self::ProxyAuthFailed => "proxy_auth_failed",
+            Self::ProxyRejected => "proxy_rejected",
+            Self::TlsError => "tls_error",
+            Self::BadStatus => "bad_status",
+            Self::ContentMismatch => "content_mismatch",
+            Self::Timeout => "timeout",
+        }
+    }
+
+    /// Worth another attempt: timeouts and resets. Never auth failures or wrong content.
+    pub fn is_transient(self) -> bool {
+        matches!(
+            self,
+            Self::ConnectTimeout
+                | Self::ConnectError
+                | Self::ProxyTimeout
+                | Self::ProxyClosed
+                | Self::Timeout
+        )
+    }
+
+    /// The failure happened after the proxy connected, where an unreachable judge would
+    /// look the same. Such verdicts are held until a direct judge probe clears the judge.
+    pub fn may_be_judge(self) -> bool {
+        matches!(
+            self,
+            Self::ProxyTimeout
+                | Self::ProxyClosed
+                | Self::ProxyRejected
+                | Self::BadStatus
+                | Self::ContentMismatch
+                | Self::Timeout
+        )
+    }
+
+    /// Whether the proxy's host never accepted a TCP connection. Such a proxy is not
+    /// dialed again for its second capability in the same attempt.
+    pub fn is_connect_failure(self) -> bool {
+        matches!(
+            self,
+            Self::ConnectTimeout | Self::ConnectRefused | Self::ConnectError
+        )
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure on our side (fd, port or buffer exhaustion, an overloaded runtime). It says
+/// nothing about the proxy.
+#[derive(Debug)]
+pub struct Local(pub io::Error);
+
+/// Whether an I/O error means we ran out of something.
+pub fn is_local(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOBUFS
+                | libc::ENOMEM
+                | libc::EADDRNOTAVAIL
+                | libc::EAGAIN
+        )
+    )
+}
+
+/// Outcome of one failed step of a probe.
+#[derive(Debug)]
+pub enum Failure {
+    Dead(Reason),
+    Local(Local),
+}
+
+impl From<Reason> for Failure {
+    fn from(r: Reason) -> Self {
+        Failure::Dead(r)
+    }
+}
+
+impl Failure {
+    /// Classifies an error of the TCP connect.
+    pub fn connect(e: io::Error) -> Self {
+        if is_local(&e) {
+            return Failure::Local(Local(e));
+        }
+        Failure::Dead(match e.kind() {
+            io::ErrorKind::ConnectionRefused => Reason::ConnectRefused,
+            io::ErrorKind::TimedOut => Reason::ConnectTimeout,
+            _ => Reason::ConnectError,
+        })
+    }
+
+    /// Classifies an error while talking to a connected proxy.
+    pub fn io(e: io::Error) -> Self {
+        if is_local(&e) {
+            return Failure::Local(Local(e));
+        }
+        Failure::Dead(match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Reason::ProxyClosed,
+            io::ErrorKind::TimedOut => Reason::Timeout,
+            io::ErrorKind::InvalidData => Reason::ProxyProtocolError,
+            _ => Reason::ProxyClosed,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let names: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        assert_eq!(names.len(), Reason::ALL.len());
+        assert!(
+            names
+                .iter()
+                .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        );
+    }
+
+    #[test]
+    fn resource_errors_are_local() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::EADDRNOTAVAIL,
+        ] {
+            assert!(
+                matches!(
+                    Failure::connect(io::Error::from_raw_os_error(errno)),
+                    Failure::Local(_)
+                ),
+                "{errno}"
+            );
+        }
+        assert!(matches!(
+            Failure::connect(io::Error::from_raw_os_error(libc::ECONNREFUSED)),
+            Failure::Dead(Reason::ConnectRefused)
+        ));
+        assert!(matches!(
+            Failure::connect(io::Error::from_raw_os_error(libc::EHOSTUNREACH)),
+            Failure::Dead(Reason::ConnectError)
+        ));
+    }
+
+    #[test]
+    fn retry_policy() {
+        assert!(Reason::ConnectTimeout.is_transient());
+        assert!(Reason::ProxyClosed.is_transient());
+        assert!(!Reason::ProxyAuthFailed.is_transient());
+        assert!(!Reason::ContentMismatch.is_transient());
+        assert!(!Reason::ConnectRefused.is_transient());
+    }
+}

@@ -1,0 +1,172 @@
+//! Configuration in three steps: [`raw`] (serde, unknown keys are errors) →
+//! [`validate`] (pure, every error names its field) → the typed [`Config`] used by the
+//! rest of the crate. Nothing here opens sockets or files other than the config itself.
+
+pub mod raw;
+mod validate;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use validate::validate;
+
+use crate::check::{CheckSettings, Mode, Validation};
+use crate::source::{FetchSettings, SourceSpec};
+
+/// An invalid config: which field, and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: {message}")]
+    Syntax { path: String, message: String },
+    #[error("{path}: `{field}`: {message}")]
+    Field {
+        path: String,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: {error}")]
+    Read { path: String, error: String },
+}
+
+/// Where the validated checker settings come from and what the fd clamp did to them.
+#[derive(Clone, Debug)]
+pub struct CheckerConfig {
+    pub settings: CheckSettings,
+    /// Concurrency asked for, before the fd clamp.
+    pub concurrency_requested: usize,
+    /// Hostnames resolved concurrently per round.
+    pub batch_size: usize,
+    pub allow_private: bool,
+    /// Fds kept for everything but checks; `None`: 5% (64..=1024).
+    pub fd_reserve: Option<u64>,
+}
+
+/// Storage backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageKind {
+    File,
+    Sqlite,
+    Redis,
+}
+
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    pub kind: StorageKind,
+    pub path: PathBuf,
+    pub redis_url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub auth: bool,
+    pub api_keys: Vec<String>,
+    pub rate_limit_per_minute: u32,
+    pub rate_limit_per_ip_per_minute: u32,
+    pub trust_forwarded_for: bool,
+    pub metrics_require_auth: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Json,
+    Text,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub sources: Vec<SourceSpec>,
+    pub interval: Duration,
+    pub fetch: FetchSettings,
+    pub checker: CheckerConfig,
+    pub api: ApiConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+}
+
+/// The built-in defaults (what `config.example.json` spells out).
+pub const DEFAULT_JUDGE: &str = "http://httpbin.org/get";
+
+impl Config {
+    /// Parses and validates a JSON document; `path` is only used in messages.
+    pub fn from_json(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let at = e.path().to_string();
+            let inner = e.into_inner();
+            let message = if at == "." {
+                inner.to_string()
+            } else {
+                format!("at `{at}`: {inner}")
+            };
+            ConfigError::Syntax {
+                path: path.to_string(),
+                message,
+            }
+        })?;
+        validate(raw).map_err(|(field, message)| ConfigError::Field {
+            path: path.to_string(),
+            field,
+            message,
+        })
+    }
+
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: shown.clone(),
+            error: e.to_string(),
+        })?;
+        Self::from_json(&text, &shown)
+    }
+
+    /// The embedded defaults: no sources, file storage.
+    pub fn defaults() -> Self {
+        validate(raw::RawConfig::default()).expect("the defaults are valid")
+    }
+}
+
+impl Mode {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "connect-only" => Some(Mode::ConnectOnly),
+            "full-http" => Some(Mode::FullHttp),
+            _ => None,
+        }
+    }
+}
+
+impl Validation {
+    fn describe(&self) -> &'static str {
+        match self {
+            Validation::Nonce => "nonce",
+            Validation::Contains(_) => "contains",
+            Validation::None => "none",
+        }
+    }
+}
+
+impl CheckerConfig {
+    /// Short description for logs.
+    pub fn summary(&self) -> String {
+        let s = &self.settings;
+        format!(
+            "mode={} validation={} timeout={:?} connect_timeout={:?} retries={} concurrency={}",
+            s.mode.as_str(),
+            s.validation.describe(),
+            s.timeout,
+            s.connect_timeout,
+            s.retries,
+            s.concurrency
+        )
+    }
+}

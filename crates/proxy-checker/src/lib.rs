@@ -1,0 +1,19 @@
+//! proxy-checker: turns public proxy lists into a small, trustworthy pool of working
+//! proxies.
+//!
+//! Map of the crate (see ARCHITECTURE.md for the whole picture):
+//! - [`proxy`]: the proxy model (protocol, host, port, credentials);
+//! - [`guard`]: which target addresses may be dialed (SSRF guard);
+//! - [`source`]: fetching and parsing proxy lists, per-source stats;
+//! - [`check`]: the check engine (probes, retries, AIMD, judges, fd budget);
+//! - [`round`]: one round — sources → dedupe → resolve → check → report;
+//! - [`config`]: the JSON config, raw → validated;
+//! - [`report`]: rendering verdicts as text, JSON or CSV.
+
+pub mod check;
+pub mod config;
+pub mod guard;
+pub mod proxy;
+pub mod report;
+pub mod round;
+pub mod source;

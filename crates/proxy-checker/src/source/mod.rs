@@ -1,0 +1,280 @@
+//! Sources: where proxy lists come from, how they are fetched and parsed, and what each
+//! one contributed (per-source stats).
+//!
+//! [`gather`] fetches every source concurrently, parses each document, drops duplicates
+//! across sources (first source wins) and returns the candidates with per-source stats.
+//! A failing source is reported with its reason and never stops the others.
+
+pub mod fetch;
+pub mod parse;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+pub use fetch::FetchSettings;
+pub use parse::{Format, ParseOptions, Reject, RejectReason};
+
+use crate::proxy::{Protocol, Proxy};
+
+/// Where a source lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Url(url::Url),
+    File(PathBuf),
+}
+
+impl fmt::Display for Location {
+    /// URLs are shown without their password, which may be a token.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Url(u) if u.password().is_some() => {
+                let mut u = u.clone();
+                let _ = u.set_password(Some("redacted"));
+                write!(f, "{u}")
+            }
+            Location::Url(u) => write!(f, "{u}"),
+            Location::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Location {
+    /// `http://…` and `https://…` are URLs; anything else is a file path
+    /// (`file://` URLs are accepted as paths).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
+        if lower.starts_with("http://") || lower.starts_with("https://") {
+            let url = url::Url::parse(s).map_err(|e| format!("invalid URL `{s}`: {e}"))?;
+            if url.host_str().is_none() {
+                return Err(format!("URL `{s}` has no host"));
+            }
+            return Ok(Location::Url(url));
+        }
+        if let Some(path) = s.strip_prefix("file://") {
+            return Ok(Location::File(PathBuf::from(path)));
+        }
+        if s.contains("://") {
+            return Err(format!(
+                "`{s}`: only http://, https:// and file paths are sources"
+            ));
+        }
+        if s.trim().is_empty() {
+            return Err("empty source".into());
+        }
+        Ok(Location::File(PathBuf::from(s)))
+    }
+}
+
+/// A configured source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourceSpec {
+    pub location: Location,
+    /// Protocol for lines without a scheme (default `http`).
+    pub protocol: Option<Protocol>,
+}
+
+/// Why a source produced nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    #[error("HTTP status {0}")]
+    Status(u16),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("body larger than the {0}-byte cap")]
+    TooLarge(u64),
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("read failed: {0}")]
+    Io(String),
+    #[error("HTTP client could not be built: {0}")]
+    Client(String),
+}
+
+impl SourceError {
+    fn from_reqwest(e: reqwest::Error) -> Self {
+        if e.is_timeout() {
+            SourceError::Timeout(Duration::ZERO)
+        } else if e.is_connect() {
+            SourceError::Connect(error_chain(&e))
+        } else {
+            SourceError::Io(error_chain(&e))
+        }
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SourceError::Status(s) => *s >= 500 || *s == 429 || *s == 408,
+            SourceError::Timeout(_) | SourceError::Connect(_) | SourceError::Io(_) => true,
+            SourceError::TooLarge(_) | SourceError::Client(_) => false,
+        }
+    }
+
+    /// Stable short name for stats and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceError::Status(_) => "http_status",
+            SourceError::Timeout(_) => "timeout",
+            SourceError::TooLarge(_) => "too_large",
+            SourceError::Connect(_) => "connect",
+            SourceError::Io(_) => "io",
+            SourceError::Client(_) => "client",
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// What one source contributed in one round.
+#[derive(Clone, Debug, Default)]
+pub struct SourceStats {
+    /// The location as shown to users (password redacted).
+    pub name: String,
+    pub fetched_at: Option<SystemTime>,
+    pub duration: Duration,
+    pub bytes: u64,
+    pub format: Option<Format>,
+    /// Lines (or JSON items) that were not blank or comments.
+    pub lines: u64,
+    /// Candidates this source added (after dedupe and guards).
+    pub valid: u64,
+    pub duplicates: u64,
+    /// Rejected lines by reason (duplicates included).
+    pub rejected: BTreeMap<RejectReason, u64>,
+    /// The first few rejected lines, for the report.
+    pub samples: Vec<Reject>,
+    pub error: Option<SourceError>,
+}
+
+impl SourceStats {
+    fn reject(&mut self, r: Reject) {
+        *self.rejected.entry(r.reason).or_default() += 1;
+        if self.samples.len() < MAX_SAMPLES {
+            self.samples.push(r);
+        }
+    }
+}
+
+const MAX_SAMPLES: usize = 20;
+
+/// One candidate for checking: the proxy, and which source brought it first.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub proxy: Proxy,
+    pub source: u16,
+}
+
+/// Result of [`gather`].
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub found: Vec<Found>,
+    pub stats: Vec<SourceStats>,
+}
+
+impl Gathered {
+    /// Total lines scraped across sources.
+    pub fn scraped(&self) -> u64 {
+        self.stats.iter().map(|s| s.lines).sum()
+    }
+}
+
+/// Fetches and parses every source, deduplicating across them.
+pub async fn gather(
+    client: &reqwest::Client,
+    specs: &[SourceSpec],
+    settings: &FetchSettings,
+    allow_private: bool,
+) -> Gathered {
+    let fetches = specs.iter().map(|spec| async move {
+        let started = Instant::now();
+        let at = SystemTime::now();
+        let body = fetch::fetch(client, &spec.location, settings).await;
+        (body, started.elapsed(), at)
+    });
+    let bodies = futures_util::future::join_all(fetches).await;
+
+    let mut seen = HashSet::new();
+    let mut out = Gathered::default();
+    for (i, (spec, (body, duration, at))) in specs.iter().zip(bodies).enumerate() {
+        let name = spec.location.to_string();
+        let mut st = SourceStats {
+            name: name.clone(),
+            fetched_at: Some(at),
+            duration,
+            ..Default::default()
+        };
+        match body {
+            Err(e) => {
+                tracing::warn!(source = %name, error = %e, "source failed");
+                st.error = Some(e);
+            }
+            Ok(body) => {
+                st.bytes = body.len() as u64;
+                let opts = ParseOptions {
+                    default_protocol: spec.protocol.unwrap_or(Protocol::Http),
+                    allow_private,
+                };
+                let (parsed, format) = parse::parse_document(&body, opts, &mut |r| {
+                    tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
+                    st.reject(r);
+                });
+                st.format = Some(format);
+                st.lines = parsed.lines;
+                let source = u16::try_from(i).unwrap_or(u16::MAX);
+                for (proxy, line) in parsed.proxies {
+                    if seen.insert(proxy.dedup_key()) {
+                        st.valid += 1;
+                        out.found.push(Found { proxy, source });
+                    } else {
+                        st.duplicates += 1;
+                        st.reject(Reject {
+                            line,
+                            reason: RejectReason::Duplicate,
+                            text: String::new(),
+                        });
+                    }
+                }
+            }
+        }
+        out.stats.push(st);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert!(matches!(
+            Location::parse("https://example.com/list.txt"),
+            Ok(Location::Url(_))
+        ));
+        assert_eq!(
+            Location::parse("lists/a.txt"),
+            Ok(Location::File("lists/a.txt".into()))
+        );
+        assert_eq!(
+            Location::parse("file:///tmp/a.txt"),
+            Ok(Location::File("/tmp/a.txt".into()))
+        );
+        assert!(Location::parse("ftp://x/y").is_err());
+        assert!(Location::parse("http://").is_err());
+        let shown = Location::parse("https://u:tok@example.com/l")
+            .unwrap()
+            .to_string();
+        assert!(!shown.contains("tok"), "{shown}");
+    }
+}

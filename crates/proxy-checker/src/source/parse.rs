@@ -1,0 +1,624 @@
+//! Proxy list parsing: plain lines, HTML pages and JSON, mixed formats, never panicking.
+//!
+//! The parser is pure (no I/O): it turns a document into proxies and reports every line
+//! it rejects, with its line number and a [`RejectReason`], through a callback. The
+//! target guard is applied to IP literals here; hostnames are checked after resolution.
+
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock};
+
+use percent_encoding::percent_decode_str;
+use regex::Regex;
+
+use crate::guard::{self, Blocked};
+use crate::proxy::{Credentials, Host, Protocol, Proxy};
+
+/// Why a line or item produced no candidate. The names are stable: they are metric label
+/// values and `/stat` keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// Not an address in any accepted form.
+    Syntax,
+    /// Port missing its digits, zero, or above 65535.
+    InvalidPort,
+    /// A `scheme://` that is not a proxy protocol.
+    UnknownScheme,
+    /// 0.0.0.0/8, multicast, broadcast, reserved.
+    Unroutable,
+    /// Loopback, private, CGNAT or link-local, and `allow_private` is off.
+    Private,
+    /// Seen before (same protocol family, host, port and credentials), in any source.
+    Duplicate,
+    /// A hostname that did not resolve.
+    Unresolvable,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 7] = [
+        Self::Syntax,
+        Self::InvalidPort,
+        Self::UnknownScheme,
+        Self::Unroutable,
+        Self::Private,
+        Self::Duplicate,
+        Self::Unresolvable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Syntax => "invalid_syntax",
+            Self::InvalidPort => "invalid_port",
+            Self::UnknownScheme => "unknown_scheme",
+            Self::Unroutable => "unroutable",
+            Self::Private => "private",
+            Self::Duplicate => "duplicate",
+            Self::Unresolvable => "unresolvable",
+        }
+    }
+}
+
+impl From<Blocked> for RejectReason {
+    fn from(b: Blocked) -> Self {
+        match b {
+            Blocked::Unroutable => Self::Unroutable,
+            Blocked::Private => Self::Private,
+        }
+    }
+}
+
+/// A rejected line or item. `text` is cut to a short prefix so a hostile 100 MB line
+/// cannot be copied around.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reject {
+    /// 1-based line number (for JSON documents: 1-based item index).
+    pub line: u32,
+    pub reason: RejectReason,
+    pub text: String,
+}
+
+/// The document shape the parser recognised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Lines,
+    Html,
+    Json,
+}
+
+/// Options for one document.
+#[derive(Clone, Copy, Debug)]
+pub struct ParseOptions {
+    /// Protocol for lines without a scheme.
+    pub default_protocol: Protocol,
+    pub allow_private: bool,
+}
+
+/// What [`parse_document`] found. Candidates carry their line number.
+#[derive(Debug, Default)]
+pub struct Parsed {
+    pub proxies: Vec<(Proxy, u32)>,
+    /// Lines that were not blank or comments.
+    pub lines: u64,
+}
+
+const MAX_REJECT_TEXT: usize = 80;
+
+/// Parses one document, detecting its format. Rejections go to `on_reject`.
+pub fn parse_document(
+    body: &[u8],
+    opts: ParseOptions,
+    on_reject: &mut dyn FnMut(Reject),
+) -> (Parsed, Format) {
+    let text = String::from_utf8_lossy(body);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let head = text.trim_start();
+    if head.starts_with('[') || head.starts_with('{') {
+        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+            return (parse_json(&value, opts, on_reject), Format::Json);
+        }
+    }
+    let probe = &text.as_bytes()[..text.len().min(4096)];
+    if looks_like_html(probe) {
+        return (parse_html(text, opts, on_reject), Format::Html);
+    }
+    (parse_lines(text, opts, on_reject), Format::Lines)
+}
+
+fn looks_like_html(head: &[u8]) -> bool {
+    let lower = head.to_ascii_lowercase();
+    [
+        &b"<html"[..],
+        b"<!doctype",
+        b"<table",
+        b"<body",
+        b"<td",
+        b"<div",
+        b"<pre",
+    ]
+    .iter()
+    .any(|tag| lower.windows(tag.len()).any(|w| w == *tag))
+}
+
+fn cut(s: &str) -> String {
+    let mut end = s.len().min(MAX_REJECT_TEXT);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+fn line_no(i: usize) -> u32 {
+    u32::try_from(i + 1).unwrap_or(u32::MAX)
+}
+
+fn parse_lines(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Parsed {
+    let mut out = Parsed::default();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty()
+            || line.starts_with('#')
+            || line.starts_with("//")
+            || line.starts_with(';')
+        {
+            continue;
+        }
+        out.lines += 1;
+        match parse_line(line, opts) {
+            Ok(p) => out.proxies.push((p, line_no(i))),
+            Err(reason) => on_reject(Reject {
+                line: line_no(i),
+                reason,
+                text: cut(line),
+            }),
+        }
+    }
+    out
+}
+
+/// Parses one non-empty, trimmed line: the address is its first token, the rest is an
+/// annotation (`1.2.3.4:80 US 120ms`). Also takes `ip port` and `ip,port,...` layouts.
+pub fn parse_line(line: &str, opts: ParseOptions) -> Result<Proxy, RejectReason> {
+    let mut tokens = line.split_whitespace();
+    let first = tokens.next().ok_or(RejectReason::Syntax)?;
+    let first = first.trim_end_matches([',', ';']);
+    if !first.contains(':') {
+        // `ip,port[,..]` or `ip port`
+        let mut fields = first.split([',', ';', '|']);
+        let host = fields.next().unwrap_or_default();
+        let port = match fields.next() {
+            Some(p) if !p.is_empty() => p,
+            _ => tokens.next().ok_or(RejectReason::Syntax)?,
+        };
+        if !port.bytes().all(|b| b.is_ascii_digit()) || !host.contains(['.', ':']) {
+            return Err(RejectReason::Syntax);
+        }
+        return build(opts.default_protocol, host, port, None, opts);
+    }
+    parse_token(first, opts)
+}
+
+/// Parses a single address token in any accepted form.
+pub fn parse_token(token: &str, opts: ParseOptions) -> Result<Proxy, RejectReason> {
+    let (protocol, rest) = match token.split_once("://") {
+        Some((scheme, rest)) => (
+            scheme
+                .parse::<Protocol>()
+                .map_err(|_| RejectReason::UnknownScheme)?,
+            rest,
+        ),
+        None => (opts.default_protocol, token),
+    };
+    // Drop a trailing path such as `http://1.2.3.4:8080/`.
+    let rest = match rest.find('/') {
+        Some(i) => &rest[..i],
+        None => rest,
+    };
+    if let Some((userinfo, hostport)) = rest.rsplit_once('@') {
+        let (user, pass) = userinfo.split_once(':').unwrap_or((userinfo, ""));
+        let (host, port) = split_host_port(hostport)?;
+        return build(protocol, host, port, Some((user, pass)), opts);
+    }
+    if !rest.starts_with('[') && rest.matches(':').count() == 3 {
+        // host:port:user:pass
+        let mut it = rest.splitn(4, ':');
+        let (host, port, user, pass) = (it.next(), it.next(), it.next(), it.next());
+        if let (Some(h), Some(p), Some(u), Some(pw)) = (host, port, user, pass) {
+            return build(protocol, h, p, Some((u, pw)), opts);
+        }
+    }
+    let (host, port) = split_host_port(rest)?;
+    build(protocol, host, port, None, opts)
+}
+
+fn split_host_port(s: &str) -> Result<(&str, &str), RejectReason> {
+    if let Some(inner) = s.strip_prefix('[') {
+        let (host, after) = inner.split_once(']').ok_or(RejectReason::Syntax)?;
+        let port = after.strip_prefix(':').ok_or(RejectReason::Syntax)?;
+        return Ok((host, port));
+    }
+    let (host, port) = s.rsplit_once(':').ok_or(RejectReason::Syntax)?;
+    if host.contains(':') {
+        // A bare IPv6 address without brackets is ambiguous.
+        return Err(RejectReason::Syntax);
+    }
+    Ok((host, port))
+}
+
+fn parse_port(s: &str) -> Result<u16, RejectReason> {
+    if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(RejectReason::InvalidPort);
+    }
+    match s.parse::<u32>() {
+        Ok(p @ 1..=65535) => Ok(p as u16),
+        _ => Err(RejectReason::InvalidPort),
+    }
+}
+
+fn parse_host(s: &str) -> Result<Host, RejectReason> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Host::Ip(ip));
+    }
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    let name = s.strip_suffix('.').unwrap_or(s);
+    let labels_ok = !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_label);
+    // All-numeric names are malformed IPv4 addresses (`1.2.3.999`), not hostnames.
+    let last_has_alpha = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().any(|b| b.is_ascii_alphabetic()));
+    if labels_ok && last_has_alpha {
+        Ok(Host::Name(Arc::from(name.to_ascii_lowercase())))
+    } else {
+        Err(RejectReason::Syntax)
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+fn build(
+    protocol: Protocol,
+    host: &str,
+    port: &str,
+    creds: Option<(&str, &str)>,
+    opts: ParseOptions,
+) -> Result<Proxy, RejectReason> {
+    let host = parse_host(host)?;
+    let port = parse_port(port)?;
+    if let Host::Ip(ip) = host {
+        guard::check(ip, opts.allow_private)?;
+    }
+    let credentials = match creds {
+        Some((u, p)) if !u.is_empty() => Some(Arc::new(Credentials {
+            username: decode(u),
+            password: decode(p),
+        })),
+        Some(_) => return Err(RejectReason::Syntax),
+        None => None,
+    };
+    Ok(Proxy {
+        protocol,
+        host,
+        port,
+        credentials,
+    })
+}
+
+static HTML_ADDR: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"(?i)(?:\b(https?|socks4a?|socks5h?)://)?(?:([A-Za-z0-9._~%!$&'()*+,;=-]+):([A-Za-z0-9._~%!$&'()*+,;=-]*)@)?\b(\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:.]+\])(?:\s*:\s*|\s+)(\d{1,6})\b",
+    )
+    .expect("static regex")
+});
+static HTML_TAG: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?s)<[^>]{0,1024}>").expect("static regex"));
+
+fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Parsed {
+    let mut out = Parsed::default();
+    for (i, raw) in text.lines().enumerate() {
+        if !raw.bytes().any(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        // Cells become spaces, so `<td>1.2.3.4</td><td>8080</td>` reads `1.2.3.4 8080`.
+        let plain = HTML_TAG.replace_all(raw, " ");
+        let plain = plain.replace("&nbsp;", " ").replace("&#58;", ":");
+        for c in HTML_ADDR.captures_iter(&plain) {
+            out.lines += 1;
+            let protocol = match c.get(1) {
+                Some(s) => match s.as_str().parse::<Protocol>() {
+                    Ok(p) => p,
+                    Err(_) => {
+                        on_reject(Reject {
+                            line: line_no(i),
+                            reason: RejectReason::UnknownScheme,
+                            text: cut(&c[0]),
+                        });
+                        continue;
+                    }
+                },
+                None => opts.default_protocol,
+            };
+            let host = c[4].trim_start_matches('[').trim_end_matches(']');
+            let creds = c
+                .get(2)
+                .map(|u| (u.as_str(), c.get(3).map_or("", |p| p.as_str())));
+            match build(protocol, host, &c[5], creds, opts) {
+                Ok(p) => out.proxies.push((p, line_no(i))),
+                Err(reason) => on_reject(Reject {
+                    line: line_no(i),
+                    reason,
+                    text: cut(&c[0]),
+                }),
+            }
+        }
+    }
+    out
+}
+
+fn parse_json(
+    value: &serde_json::Value,
+    opts: ParseOptions,
+    on_reject: &mut dyn FnMut(Reject),
+) -> Parsed {
+    use serde_json::Value;
+    let mut out = Parsed::default();
+    // `[...]`, or an object holding the list under any key (`{"data": [...]}`).
+    let items: &[Value] = match value {
+        Value::Array(a) => a,
+        Value::Object(o) => o
+            .values()
+            .find_map(|v| v.as_array())
+            .map_or(&[], |a| a.as_slice()),
+        _ => &[],
+    };
+    for (i, item) in items.iter().enumerate() {
+        out.lines += 1;
+        let result = match item {
+            Value::String(s) => parse_line(s.trim(), opts),
+            Value::Object(o) => json_object(o, opts),
+            _ => Err(RejectReason::Syntax),
+        };
+        match result {
+            Ok(p) => out.proxies.push((p, line_no(i))),
+            Err(reason) => on_reject(Reject {
+                line: line_no(i),
+                reason,
+                text: cut(&item.to_string()),
+            }),
+        }
+    }
+    out
+}
+
+fn json_object(
+    o: &serde_json::Map<String, serde_json::Value>,
+    opts: ParseOptions,
+) -> Result<Proxy, RejectReason> {
+    use serde_json::Value;
+    let field = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| o.get(*n))
+            .filter(|v| !v.is_null())
+    };
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Array(a) => a.first().and_then(|f| f.as_str()).map(str::to_string),
+        _ => None,
+    };
+    let host = field(&["ip", "host", "address", "addr", "server"])
+        .and_then(text)
+        .ok_or(RejectReason::Syntax)?;
+    let protocol = match field(&["protocol", "type", "scheme", "protocols"]).and_then(text) {
+        Some(p) => p
+            .parse::<Protocol>()
+            .map_err(|_| RejectReason::UnknownScheme)?,
+        None => opts.default_protocol,
+    };
+    let opts = ParseOptions {
+        default_protocol: protocol,
+        ..opts
+    };
+    let user = field(&["username", "user", "login"]).and_then(text);
+    let pass = field(&["password", "pass"]).and_then(text);
+    match field(&["port"]).and_then(text) {
+        Some(port) => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            build(
+                protocol,
+                host,
+                &port,
+                user.as_deref().map(|u| (u, pass.as_deref().unwrap_or(""))),
+                opts,
+            )
+        }
+        // `{"ip": "1.2.3.4:8080"}`
+        None => parse_token(host.trim(), opts),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPTS: ParseOptions = ParseOptions {
+        default_protocol: Protocol::Http,
+        allow_private: false,
+    };
+
+    fn ok(line: &str, expect: &str) {
+        let p = parse_line(line, OPTS).unwrap_or_else(|e| panic!("{line:?}: {e:?}"));
+        let creds = p
+            .credentials
+            .as_ref()
+            .map(|c| format!(" {}:{}", c.username, c.password))
+            .unwrap_or_default();
+        assert_eq!(format!("{p}{creds}"), expect, "{line:?}");
+    }
+
+    fn bad(line: &str, reason: RejectReason) {
+        assert_eq!(parse_line(line, OPTS), Err(reason), "{line:?}");
+    }
+
+    #[test]
+    fn line_forms() {
+        ok("1.2.3.4:8080", "http://1.2.3.4:8080");
+        ok("socks5://1.2.3.4:1080", "socks5://1.2.3.4:1080");
+        ok("SOCKS4://1.2.3.4:1080", "socks4://1.2.3.4:1080");
+        ok("socks5h://u:p@1.2.3.4:1080", "socks5://1.2.3.4:1080 u:p");
+        ok(
+            "user:pa%40ss@1.2.3.4:3128",
+            "http://1.2.3.4:3128 user:pa@ss",
+        );
+        ok("1.2.3.4:3128:user:pass", "http://1.2.3.4:3128 user:pass");
+        ok(
+            "https://1.2.3.4:3128:user:pass",
+            "https://1.2.3.4:3128 user:pass",
+        );
+        ok("[2001:db8::1]:8080", "http://[2001:db8::1]:8080");
+        ok(
+            "socks5://[2606:4700::1111]:1080",
+            "socks5://[2606:4700::1111]:1080",
+        );
+        ok("1.2.3.4:80 US 120ms", "http://1.2.3.4:80");
+        ok("1.2.3.4:80\tanonymous", "http://1.2.3.4:80");
+        ok("1.2.3.4 8080", "http://1.2.3.4:8080");
+        ok("1.2.3.4,8080,US", "http://1.2.3.4:8080");
+        ok("http://1.2.3.4:8080/", "http://1.2.3.4:8080");
+        ok("proxy.example.com:3128", "http://proxy.example.com:3128");
+        ok("Proxy.Example.COM.:3128", "http://proxy.example.com:3128");
+    }
+
+    #[test]
+    fn line_rejections() {
+        bad("1.2.3.4", RejectReason::Syntax);
+        bad("1.2.3.4:0", RejectReason::InvalidPort);
+        bad("1.2.3.4:65536", RejectReason::InvalidPort);
+        bad("1.2.3.4:http", RejectReason::InvalidPort);
+        bad("1.2.3.999:80", RejectReason::Syntax);
+        bad("ftp://1.2.3.4:21", RejectReason::UnknownScheme);
+        bad("2001:db8::1:8080", RejectReason::Syntax);
+        bad("0.0.0.0:80", RejectReason::Unroutable);
+        bad("224.0.0.1:80", RejectReason::Unroutable);
+        bad("255.255.255.255:80", RejectReason::Unroutable);
+        bad("127.0.0.1:80", RejectReason::Private);
+        bad("10.1.2.3:80", RejectReason::Private);
+        bad("100.64.1.1:80", RejectReason::Private);
+        bad("169.254.169.254:80", RejectReason::Private);
+        bad("[::1]:80", RejectReason::Private);
+        bad(":@1.2.3.4:80", RejectReason::Syntax);
+        let relaxed = ParseOptions {
+            allow_private: true,
+            ..OPTS
+        };
+        assert!(parse_line("127.0.0.1:80", relaxed).is_ok());
+        assert_eq!(
+            parse_line("0.0.0.0:80", relaxed),
+            Err(RejectReason::Unroutable)
+        );
+    }
+
+    fn doc(body: &str, proto: Protocol) -> (Vec<String>, Vec<(u32, RejectReason)>, Format) {
+        let mut rejects = vec![];
+        let (parsed, format) = parse_document(
+            body.as_bytes(),
+            ParseOptions {
+                default_protocol: proto,
+                allow_private: false,
+            },
+            &mut |r| rejects.push((r.line, r.reason)),
+        );
+        (
+            parsed.proxies.iter().map(|(p, _)| p.to_string()).collect(),
+            rejects,
+            format,
+        )
+    }
+
+    #[test]
+    fn mixed_document_with_line_numbers() {
+        let body = "\u{feff}# list\r\n1.2.3.4:80\r\n\r\n  socks5://5.6.7.8:1080  \r\nnot a proxy\r\n9.9.9.9:0\r\n8.8.8.8:3128 # dns\n";
+        let (got, rejects, format) = doc(body, Protocol::Socks4);
+        assert_eq!(format, Format::Lines);
+        assert_eq!(
+            got,
+            [
+                "socks4://1.2.3.4:80",
+                "socks5://5.6.7.8:1080",
+                "socks4://8.8.8.8:3128"
+            ]
+        );
+        assert_eq!(
+            rejects,
+            [(5, RejectReason::Syntax), (6, RejectReason::InvalidPort)]
+        );
+    }
+
+    #[test]
+    fn v6_list_is_not_json() {
+        let (got, _, format) = doc("[2001:db8::1]:8080\n[2001:db8::2]:8081\n", Protocol::Http);
+        assert_eq!(format, Format::Lines);
+        assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn html_table_and_text() {
+        let body = "<html><body><table><tr><td>1.2.3.4</td><td>8080</td><td>US</td></tr>\n<tr><td>5.6.7.8</td><td>3128</td></tr>\n<p>Also socks5://9.9.9.9:1080 and 10.0.0.1:80</p></table></body></html>";
+        let (got, rejects, format) = doc(body, Protocol::Http);
+        assert_eq!(format, Format::Html);
+        assert_eq!(
+            got,
+            [
+                "http://1.2.3.4:8080",
+                "http://5.6.7.8:3128",
+                "socks5://9.9.9.9:1080"
+            ]
+        );
+        assert_eq!(rejects, [(3, RejectReason::Private)]);
+    }
+
+    #[test]
+    fn json_strings_and_objects() {
+        let body = r#"[ "1.2.3.4:80", {"ip": "5.6.7.8", "port": 1080, "protocol": "socks5", "username": "u", "password": "p"},
+            {"host": "9.9.9.9", "port": "3128", "type": "https"}, {"ip": "8.8.8.8:8080"}, {"port": 1}, 17,
+            {"ip": "1.1.1.1", "port": 80, "protocols": ["socks4"]} ]"#;
+        let (got, rejects, format) = doc(body, Protocol::Http);
+        assert_eq!(format, Format::Json);
+        assert_eq!(
+            got,
+            [
+                "http://1.2.3.4:80",
+                "socks5://5.6.7.8:1080",
+                "https://9.9.9.9:3128",
+                "http://8.8.8.8:8080",
+                "socks4://1.1.1.1:80"
+            ]
+        );
+        assert_eq!(
+            rejects,
+            [(5, RejectReason::Syntax), (6, RejectReason::Syntax)]
+        );
+        let (got, _, _) = doc(
+            r#"{"count": 1, "data": [{"ip": "1.2.3.4", "port": 80}]}"#,
+            Protocol::Http,
+        );
+        assert_eq!(got, ["http://1.2.3.4:80"]);
+    }
+
+    #[test]
+    fn reject_text_is_cut() {
+        let long = "x".repeat(10_000);
+        let mut seen = vec![];
+        parse_document(long.as_bytes(), OPTS, &mut |r| seen.push(r));
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen[0].text.len(), MAX_REJECT_TEXT);
+    }
+}
