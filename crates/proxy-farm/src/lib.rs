@@ -1,1 +1,364 @@
-//! placeholder
+//! proxy-farm: a loopback stand-in for the internet's proxies, a judge and proxy-list
+//! sources, for proxy-checker's tests and benchmarks.
+//!
+//! One process, a handful of sockets:
+//! - one proxy listener on `0.0.0.0:P` answers for every simulated proxy: proxy `i`
+//!   lives at `127.1.0.0 + i`, and the address a connection was dialed on picks the
+//!   proxy's protocol and behaviour ([`spec`]);
+//! - a port bound but never listening answers SYNs with resets (refused proxies);
+//! - a listener whose accept queue is kept full drops SYNs (silent proxies);
+//! - a judge on `127.0.0.1` (plain and TLS) echoes path, headers and client address,
+//!   and serves source lists under `/sources/NAME`.
+//!
+//! Non-loopback peers are dropped at once: the wildcard listener serves loopback only.
+
+pub mod http;
+pub mod proxy;
+pub mod spec;
+pub mod tls;
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+pub use http::SourceBody;
+pub use spec::{Behavior, Expect, FarmSpec, Group, Protocol, expect};
+
+/// Where a tunnel leads, inside the farm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Judge,
+    JudgeTls,
+}
+
+/// State shared by every connection of a farm.
+pub struct Shared {
+    groups: Vec<Group>,
+    /// Cumulative end index of each group.
+    ends: Vec<u32>,
+    judge: SocketAddr,
+    judge_tls: SocketAddr,
+    judge_down: AtomicBool,
+    /// Judge answers given (direct and through proxies).
+    pub judge_hits: AtomicU64,
+    /// Proxy connections accepted.
+    pub connections: AtomicU64,
+    sources: Mutex<HashMap<String, SourceBody>>,
+    tls: tls::FarmTls,
+    flaky_seen: Mutex<HashSet<u32>>,
+}
+
+impl Shared {
+    fn group_of(&self, i: u32) -> Option<&Group> {
+        let g = self.ends.partition_point(|end| *end <= i);
+        self.groups.get(g)
+    }
+
+    /// True the first time proxy `i` is visited.
+    fn first_visit(&self, i: u32) -> bool {
+        self.flaky_seen.lock().expect("flaky").insert(i)
+    }
+
+    fn is_judge_down(&self) -> bool {
+        self.judge_down.load(Ordering::Relaxed)
+    }
+
+    /// Resolves `host:port` to one of the farm's judges.
+    fn farm_target(&self, authority: &str) -> Option<Target> {
+        let (host, port) = authority.rsplit_once(':')?;
+        let port: u16 = port.parse().ok()?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let local =
+            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip == self.judge.ip());
+        match port {
+            p if local && p == self.judge.port() => Some(Target::Judge),
+            p if local && p == self.judge_tls.port() => Some(Target::JudgeTls),
+            _ => None,
+        }
+    }
+}
+
+/// One simulated proxy as a list shows it.
+#[derive(Clone, Debug)]
+pub struct FarmProxy {
+    pub index: u32,
+    pub protocol: Protocol,
+    pub behavior: Behavior,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub credentials: Option<(String, String)>,
+}
+
+impl FarmProxy {
+    /// `scheme://[user:pass@]ip:port`
+    pub fn url(&self) -> String {
+        match &self.credentials {
+            Some((u, p)) => format!(
+                "{}://{u}:{p}@{}:{}",
+                self.protocol.scheme(),
+                self.ip,
+                self.port
+            ),
+            None => format!("{}://{}:{}", self.protocol.scheme(), self.ip, self.port),
+        }
+    }
+
+    /// `ip:port` (the form a list without schemes carries).
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+/// A running farm. Dropping it stops every listener.
+pub struct Farm {
+    shared: Arc<Shared>,
+    pub proxy_port: u16,
+    pub refused_port: u16,
+    pub blackhole_port: u16,
+    cancel: CancellationToken,
+    _refused: socket2::Socket,
+    _blackhole: (TcpListener, Vec<TcpStream>),
+}
+
+impl Drop for Farm {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+fn loopback(addr: SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+async fn accept_loop<F, Fut>(listener: TcpListener, cancel: CancellationToken, on_conn: F)
+where
+    F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok((s, peer)) if loopback(peer) => {
+                let cancel = cancel.clone();
+                let fut = on_conn(s, peer);
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = cancel.cancelled() => {}
+                        _ = fut => {}
+                    }
+                });
+            }
+            Ok(_) => {}
+            // EMFILE and friends: back off briefly instead of spinning.
+            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+impl Farm {
+    /// Starts the farm on ephemeral ports.
+    pub async fn start(spec: FarmSpec) -> anyhow::Result<Farm> {
+        let total: u64 = spec.groups.iter().map(|g| u64::from(g.count)).sum();
+        anyhow::ensure!(
+            total <= u64::from(spec::MAX_PROXIES),
+            "at most {} proxies",
+            spec::MAX_PROXIES
+        );
+        let mut ends = Vec::with_capacity(spec.groups.len());
+        let mut acc = 0u32;
+        for g in &spec.groups {
+            acc += g.count;
+            ends.push(acc);
+        }
+
+        let judge_l = TcpListener::bind("127.0.0.1:0").await?;
+        let judge_tls_l = TcpListener::bind("127.0.0.1:0").await?;
+        let proxy_l = {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.set_reuse_address(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
+            s.listen(65_535)?;
+            TcpListener::from_std(s.into())?
+        };
+        // Bound, never listening: every SYN is answered with a reset.
+        let refused = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+        refused.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
+        let refused_port = refused
+            .local_addr()?
+            .as_socket()
+            .map(|a| a.port())
+            .unwrap_or_default();
+        // Accept queue of one, filled by us and never accepted: further SYNs are dropped.
+        let blackhole = {
+            let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            s.set_nonblocking(true)?;
+            s.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
+            s.listen(0)?;
+            TcpListener::from_std(s.into())?
+        };
+        let blackhole_port = blackhole.local_addr()?.port();
+        let mut fillers = Vec::new();
+        for _ in 0..2 {
+            if let Ok(Ok(s)) = tokio::time::timeout(
+                Duration::from_millis(200),
+                TcpStream::connect(("127.0.0.1", blackhole_port)),
+            )
+            .await
+            {
+                fillers.push(s);
+            }
+        }
+
+        let shared = Arc::new(Shared {
+            groups: spec.groups,
+            ends,
+            judge: judge_l.local_addr()?,
+            judge_tls: judge_tls_l.local_addr()?,
+            judge_down: AtomicBool::new(false),
+            judge_hits: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            sources: Mutex::new(HashMap::new()),
+            tls: tls::FarmTls::generate()?,
+            flaky_seen: Mutex::new(HashSet::new()),
+        });
+        let cancel = CancellationToken::new();
+        let proxy_port = proxy_l.local_addr()?.port();
+
+        let sh = shared.clone();
+        tokio::spawn(accept_loop(proxy_l, cancel.clone(), move |s, _| {
+            sh.connections.fetch_add(1, Ordering::Relaxed);
+            proxy::handle(sh.clone(), s)
+        }));
+        let sh = shared.clone();
+        tokio::spawn(accept_loop(judge_l, cancel.clone(), move |s, peer| {
+            http::serve_conn(sh.clone(), s, peer)
+        }));
+        let sh = shared.clone();
+        tokio::spawn(accept_loop(judge_tls_l, cancel.clone(), move |s, peer| {
+            let sh = sh.clone();
+            async move {
+                let acceptor = tokio_rustls::TlsAcceptor::from(sh.tls.judge.clone());
+                if let Ok(Ok(tls)) =
+                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await
+                {
+                    http::serve_conn(sh, tls, peer).await;
+                }
+            }
+        }));
+
+        Ok(Farm {
+            shared,
+            proxy_port,
+            refused_port,
+            blackhole_port,
+            cancel,
+            _refused: refused,
+            _blackhole: (blackhole, fillers),
+        })
+    }
+
+    /// Every simulated proxy, in index order.
+    pub fn proxies(&self) -> impl Iterator<Item = FarmProxy> + '_ {
+        let mut start = 0u32;
+        self.shared.groups.iter().flat_map(move |g| {
+            let range = start..start + g.count;
+            start += g.count;
+            range.map(move |index| self.proxy(index, g))
+        })
+    }
+
+    fn proxy(&self, index: u32, g: &Group) -> FarmProxy {
+        let port = match g.behavior {
+            Behavior::Refused => self.refused_port,
+            Behavior::Blackhole => self.blackhole_port,
+            _ => self.proxy_port,
+        };
+        let credentials = match g.behavior {
+            Behavior::AuthGood => Some(proxy::credentials(index)),
+            Behavior::AuthBad => Some((proxy::credentials(index).0, "wrong".into())),
+            _ => None,
+        };
+        FarmProxy {
+            index,
+            protocol: g.protocol,
+            behavior: g.behavior,
+            ip: spec::ip_of(index),
+            port,
+            credentials,
+        }
+    }
+
+    /// The proxy at an address, if it belongs to the farm.
+    pub fn proxy_at(&self, ip: Ipv4Addr) -> Option<FarmProxy> {
+        let index = spec::index_of(ip)?;
+        let g = self.shared.group_of(index)?;
+        Some(self.proxy(index, g))
+    }
+
+    /// One proxy per line as `scheme://[user:pass@]ip:port`.
+    pub fn list_urls(&self) -> String {
+        self.proxies().map(|p| p.url() + "\n").collect()
+    }
+
+    pub fn judge_url(&self) -> String {
+        format!("http://{}/get", self.shared.judge)
+    }
+
+    pub fn judge_tls_url(&self) -> String {
+        format!("https://{}/get", self.shared.judge_tls)
+    }
+
+    /// PEM of the CA behind the TLS judge's certificate.
+    pub fn ca_pem(&self) -> &str {
+        &self.shared.tls.ca_pem
+    }
+
+    /// Serves `body` at `/sources/NAME`; returns its URL.
+    pub fn add_source(&self, name: &str, body: SourceBody) -> String {
+        self.shared
+            .sources
+            .lock()
+            .expect("sources")
+            .insert(name.to_string(), body);
+        format!("http://{}/sources/{name}", self.shared.judge)
+    }
+
+    /// Serves a plain 200 list.
+    pub fn add_list(&self, name: &str, body: impl Into<Vec<u8>>) -> String {
+        self.add_source(
+            name,
+            SourceBody {
+                body: Arc::new(body.into()),
+                status: 200,
+                gzip: false,
+                delay: Duration::ZERO,
+            },
+        )
+    }
+
+    pub fn set_judge_down(&self, down: bool) {
+        self.shared.judge_down.store(down, Ordering::Relaxed);
+    }
+
+    pub fn judge_hits(&self) -> u64 {
+        self.shared.judge_hits.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> u64 {
+        self.shared.connections.load(Ordering::Relaxed)
+    }
+}

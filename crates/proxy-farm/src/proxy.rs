@@ -1,0 +1,444 @@
+//! Simulated proxies: one listener stands for every proxy; the address a connection was
+//! dialed on (127.1.0.0 + i) says which proxy it reached and so how to behave.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::Shared;
+use crate::http::{self, Delivery, Request};
+use crate::spec::{Behavior, Protocol};
+
+const PORTAL: &[u8] = b"<html><head><title>Welcome</title></head><body>Please log in to use this network.</body></html>";
+const GARBAGE: &[u8] = b"\xde\xad\xbe\xef\x00\x01garbage that is no protocol\r\n\r\n";
+
+pub fn credentials(i: u32) -> (String, String) {
+    (format!("user{i}"), format!("pass{i}"))
+}
+
+/// Writes what is left, closes our side, and drains the peer so no reset eats our bytes.
+async fn finish<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) {
+    let _ = s.flush().await;
+    let _ = s.shutdown().await;
+    let mut sink = [0u8; 512];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+struct Ctx {
+    shared: Arc<Shared>,
+    index: u32,
+    protocol: Protocol,
+    behavior: Behavior,
+    latency: Duration,
+    origin: String,
+}
+
+/// Handles one connection to a simulated proxy.
+pub async fn handle(shared: Arc<Shared>, mut s: TcpStream) {
+    let Ok(local) = s.local_addr() else { return };
+    let ip = match local.ip() {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4,
+            None => return,
+        },
+    };
+    let Some(index) = crate::spec::index_of(ip) else {
+        return;
+    };
+    let Some(group) = shared.group_of(index) else {
+        return;
+    };
+    let ctx = Ctx {
+        index,
+        protocol: group.protocol,
+        behavior: group.behavior,
+        latency: Duration::from_millis(group.latency_ms),
+        origin: ip.to_string(),
+        shared,
+    };
+    match ctx.behavior {
+        Behavior::CloseAtOnce => return,
+        Behavior::Flaky if ctx.shared.first_visit(index) => return,
+        Behavior::Silent => {
+            let mut sink = [0u8; 512];
+            while let Ok(n) = s.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
+    let mut first = [0u8; 1];
+    if s.read_exact(&mut first).await.is_err() {
+        return;
+    }
+    if ctx.behavior == Behavior::Garbage {
+        let _ = s.write_all(GARBAGE).await;
+        return finish(&mut s).await;
+    }
+    match (first[0], ctx.protocol) {
+        (5, Protocol::Socks5) => socks5(&ctx, s).await,
+        (4, Protocol::Socks4) => socks4(&ctx, s).await,
+        (4 | 5, _) if ctx.protocol.is_http() => {
+            http::write_response(
+                &mut s,
+                "400 Bad Request",
+                "text/plain",
+                "",
+                b"not a SOCKS proxy",
+                Delivery::Normal,
+            )
+            .await;
+            finish(&mut s).await;
+        }
+        (_, p) if p.is_http() => http_proxy(&ctx, s, first[0]).await,
+        _ => {}
+    }
+}
+
+fn basic_ok(ctx: &Ctx, req: &Request) -> bool {
+    use base64::Engine as _;
+    let (u, p) = credentials(ctx.index);
+    let want = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+    ctx.behavior == Behavior::AuthGood
+        && req
+            .header("proxy-authorization")
+            .is_some_and(|v| v.strip_prefix("Basic ").is_some_and(|t| t.trim() == want))
+}
+
+fn needs_auth(ctx: &Ctx) -> bool {
+    matches!(ctx.behavior, Behavior::AuthGood | Behavior::AuthBad)
+}
+
+async fn http_proxy(ctx: &Ctx, mut s: TcpStream, first: u8) {
+    let mut buf = vec![first];
+    let Some(req) = http::read_request(&mut s, &mut buf).await else {
+        return;
+    };
+    if needs_auth(ctx) && !basic_ok(ctx, &req) {
+        let extra = "Proxy-Authenticate: Basic realm=\"farm\"\r\n";
+        http::write_response(
+            &mut s,
+            "407 Proxy Authentication Required",
+            "text/plain",
+            extra,
+            b"auth",
+            Delivery::Normal,
+        )
+        .await;
+        return finish(&mut s).await;
+    }
+    if req.method.eq_ignore_ascii_case("CONNECT") {
+        if ctx.behavior == Behavior::ForwardOnly {
+            http::write_response(
+                &mut s,
+                "405 Method Not Allowed",
+                "text/plain",
+                "",
+                b"no CONNECT",
+                Delivery::Normal,
+            )
+            .await;
+            return finish(&mut s).await;
+        }
+        let Some(target) = ctx.shared.farm_target(&req.target) else {
+            http::write_response(
+                &mut s,
+                "502 Bad Gateway",
+                "text/plain",
+                "",
+                b"unknown target",
+                Delivery::Normal,
+            )
+            .await;
+            return finish(&mut s).await;
+        };
+        if ctx.shared.is_judge_down() {
+            http::write_response(
+                &mut s,
+                "502 Bad Gateway",
+                "text/plain",
+                "",
+                b"upstream down",
+                Delivery::Normal,
+            )
+            .await;
+            return finish(&mut s).await;
+        }
+        if s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        return tunnel(ctx, s, target).await;
+    }
+    if ctx.behavior == Behavior::TunnelOnly || !req.target.starts_with("http://") {
+        http::write_response(
+            &mut s,
+            "403 Forbidden",
+            "text/plain",
+            "",
+            b"forwarding refused",
+            Delivery::Normal,
+        )
+        .await;
+        return finish(&mut s).await;
+    }
+    let authority = req.target["http://".len()..]
+        .split('/')
+        .next()
+        .unwrap_or_default();
+    if ctx.shared.farm_target(authority).is_none() {
+        http::write_response(
+            &mut s,
+            "502 Bad Gateway",
+            "text/plain",
+            "",
+            b"unknown target",
+            Delivery::Normal,
+        )
+        .await;
+        return finish(&mut s).await;
+    }
+    if ctx.shared.is_judge_down() {
+        http::write_response(
+            &mut s,
+            "502 Bad Gateway",
+            "text/plain",
+            "",
+            b"upstream down",
+            Delivery::Normal,
+        )
+        .await;
+        return finish(&mut s).await;
+    }
+    answer(ctx, &mut s, &req).await;
+    finish(&mut s).await;
+}
+
+/// The judge's answer as this proxy delivers it.
+async fn answer<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
+    match ctx.behavior {
+        Behavior::TooSlow => tokio::time::sleep(Duration::from_secs(3600)).await,
+        _ => tokio::time::sleep(ctx.latency).await,
+    }
+    match ctx.behavior {
+        Behavior::WrongPage => {
+            http::write_response(s, "200 OK", "text/html", "", PORTAL, Delivery::Normal).await
+        }
+        Behavior::Trickle => {
+            http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Trickle).await
+        }
+        _ => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Normal).await,
+    }
+}
+
+/// Serves the judge inside an established tunnel (TLS for the TLS judge).
+async fn tunnel(ctx: &Ctx, s: TcpStream, target: crate::Target) {
+    match target {
+        crate::Target::JudgeTls => {
+            let config = if ctx.behavior == Behavior::Mitm {
+                ctx.shared.tls.mitm.clone()
+            } else {
+                ctx.shared.tls.judge.clone()
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let Ok(Ok(mut tls)) =
+                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await
+            else {
+                return;
+            };
+            inline_judge(ctx, &mut tls).await;
+        }
+        crate::Target::Judge => {
+            let mut s = s;
+            inline_judge(ctx, &mut s).await;
+        }
+    }
+}
+
+async fn inline_judge<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S) {
+    let mut buf = Vec::new();
+    let Some(req) = http::read_request(s, &mut buf).await else {
+        return;
+    };
+    answer(ctx, s, &req).await;
+    finish(s).await;
+}
+
+async fn socks5(ctx: &Ctx, mut s: TcpStream) {
+    let mut n = [0u8; 1];
+    if s.read_exact(&mut n).await.is_err() {
+        return;
+    }
+    let mut methods = vec![0u8; usize::from(n[0])];
+    if s.read_exact(&mut methods).await.is_err() {
+        return;
+    }
+    if needs_auth(ctx) {
+        if !methods.contains(&2) {
+            let _ = s.write_all(&[5, 0xff]).await;
+            return finish(&mut s).await;
+        }
+        let _ = s.write_all(&[5, 2]).await;
+        let mut head = [0u8; 2];
+        if s.read_exact(&mut head).await.is_err() {
+            return;
+        }
+        let mut user = vec![0u8; usize::from(head[1])];
+        let mut plen = [0u8; 1];
+        if s.read_exact(&mut user).await.is_err() || s.read_exact(&mut plen).await.is_err() {
+            return;
+        }
+        let mut pass = vec![0u8; usize::from(plen[0])];
+        if s.read_exact(&mut pass).await.is_err() {
+            return;
+        }
+        let (u, p) = credentials(ctx.index);
+        let ok = ctx.behavior == Behavior::AuthGood && user == u.as_bytes() && pass == p.as_bytes();
+        let _ = s.write_all(&[1, if ok { 0 } else { 1 }]).await;
+        if !ok {
+            return finish(&mut s).await;
+        }
+    } else if methods.contains(&0) {
+        let _ = s.write_all(&[5, 0]).await;
+    } else {
+        let _ = s.write_all(&[5, 0xff]).await;
+        return finish(&mut s).await;
+    }
+    let mut req = [0u8; 4];
+    if s.read_exact(&mut req).await.is_err() {
+        return;
+    }
+    let host = match req[3] {
+        1 => {
+            let mut a = [0u8; 4];
+            if s.read_exact(&mut a).await.is_err() {
+                return;
+            }
+            std::net::Ipv4Addr::from(a).to_string()
+        }
+        3 => {
+            let mut l = [0u8; 1];
+            if s.read_exact(&mut l).await.is_err() {
+                return;
+            }
+            let mut name = vec![0u8; usize::from(l[0])];
+            if s.read_exact(&mut name).await.is_err() {
+                return;
+            }
+            String::from_utf8_lossy(&name).into_owned()
+        }
+        4 => {
+            let mut a = [0u8; 16];
+            if s.read_exact(&mut a).await.is_err() {
+                return;
+            }
+            format!("[{}]", std::net::Ipv6Addr::from(a))
+        }
+        _ => return,
+    };
+    let mut port = [0u8; 2];
+    if s.read_exact(&mut port).await.is_err() {
+        return;
+    }
+    let target = ctx
+        .shared
+        .farm_target(&format!("{host}:{}", u16::from_be_bytes(port)));
+    let code = match target {
+        _ if req[1] != 1 => 7,
+        None => 4,
+        Some(_) if ctx.shared.is_judge_down() => 5,
+        Some(_) => 0,
+    };
+    if s.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await
+        .is_err()
+    {
+        return;
+    }
+    match target {
+        Some(t) if code == 0 => tunnel(ctx, s, t).await,
+        _ => finish(&mut s).await,
+    }
+}
+
+async fn socks4(ctx: &Ctx, mut s: TcpStream) {
+    let mut head = [0u8; 7];
+    if s.read_exact(&mut head).await.is_err() {
+        return;
+    }
+    let port = u16::from_be_bytes([head[1], head[2]]);
+    let ip = std::net::Ipv4Addr::new(head[3], head[4], head[5], head[6]);
+    let Some(user) = read_cstr(&mut s).await else {
+        return;
+    };
+    let host = if ip.octets()[..3] == [0, 0, 0] && ip.octets()[3] != 0 {
+        let Some(name) = read_cstr(&mut s).await else {
+            return;
+        };
+        String::from_utf8_lossy(&name).into_owned()
+    } else {
+        ip.to_string()
+    };
+    let reply = |code: u8| {
+        [
+            0, code, head[1], head[2], head[3], head[4], head[5], head[6],
+        ]
+    };
+    if needs_auth(ctx) {
+        let (u, _) = credentials(ctx.index);
+        if !(ctx.behavior == Behavior::AuthGood && user == u.as_bytes()) {
+            let _ = s.write_all(&reply(0x5d)).await;
+            return finish(&mut s).await;
+        }
+    }
+    let target = ctx.shared.farm_target(&format!("{host}:{port}"));
+    match target {
+        Some(t) if head[0] == 1 && !ctx.shared.is_judge_down() => {
+            if s.write_all(&reply(0x5a)).await.is_err() {
+                return;
+            }
+            tunnel(ctx, s, t).await
+        }
+        _ => {
+            let _ = s.write_all(&reply(0x5b)).await;
+            finish(&mut s).await
+        }
+    }
+}
+
+async fn read_cstr(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        s.read_exact(&mut b).await.ok()?;
+        if b[0] == 0 {
+            return Some(out);
+        }
+        if out.len() > 255 {
+            return None;
+        }
+        out.push(b[0]);
+    }
+}
+
+/// Where a connection came from, for the direct judge.
+pub fn peer_of(s: &TcpStream) -> SocketAddr {
+    s.peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
