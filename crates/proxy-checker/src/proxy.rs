@@ -92,10 +92,7 @@ pub struct Credentials {
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .field("password", &"<redacted>")
-            .finish()
+        f.debug_struct("Credentials").field("username", &self.username).field("password", &"<redacted>").finish()
     }
 }
 
@@ -113,11 +110,7 @@ impl Proxy {
     /// The deduplication key: protocol family, host, port and credentials.
     pub fn dedup_key(&self) -> DedupKey {
         DedupKey {
-            family: if self.protocol.is_http_family() {
-                Protocol::Http
-            } else {
-                self.protocol
-            },
+            family: if self.protocol.is_http_family() { Protocol::Http } else { self.protocol },
             host: self.host.clone(),
             port: self.port,
             credentials: self.credentials.clone(),
@@ -151,10 +144,7 @@ mod tests {
             protocol: Protocol::Socks5,
             host: Host::Ip("::1".parse().unwrap()),
             port: 1080,
-            credentials: Some(Arc::new(Credentials {
-                username: "u".into(),
-                password: "secret".into(),
-            })),
+            credentials: Some(Arc::new(Credentials { username: "u".into(), password: "secret".into() })),
         };
         assert_eq!(p.to_string(), "socks5://[::1]:1080");
         assert!(!format!("{p:?}").contains("secret"));
@@ -162,20 +152,9 @@ mod tests {
 
     #[test]
     fn http_and_https_share_a_dedup_key() {
-        let mk = |protocol| Proxy {
-            protocol,
-            host: Host::Ip([1, 2, 3, 4].into()),
-            port: 80,
-            credentials: None,
-        };
-        assert_eq!(
-            mk(Protocol::Http).dedup_key(),
-            mk(Protocol::Https).dedup_key()
-        );
-        assert_ne!(
-            mk(Protocol::Http).dedup_key(),
-            mk(Protocol::Socks5).dedup_key()
-        );
+        let mk = |protocol| Proxy { protocol, host: Host::Ip([1, 2, 3, 4].into()), port: 80, credentials: None };
+        assert_eq!(mk(Protocol::Http).dedup_key(), mk(Protocol::Https).dedup_key());
+        assert_ne!(mk(Protocol::Http).dedup_key(), mk(Protocol::Socks5).dedup_key());
     }
 
     #[test]

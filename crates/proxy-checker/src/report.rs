@@ -68,23 +68,12 @@ pub fn write(out: &mut dyn Write, format: Format, alive: &[Verdict]) -> io::Resu
             writeln!(out)?;
         }
         Format::Csv => {
-            writeln!(
-                out,
-                "proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,attempts"
-            )?;
+            writeln!(out, "proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,attempts")?;
             for r in records {
                 writeln!(
                     out,
                     "{},{},{},{},{},{},{},{},{}",
-                    r.proxy,
-                    r.protocol,
-                    r.host,
-                    r.port,
-                    r.latency_ms,
-                    r.connect_ms,
-                    r.forward,
-                    r.tunnel,
-                    r.attempts
+                    r.proxy, r.protocol, r.host, r.port, r.latency_ms, r.connect_ms, r.forward, r.tunnel, r.attempts
                 )?;
             }
         }

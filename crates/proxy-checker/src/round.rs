@@ -53,14 +53,9 @@ pub struct RoundContext {
 }
 
 impl RoundContext {
-    pub async fn run(
-        &self,
-        progress: Arc<Progress>,
-        cancel: CancellationToken,
-    ) -> Result<RoundReport, RoundError> {
+    pub async fn run(&self, progress: Arc<Progress>, cancel: CancellationToken) -> Result<RoundReport, RoundError> {
         let started = SystemTime::now();
-        let mut gathered =
-            source::gather(&self.client, &self.sources, &self.fetch, self.allow_private).await;
+        let mut gathered = source::gather(&self.client, &self.sources, &self.fetch, self.allow_private).await;
         let scraped = gathered.scraped();
         if gathered.found.is_empty() {
             let why: Vec<String> = gathered
@@ -71,11 +66,7 @@ impl RoundContext {
                     None => format!("{}: no valid proxies ({} lines)", s.name, s.lines),
                 })
                 .collect();
-            let why = if why.is_empty() {
-                "no sources configured".to_string()
-            } else {
-                why.join("; ")
-            };
+            let why = if why.is_empty() { "no sources configured".to_string() } else { why.join("; ") };
             return Err(RoundError::NoUsableSource(why));
         }
 
@@ -86,10 +77,9 @@ impl RoundContext {
             Host::Ip(_) => true,
             Host::Name(n) => {
                 let verdict = match resolved.get(n.as_ref()) {
-                    Some(Ok(ips)) => ips
-                        .iter()
-                        .try_for_each(|ip| guard::check(*ip, allow_private))
-                        .map_err(RejectReason::from),
+                    Some(Ok(ips)) => {
+                        ips.iter().try_for_each(|ip| guard::check(*ip, allow_private)).map_err(RejectReason::from)
+                    }
                     _ => Err(RejectReason::Unresolvable),
                 };
                 if let Err(reason) = verdict {
@@ -97,11 +87,7 @@ impl RoundContext {
                     st.valid -= 1;
                     *st.rejected.entry(reason).or_default() += 1;
                     if st.samples.len() < 20 {
-                        st.samples.push(Reject {
-                            line: 0,
-                            reason,
-                            text: n.to_string(),
-                        });
+                        st.samples.push(Reject { line: 0, reason, text: n.to_string() });
                     }
                 }
                 verdict.is_ok()
@@ -119,11 +105,7 @@ impl RoundContext {
                     .and_then(|v| v.first().copied())
                     .expect("kept only resolved names"),
             };
-            Candidate {
-                addr: SocketAddr::new(ip, f.proxy.port),
-                proxy: f.proxy,
-                source: f.source,
-            }
+            Candidate { addr: SocketAddr::new(ip, f.proxy.port), proxy: f.proxy, source: f.source }
         });
 
         let mut alive = Vec::new();
@@ -154,10 +136,7 @@ impl RoundContext {
 }
 
 /// Resolves every distinct hostname once, concurrently.
-async fn resolve_names(
-    found: &[source::Found],
-    concurrency: usize,
-) -> HashMap<String, Result<Vec<IpAddr>, String>> {
+async fn resolve_names(found: &[source::Found], concurrency: usize) -> HashMap<String, Result<Vec<IpAddr>, String>> {
     let mut names: Vec<&str> = found
         .iter()
         .filter_map(|f| match &f.proxy.host {
@@ -172,11 +151,7 @@ async fn resolve_names(
             let r = match tokio::net::lookup_host((name, 0)).await {
                 Ok(addrs) => {
                     let ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-                    if ips.is_empty() {
-                        Err("no addresses".to_string())
-                    } else {
-                        Ok(ips)
-                    }
+                    if ips.is_empty() { Err("no addresses".to_string()) } else { Ok(ips) }
                 }
                 Err(e) => Err(e.to_string()),
             };
@@ -185,4 +160,31 @@ async fn resolve_names(
         .buffer_unordered(concurrency.max(1))
         .collect()
         .await
+}
+
+/// Why a round context could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Engine(#[from] crate::check::EngineError),
+    #[error("source client: {0}")]
+    Client(#[from] source::SourceError),
+}
+
+impl RoundContext {
+    /// Builds the engine and the source client from a validated config (concurrency
+    /// already clamped by the caller).
+    pub fn from_config(config: &crate::config::Config) -> Result<Self, BuildError> {
+        let settings = config.checker.settings.clone();
+        let tls = crate::check::engine::tls_config(settings.ca_file.as_deref())?;
+        let client = source::fetch::client(tls.clone())?;
+        Ok(Self {
+            client,
+            engine: Engine::new(settings, tls)?,
+            sources: config.sources.clone(),
+            fetch: config.fetch.clone(),
+            allow_private: config.checker.allow_private,
+            resolve_concurrency: config.checker.batch_size,
+        })
+    }
 }

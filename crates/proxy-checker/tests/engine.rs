@@ -7,9 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use proxy_checker::check::{
-    Candidate, CheckSettings, Engine, Mode, Progress, RunError, Validation, Verdict, engine,
-};
+use proxy_checker::check::{Candidate, CheckSettings, Engine, Mode, Progress, RunError, Validation, Verdict, engine};
 use proxy_checker::proxy::Protocol as P;
 use proxy_checker::source::parse::{ParseOptions, parse_token};
 use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
@@ -32,12 +30,7 @@ const BEHAVIORS: [Behavior; 15] = [
     Behavior::Flaky,
     Behavior::Mitm,
 ];
-const PROTOCOLS: [Protocol; 4] = [
-    Protocol::Http,
-    Protocol::Https,
-    Protocol::Socks4,
-    Protocol::Socks5,
-];
+const PROTOCOLS: [Protocol; 4] = [Protocol::Http, Protocol::Https, Protocol::Socks4, Protocol::Socks5];
 
 fn matrix(per_cell: u32) -> FarmSpec {
     let mut groups = Vec::new();
@@ -66,10 +59,7 @@ fn settings(mode: Mode, judges: Vec<String>, ca_file: Option<std::path::PathBuf>
 }
 
 fn candidates(farm: &Farm) -> Vec<Candidate> {
-    let opts = ParseOptions {
-        default_protocol: P::Http,
-        allow_private: true,
-    };
+    let opts = ParseOptions { default_protocol: P::Http, allow_private: true };
     farm.proxies()
         .map(|p| Candidate {
             proxy: parse_token(&p.url(), opts).expect("farm URLs parse"),
@@ -79,30 +69,17 @@ fn candidates(farm: &Farm) -> Vec<Candidate> {
         .collect()
 }
 
-async fn run(
-    settings: CheckSettings,
-    cands: Vec<Candidate>,
-) -> Result<(Vec<Verdict>, Arc<Progress>), RunError> {
+async fn run(settings: CheckSettings, cands: Vec<Candidate>) -> Result<(Vec<Verdict>, Arc<Progress>), RunError> {
     let tls = engine::tls_config(settings.ca_file.as_deref()).unwrap();
     let engine = Engine::new(settings, tls).unwrap();
     let progress = Arc::new(Progress::default());
     let mut out = Vec::new();
-    engine
-        .run(
-            cands,
-            progress.clone(),
-            CancellationToken::new(),
-            &mut |v| out.push(v),
-        )
-        .await?;
+    engine.run(cands, progress.clone(), CancellationToken::new(), &mut |v| out.push(v)).await?;
     Ok((out, progress))
 }
 
 fn by_ip(verdicts: &[Verdict]) -> HashMap<IpAddr, &Verdict> {
-    verdicts
-        .iter()
-        .map(|v| (v.candidate.addr.ip(), v))
-        .collect()
+    verdicts.iter().map(|v| (v.candidate.addr.ip(), v)).collect()
 }
 
 /// Compares every verdict with the farm's ground truth; reports all mismatches at once.
@@ -130,23 +107,14 @@ fn assert_truth(farm: &Farm, verdicts: &[Verdict], full: bool, https_judge: bool
         }
     }
     assert_eq!(verdicts.len(), count, "one verdict per candidate");
-    assert!(
-        wrong.is_empty(),
-        "{} wrong verdicts:\n{}",
-        wrong.len(),
-        wrong.join("\n")
-    );
+    assert!(wrong.is_empty(), "{} wrong verdicts:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_http_every_protocol_and_behaviour_http_judge() {
     let farm = Farm::start(matrix(2)).await.unwrap();
-    let (verdicts, progress) = run(
-        settings(Mode::FullHttp, vec![farm.judge_url()], None),
-        candidates(&farm),
-    )
-    .await
-    .unwrap();
+    let (verdicts, progress) =
+        run(settings(Mode::FullHttp, vec![farm.judge_url()], None), candidates(&farm)).await.unwrap();
     assert_truth(&farm, &verdicts, true, false);
     assert!(
         progress.retries.load(std::sync::atomic::Ordering::Relaxed) > 0,
@@ -160,33 +128,22 @@ async fn full_http_every_protocol_and_behaviour_https_judge() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, farm.ca_pem()).unwrap();
-    let (verdicts, _) = run(
-        settings(Mode::FullHttp, vec![farm.judge_tls_url()], Some(ca)),
-        candidates(&farm),
-    )
-    .await
-    .unwrap();
+    let (verdicts, _) =
+        run(settings(Mode::FullHttp, vec![farm.judge_tls_url()], Some(ca)), candidates(&farm)).await.unwrap();
     assert_truth(&farm, &verdicts, true, true);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_only_every_protocol_and_behaviour() {
     let farm = Farm::start(matrix(2)).await.unwrap();
-    let (verdicts, _) = run(settings(Mode::ConnectOnly, vec![], None), candidates(&farm))
-        .await
-        .unwrap();
+    let (verdicts, _) = run(settings(Mode::ConnectOnly, vec![], None), candidates(&farm)).await.unwrap();
     assert_truth(&farm, &verdicts, false, false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_judge_without_its_ca_is_refused_before_any_check() {
     let farm = Farm::start(matrix(1)).await.unwrap();
-    let err = run(
-        settings(Mode::FullHttp, vec![farm.judge_tls_url()], None),
-        candidates(&farm),
-    )
-    .await
-    .unwrap_err();
+    let err = run(settings(Mode::FullHttp, vec![farm.judge_tls_url()], None), candidates(&farm)).await.unwrap_err();
     assert!(matches!(err, RunError::JudgeDown(_)), "{err}");
     assert_eq!(farm.connections(), 0, "no proxy was dialed");
 }
@@ -195,26 +152,16 @@ async fn https_judge_without_its_ca_is_refused_before_any_check() {
 async fn judge_down_before_the_run_stops_it_with_no_verdicts() {
     let farm = Farm::start(matrix(1)).await.unwrap();
     farm.set_judge_down(true);
-    let err = run(
-        settings(Mode::FullHttp, vec![farm.judge_url()], None),
-        candidates(&farm),
-    )
-    .await
-    .unwrap_err();
+    let err = run(settings(Mode::FullHttp, vec![farm.judge_url()], None), candidates(&farm)).await.unwrap_err();
     let msg = err.to_string();
-    assert!(
-        msg.contains("is down") && msg.contains("no proxy was marked dead"),
-        "{msg}"
-    );
+    assert!(msg.contains("is down") && msg.contains("no proxy was marked dead"), "{msg}");
     assert_eq!(farm.connections(), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn judge_down_mid_run_marks_no_proxy_dead() {
     let spec = FarmSpec {
-        groups: vec![
-            Group::new(300, Protocol::Http, Behavior::Working).latency(Duration::from_millis(300)),
-        ],
+        groups: vec![Group::new(300, Protocol::Http, Behavior::Working).latency(Duration::from_millis(300))],
     };
     let farm = Arc::new(Farm::start(spec).await.unwrap());
     let mut s = settings(Mode::FullHttp, vec![farm.judge_url()], None);
@@ -232,22 +179,14 @@ async fn judge_down_mid_run_marks_no_proxy_dead() {
     let mut dead = Vec::new();
     let mut alive = 0;
     let result = engine
-        .run(
-            candidates(&farm),
-            Arc::new(Progress::default()),
-            CancellationToken::new(),
-            &mut |v| match v.outcome {
-                Ok(_) => alive += 1,
-                Err(r) => dead.push(r),
-            },
-        )
+        .run(candidates(&farm), Arc::new(Progress::default()), CancellationToken::new(), &mut |v| match v.outcome {
+            Ok(_) => alive += 1,
+            Err(r) => dead.push(r),
+        })
         .await;
     flip.await.unwrap();
     assert!(matches!(result, Err(RunError::JudgeDown(_))), "{result:?}");
-    assert!(
-        dead.is_empty(),
-        "dead verdicts emitted while the judge was down: {dead:?}"
-    );
+    assert!(dead.is_empty(), "dead verdicts emitted while the judge was down: {dead:?}");
     assert!(alive > 0 && alive < 300, "alive before the outage: {alive}");
 }
 
@@ -257,9 +196,7 @@ async fn a_down_judge_is_skipped_and_checks_spread_over_the_others() {
     let b = Farm::start(FarmSpec::default()).await.unwrap();
     b.set_judge_down(true);
     let judges = vec![b.judge_url(), a.judge_url()];
-    let (verdicts, _) = run(settings(Mode::FullHttp, judges, None), candidates(&a))
-        .await
-        .unwrap();
+    let (verdicts, _) = run(settings(Mode::FullHttp, judges, None), candidates(&a)).await.unwrap();
     assert_truth(&a, &verdicts, true, false);
 }
 
@@ -276,16 +213,8 @@ async fn contains_and_none_validation() {
     s.validation = Validation::Contains("\"origin\"".into());
     let (v, _) = run(s.clone(), candidates(&farm)).await.unwrap();
     assert_eq!(v.iter().filter(|v| v.is_alive()).count(), 3);
-    assert!(
-        v.iter()
-            .filter(|v| !v.is_alive())
-            .all(|v| v.outcome.unwrap_err().as_str() == "content_mismatch")
-    );
+    assert!(v.iter().filter(|v| !v.is_alive()).all(|v| v.outcome.unwrap_err().as_str() == "content_mismatch"));
     s.validation = Validation::None;
     let (v, _) = run(s, candidates(&farm)).await.unwrap();
-    assert_eq!(
-        v.iter().filter(|v| v.is_alive()).count(),
-        6,
-        "status-only validation takes the portal"
-    );
+    assert_eq!(v.iter().filter(|v| v.is_alive()).count(), 6, "status-only validation takes the portal");
 }

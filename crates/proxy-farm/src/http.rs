@@ -20,10 +20,7 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -40,12 +37,7 @@ pub async fn read_request<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>) ->
                     headers: req
                         .headers
                         .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_string(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
+                        .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
                         .collect(),
                 };
                 buf.drain(..n);
@@ -105,24 +97,16 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
 /// request came from.
 pub fn judge_body(req: &Request, origin: &str) -> Vec<u8> {
     let path = match req.target.find("://") {
-        Some(i) => req.target[i + 3..]
-            .find('/')
-            .map_or("/".to_string(), |p| req.target[i + 3 + p..].to_string()),
+        Some(i) => req.target[i + 3..].find('/').map_or("/".to_string(), |p| req.target[i + 3 + p..].to_string()),
         None => req.target.clone(),
     };
     let args: HashMap<&str, &str> = path
         .split_once('?')
         .map(|(_, q)| q.split('&').filter_map(|kv| kv.split_once('=')).collect())
         .unwrap_or_default();
-    let headers: HashMap<&str, &str> = req
-        .headers
-        .iter()
-        .map(|(n, v)| (n.as_str(), v.as_str()))
-        .collect();
-    serde_json::to_vec(
-        &serde_json::json!({ "args": args, "headers": headers, "origin": origin, "path": path }),
-    )
-    .expect("json")
+    let headers: HashMap<&str, &str> = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    serde_json::to_vec(&serde_json::json!({ "args": args, "headers": headers, "origin": origin, "path": path }))
+        .expect("json")
 }
 
 /// Answers a judge request (direct, or inline through a proxy) honouring judge-down.
@@ -135,15 +119,7 @@ pub async fn answer_judge<S: AsyncWrite + Unpin>(
 ) {
     shared.judge_hits.fetch_add(1, Ordering::Relaxed);
     if shared.judge_down.load(Ordering::Relaxed) {
-        write_response(
-            s,
-            "503 Service Unavailable",
-            "text/plain",
-            "",
-            b"judge down",
-            Delivery::Normal,
-        )
-        .await;
+        write_response(s, "503 Service Unavailable", "text/plain", "", b"judge down", Delivery::Normal).await;
         return;
     }
     let body = judge_body(req, origin);
@@ -160,11 +136,7 @@ pub struct SourceBody {
 }
 
 /// Serves the judge and the sources on one plain-HTTP listener (and the judge over TLS).
-pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
-    shared: Arc<Shared>,
-    mut s: S,
-    peer: SocketAddr,
-) {
+pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, mut s: S, peer: SocketAddr) {
     let mut buf = Vec::new();
     let Some(req) = read_request(&mut s, &mut buf).await else {
         return;
@@ -173,15 +145,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
         let src = shared.sources.lock().expect("sources").get(name).cloned();
         match src {
             None => {
-                write_response(
-                    &mut s,
-                    "404 Not Found",
-                    "text/plain",
-                    "",
-                    b"no such source",
-                    Delivery::Normal,
-                )
-                .await
+                write_response(&mut s, "404 Not Found", "text/plain", "", b"no such source", Delivery::Normal).await
             }
             Some(src) => {
                 tokio::time::sleep(src.delay).await;
@@ -191,40 +155,17 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 if src.gzip {
                     use std::io::Write;
-                    let mut enc =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
                     let _ = enc.write_all(&src.body);
                     let gz = enc.finish().unwrap_or_default();
-                    write_response(
-                        &mut s,
-                        &status,
-                        "text/plain",
-                        "Content-Encoding: gzip\r\n",
-                        &gz,
-                        Delivery::Normal,
-                    )
-                    .await;
+                    write_response(&mut s, &status, "text/plain", "Content-Encoding: gzip\r\n", &gz, Delivery::Normal)
+                        .await;
                 } else {
-                    write_response(
-                        &mut s,
-                        &status,
-                        "text/plain",
-                        "",
-                        &src.body,
-                        Delivery::Normal,
-                    )
-                    .await;
+                    write_response(&mut s, &status, "text/plain", "", &src.body, Delivery::Normal).await;
                 }
             }
         }
         return;
     }
-    answer_judge(
-        &shared,
-        &mut s,
-        &req,
-        &peer.ip().to_string(),
-        Delivery::Normal,
-    )
-    .await;
+    answer_judge(&shared, &mut s, &req, &peer.ip().to_string(), Delivery::Normal).await;
 }

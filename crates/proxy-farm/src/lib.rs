@@ -73,8 +73,7 @@ impl Shared {
         let (host, port) = authority.rsplit_once(':')?;
         let port: u16 = port.parse().ok()?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let local =
-            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip == self.judge.ip());
+        let local = host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip == self.judge.ip());
         match port {
             p if local && p == self.judge.port() => Some(Target::Judge),
             p if local && p == self.judge_tls.port() => Some(Target::JudgeTls),
@@ -98,12 +97,7 @@ impl FarmProxy {
     /// `scheme://[user:pass@]ip:port`
     pub fn url(&self) -> String {
         match &self.credentials {
-            Some((u, p)) => format!(
-                "{}://{u}:{p}@{}:{}",
-                self.protocol.scheme(),
-                self.ip,
-                self.port
-            ),
+            Some((u, p)) => format!("{}://{u}:{p}@{}:{}", self.protocol.scheme(), self.ip, self.port),
             None => format!("{}://{}:{}", self.protocol.scheme(), self.ip, self.port),
         }
     }
@@ -134,9 +128,7 @@ impl Drop for Farm {
 fn loopback(addr: SocketAddr) -> bool {
     match addr.ip() {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => {
-            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
     }
 }
 
@@ -172,11 +164,7 @@ impl Farm {
     /// Starts the farm on ephemeral ports.
     pub async fn start(spec: FarmSpec) -> anyhow::Result<Farm> {
         let total: u64 = spec.groups.iter().map(|g| u64::from(g.count)).sum();
-        anyhow::ensure!(
-            total <= u64::from(spec::MAX_PROXIES),
-            "at most {} proxies",
-            spec::MAX_PROXIES
-        );
+        anyhow::ensure!(total <= u64::from(spec::MAX_PROXIES), "at most {} proxies", spec::MAX_PROXIES);
         let mut ends = Vec::with_capacity(spec.groups.len());
         let mut acc = 0u32;
         for g in &spec.groups {
@@ -197,11 +185,7 @@ impl Farm {
         // Bound, never listening: every SYN is answered with a reset.
         let refused = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         refused.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
-        let refused_port = refused
-            .local_addr()?
-            .as_socket()
-            .map(|a| a.port())
-            .unwrap_or_default();
+        let refused_port = refused.local_addr()?.as_socket().map(|a| a.port()).unwrap_or_default();
         // Accept queue of one, filled by us and never accepted: further SYNs are dropped.
         let blackhole = {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
@@ -213,11 +197,9 @@ impl Farm {
         let blackhole_port = blackhole.local_addr()?.port();
         let mut fillers = Vec::new();
         for _ in 0..2 {
-            if let Ok(Ok(s)) = tokio::time::timeout(
-                Duration::from_millis(200),
-                TcpStream::connect(("127.0.0.1", blackhole_port)),
-            )
-            .await
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(("127.0.0.1", blackhole_port)))
+                    .await
             {
                 fillers.push(s);
             }
@@ -244,17 +226,13 @@ impl Farm {
             proxy::handle(sh.clone(), s)
         }));
         let sh = shared.clone();
-        tokio::spawn(accept_loop(judge_l, cancel.clone(), move |s, peer| {
-            http::serve_conn(sh.clone(), s, peer)
-        }));
+        tokio::spawn(accept_loop(judge_l, cancel.clone(), move |s, peer| http::serve_conn(sh.clone(), s, peer)));
         let sh = shared.clone();
         tokio::spawn(accept_loop(judge_tls_l, cancel.clone(), move |s, peer| {
             let sh = sh.clone();
             async move {
                 let acceptor = tokio_rustls::TlsAcceptor::from(sh.tls.judge.clone());
-                if let Ok(Ok(tls)) =
-                    tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await
-                {
+                if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await {
                     http::serve_conn(sh, tls, peer).await;
                 }
             }
@@ -292,14 +270,7 @@ impl Farm {
             Behavior::AuthBad => Some((proxy::credentials(index).0, "wrong".into())),
             _ => None,
         };
-        FarmProxy {
-            index,
-            protocol: g.protocol,
-            behavior: g.behavior,
-            ip: spec::ip_of(index),
-            port,
-            credentials,
-        }
+        FarmProxy { index, protocol: g.protocol, behavior: g.behavior, ip: spec::ip_of(index), port, credentials }
     }
 
     /// The proxy at an address, if it belongs to the farm.
@@ -329,11 +300,7 @@ impl Farm {
 
     /// Serves `body` at `/sources/NAME`; returns its URL.
     pub fn add_source(&self, name: &str, body: SourceBody) -> String {
-        self.shared
-            .sources
-            .lock()
-            .expect("sources")
-            .insert(name.to_string(), body);
+        self.shared.sources.lock().expect("sources").insert(name.to_string(), body);
         format!("http://{}/sources/{name}", self.shared.judge)
     }
 
@@ -341,12 +308,7 @@ impl Farm {
     pub fn add_list(&self, name: &str, body: impl Into<Vec<u8>>) -> String {
         self.add_source(
             name,
-            SourceBody {
-                body: Arc::new(body.into()),
-                status: 200,
-                gzip: false,
-                delay: Duration::ZERO,
-            },
+            SourceBody { body: Arc::new(body.into()), status: 200, gzip: false, delay: Duration::ZERO },
         )
     }
 

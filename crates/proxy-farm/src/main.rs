@@ -1,1 +1,91 @@
-fn main() {}
+//! `proxy-farm`: runs a farm until killed, for benchmarks and manual runs.
+//!
+//! Prints one JSON line with its ports and URLs, writes the proxy list (and the TLS
+//! judge's CA) into `--out`, and serves the list at `/sources/all.txt`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
+
+#[derive(Parser)]
+#[command(about = "Loopback proxy farm: a judge, source lists and simulated proxies")]
+struct Args {
+    /// A JSON FarmSpec (`{"groups": [{"count", "protocol", "behavior", "latency_ms"}]}`).
+    /// When given, the count flags below are ignored.
+    #[arg(long)]
+    spec: Option<PathBuf>,
+    /// Working proxies.
+    #[arg(long, default_value_t = 0)]
+    working: u32,
+    /// Proxies whose SYN is answered with a reset.
+    #[arg(long, default_value_t = 0)]
+    refused: u32,
+    /// Proxies whose SYN is dropped (connect times out).
+    #[arg(long, default_value_t = 0)]
+    blackhole: u32,
+    /// Proxies that accept and never answer.
+    #[arg(long, default_value_t = 0)]
+    silent: u32,
+    /// Delay of working proxies before the judge answer.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Protocol of the flag-built groups: http, https, socks4, socks5.
+    #[arg(long, default_value = "http")]
+    protocol: String,
+    /// Directory for proxies.txt and ca.pem.
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let spec = match &args.spec {
+        Some(path) => serde_json::from_slice(&std::fs::read(path)?)?,
+        None => {
+            let protocol: Protocol = serde_json::from_value(serde_json::Value::String(args.protocol.clone()))?;
+            let latency = Duration::from_millis(args.latency_ms);
+            let groups = [
+                (args.working, Behavior::Working),
+                (args.refused, Behavior::Refused),
+                (args.blackhole, Behavior::Blackhole),
+                (args.silent, Behavior::Silent),
+            ]
+            .into_iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, b)| Group::new(n, protocol, b).latency(latency))
+            .collect();
+            FarmSpec { groups }
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    rt.block_on(async move {
+        let farm = Farm::start(spec).await?;
+        std::fs::create_dir_all(&args.out)?;
+        let list = farm.list_urls();
+        let count = list.lines().count();
+        let list_file = args.out.join("proxies.txt");
+        std::fs::write(&list_file, &list)?;
+        let ca_file = args.out.join("ca.pem");
+        std::fs::write(&ca_file, farm.ca_pem())?;
+        let list_url = farm.add_list("all.txt", list);
+        let info = serde_json::json!({
+            "count": count,
+            "proxy_port": farm.proxy_port,
+            "judge_url": farm.judge_url(),
+            "judge_tls_url": farm.judge_tls_url(),
+            "list_url": list_url,
+            "list_file": list_file,
+            "ca_file": ca_file,
+        });
+        println!("{info}");
+        tokio::signal::ctrl_c().await?;
+        drop(farm);
+        Ok(())
+    })
+}

@@ -12,7 +12,8 @@ use crate::Shared;
 use crate::http::{self, Delivery, Request};
 use crate::spec::{Behavior, Protocol};
 
-const PORTAL: &[u8] = b"<html><head><title>Welcome</title></head><body>Please log in to use this network.</body></html>";
+const PORTAL: &[u8] =
+    b"<html><head><title>Welcome</title></head><body>Please log in to use this network.</body></html>";
 const GARBAGE: &[u8] = b"\xde\xad\xbe\xef\x00\x01garbage that is no protocol\r\n\r\n";
 
 pub fn credentials(i: u32) -> (String, String) {
@@ -93,15 +94,8 @@ pub async fn handle(shared: Arc<Shared>, mut s: TcpStream) {
         (5, Protocol::Socks5) => socks5(&ctx, s).await,
         (4, Protocol::Socks4) => socks4(&ctx, s).await,
         (4 | 5, _) if ctx.protocol.is_http() => {
-            http::write_response(
-                &mut s,
-                "400 Bad Request",
-                "text/plain",
-                "",
-                b"not a SOCKS proxy",
-                Delivery::Normal,
-            )
-            .await;
+            http::write_response(&mut s, "400 Bad Request", "text/plain", "", b"not a SOCKS proxy", Delivery::Normal)
+                .await;
             finish(&mut s).await;
         }
         (_, p) if p.is_http() => http_proxy(&ctx, s, first[0]).await,
@@ -114,9 +108,7 @@ fn basic_ok(ctx: &Ctx, req: &Request) -> bool {
     let (u, p) = credentials(ctx.index);
     let want = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
     ctx.behavior == Behavior::AuthGood
-        && req
-            .header("proxy-authorization")
-            .is_some_and(|v| v.strip_prefix("Basic ").is_some_and(|t| t.trim() == want))
+        && req.header("proxy-authorization").is_some_and(|v| v.strip_prefix("Basic ").is_some_and(|t| t.trim() == want))
 }
 
 fn needs_auth(ctx: &Ctx) -> bool {
@@ -143,87 +135,35 @@ async fn http_proxy(ctx: &Ctx, mut s: TcpStream, first: u8) {
     }
     if req.method.eq_ignore_ascii_case("CONNECT") {
         if ctx.behavior == Behavior::ForwardOnly {
-            http::write_response(
-                &mut s,
-                "405 Method Not Allowed",
-                "text/plain",
-                "",
-                b"no CONNECT",
-                Delivery::Normal,
-            )
-            .await;
+            http::write_response(&mut s, "405 Method Not Allowed", "text/plain", "", b"no CONNECT", Delivery::Normal)
+                .await;
             return finish(&mut s).await;
         }
         let Some(target) = ctx.shared.farm_target(&req.target) else {
-            http::write_response(
-                &mut s,
-                "502 Bad Gateway",
-                "text/plain",
-                "",
-                b"unknown target",
-                Delivery::Normal,
-            )
-            .await;
+            http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"unknown target", Delivery::Normal)
+                .await;
             return finish(&mut s).await;
         };
         if ctx.shared.is_judge_down() {
-            http::write_response(
-                &mut s,
-                "502 Bad Gateway",
-                "text/plain",
-                "",
-                b"upstream down",
-                Delivery::Normal,
-            )
-            .await;
+            http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await;
             return finish(&mut s).await;
         }
-        if s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            .await
-            .is_err()
-        {
+        if s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
             return;
         }
         return tunnel(ctx, s, target).await;
     }
     if ctx.behavior == Behavior::TunnelOnly || !req.target.starts_with("http://") {
-        http::write_response(
-            &mut s,
-            "403 Forbidden",
-            "text/plain",
-            "",
-            b"forwarding refused",
-            Delivery::Normal,
-        )
-        .await;
+        http::write_response(&mut s, "403 Forbidden", "text/plain", "", b"forwarding refused", Delivery::Normal).await;
         return finish(&mut s).await;
     }
-    let authority = req.target["http://".len()..]
-        .split('/')
-        .next()
-        .unwrap_or_default();
+    let authority = req.target["http://".len()..].split('/').next().unwrap_or_default();
     if ctx.shared.farm_target(authority).is_none() {
-        http::write_response(
-            &mut s,
-            "502 Bad Gateway",
-            "text/plain",
-            "",
-            b"unknown target",
-            Delivery::Normal,
-        )
-        .await;
+        http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"unknown target", Delivery::Normal).await;
         return finish(&mut s).await;
     }
     if ctx.shared.is_judge_down() {
-        http::write_response(
-            &mut s,
-            "502 Bad Gateway",
-            "text/plain",
-            "",
-            b"upstream down",
-            Delivery::Normal,
-        )
-        .await;
+        http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await;
         return finish(&mut s).await;
     }
     answer(ctx, &mut s, &req).await;
@@ -237,12 +177,8 @@ async fn answer<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
         _ => tokio::time::sleep(ctx.latency).await,
     }
     match ctx.behavior {
-        Behavior::WrongPage => {
-            http::write_response(s, "200 OK", "text/html", "", PORTAL, Delivery::Normal).await
-        }
-        Behavior::Trickle => {
-            http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Trickle).await
-        }
+        Behavior::WrongPage => http::write_response(s, "200 OK", "text/html", "", PORTAL, Delivery::Normal).await,
+        Behavior::Trickle => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Trickle).await,
         _ => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Normal).await,
     }
 }
@@ -251,15 +187,10 @@ async fn answer<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
 async fn tunnel(ctx: &Ctx, s: TcpStream, target: crate::Target) {
     match target {
         crate::Target::JudgeTls => {
-            let config = if ctx.behavior == Behavior::Mitm {
-                ctx.shared.tls.mitm.clone()
-            } else {
-                ctx.shared.tls.judge.clone()
-            };
+            let config =
+                if ctx.behavior == Behavior::Mitm { ctx.shared.tls.mitm.clone() } else { ctx.shared.tls.judge.clone() };
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let Ok(Ok(mut tls)) =
-                tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await
-            else {
+            let Ok(Ok(mut tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(s)).await else {
                 return;
             };
             inline_judge(ctx, &mut tls).await;
@@ -356,19 +287,14 @@ async fn socks5(ctx: &Ctx, mut s: TcpStream) {
     if s.read_exact(&mut port).await.is_err() {
         return;
     }
-    let target = ctx
-        .shared
-        .farm_target(&format!("{host}:{}", u16::from_be_bytes(port)));
+    let target = ctx.shared.farm_target(&format!("{host}:{}", u16::from_be_bytes(port)));
     let code = match target {
         _ if req[1] != 1 => 7,
         None => 4,
         Some(_) if ctx.shared.is_judge_down() => 5,
         Some(_) => 0,
     };
-    if s.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0])
-        .await
-        .is_err()
-    {
+    if s.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await.is_err() {
         return;
     }
     match target {
@@ -395,11 +321,7 @@ async fn socks4(ctx: &Ctx, mut s: TcpStream) {
     } else {
         ip.to_string()
     };
-    let reply = |code: u8| {
-        [
-            0, code, head[1], head[2], head[3], head[4], head[5], head[6],
-        ]
-    };
+    let reply = |code: u8| [0, code, head[1], head[2], head[3], head[4], head[5], head[6]];
     if needs_auth(ctx) {
         let (u, _) = credentials(ctx.index);
         if !(ctx.behavior == Behavior::AuthGood && user == u.as_bytes()) {
@@ -439,6 +361,5 @@ async fn read_cstr(s: &mut TcpStream) -> Option<Vec<u8>> {
 
 /// Where a connection came from, for the direct judge.
 pub fn peer_of(s: &TcpStream) -> SocketAddr {
-    s.peer_addr()
-        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    s.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
 }

@@ -80,12 +80,7 @@ pub struct Group {
 
 impl Group {
     pub fn new(count: u32, protocol: Protocol, behavior: Behavior) -> Self {
-        Self {
-            count,
-            protocol,
-            behavior,
-            latency_ms: 0,
-        }
+        Self { count, protocol, behavior, latency_ms: 0 }
     }
 
     pub fn latency(mut self, d: Duration) -> Self {
@@ -112,9 +107,7 @@ pub fn ip_of(i: u32) -> Ipv4Addr {
 
 /// The index of the proxy at `ip`, if it is one.
 pub fn index_of(ip: Ipv4Addr) -> Option<u32> {
-    u32::from(ip)
-        .checked_sub(FIRST_IP)
-        .filter(|i| *i < MAX_PROXIES)
+    u32::from(ip).checked_sub(FIRST_IP).filter(|i| *i < MAX_PROXIES)
 }
 
 /// What a correct checker concludes about one proxy.
@@ -129,21 +122,11 @@ pub struct Expect {
 
 impl Expect {
     fn alive(forward: bool, tunnel: bool) -> Self {
-        Self {
-            alive: true,
-            reason: None,
-            forward,
-            tunnel,
-        }
+        Self { alive: true, reason: None, forward, tunnel }
     }
 
     fn dead(reason: &'static str) -> Self {
-        Self {
-            alive: false,
-            reason: Some(reason),
-            forward: false,
-            tunnel: false,
-        }
+        Self { alive: false, reason: Some(reason), forward: false, tunnel: false }
     }
 }
 

@@ -15,10 +15,7 @@ pub struct FarmTls {
     pub mitm: Arc<rustls::ServerConfig>,
 }
 
-fn server_config(
-    chain: Vec<CertificateDer<'static>>,
-    key: &KeyPair,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+fn server_config(chain: Vec<CertificateDer<'static>>, key: &KeyPair) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     let cfg = rustls::ServerConfig::builder_with_provider(provider)
@@ -32,9 +29,7 @@ impl FarmTls {
     pub fn generate() -> anyhow::Result<Self> {
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "proxy-farm test CA");
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "proxy-farm test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
         let leaf_key = KeyPair::generate()?;
         let leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?
@@ -43,13 +38,8 @@ impl FarmTls {
 
         let mitm_key = KeyPair::generate()?;
         let mitm_cert =
-            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?
-                .self_signed(&mitm_key)?;
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?.self_signed(&mitm_key)?;
         let mitm = server_config(vec![mitm_cert.der().clone()], &mitm_key)?;
-        Ok(Self {
-            ca_pem: ca.pem(),
-            judge,
-            mitm,
-        })
+        Ok(Self { ca_pem: ca.pem(), judge, mitm })
     }
 }

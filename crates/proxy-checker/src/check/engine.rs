@@ -65,23 +65,14 @@ pub struct RunStats {
 }
 
 /// Builds the shared TLS configuration: webpki roots plus an optional PEM file.
-pub fn tls_config(
-    ca_file: Option<&std::path::Path>,
-) -> Result<Arc<rustls::ClientConfig>, EngineError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, EngineError> {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
-        let err = |error: String| EngineError::CaFile {
-            path: path.display().to_string(),
-            error,
-        };
+        let err = |error: String| EngineError::CaFile { path: path.display().to_string(), error };
         let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
         let mut n = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots
-                .add(cert.map_err(|e| err(e.to_string()))?)
-                .map_err(|e| err(e.to_string()))?;
+            roots.add(cert.map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))?;
             n += 1;
         }
         if n == 0 {
@@ -105,10 +96,7 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(
-        settings: CheckSettings,
-        tls: Arc<rustls::ClientConfig>,
-    ) -> Result<Self, EngineError> {
+    pub fn new(settings: CheckSettings, tls: Arc<rustls::ClientConfig>) -> Result<Self, EngineError> {
         if settings.mode == Mode::FullHttp && settings.judges.is_empty() {
             return Err(EngineError::NoJudge);
         }
@@ -203,19 +191,10 @@ impl Job {
             (Mode::FullHttp, Protocol::Socks4) => [Some(Test::Socks4), None],
             (Mode::FullHttp, Protocol::Socks5) => [Some(Test::Socks5), None],
             // An `https://` judge cannot be fetched by forwarding: tunnel only.
-            (Mode::FullHttp, Protocol::Http | Protocol::Https) if judge_https => {
-                [Some(Test::Tunnel), None]
-            }
-            (Mode::FullHttp, Protocol::Http | Protocol::Https) => {
-                [Some(Test::Forward), Some(Test::Tunnel)]
-            }
+            (Mode::FullHttp, Protocol::Http | Protocol::Https) if judge_https => [Some(Test::Tunnel), None],
+            (Mode::FullHttp, Protocol::Http | Protocol::Https) => [Some(Test::Forward), Some(Test::Tunnel)],
         };
-        Self {
-            cand,
-            attempt: 0,
-            judge,
-            tests: tests.map(|t| t.map(|t| (t, State::Pending))),
-        }
+        Self { cand, attempt: 0, judge, tests: tests.map(|t| t.map(|t| (t, State::Pending))) }
     }
 
     fn states(&self) -> impl Iterator<Item = State> + '_ {
@@ -239,26 +218,15 @@ impl Job {
                         Test::Connect => {}
                     }
                 }
-                State::Failed(r) if reason.is_none_or(|cur| depth(*r) > depth(cur)) => {
-                    reason = Some(*r)
-                }
+                State::Failed(r) if reason.is_none_or(|cur| depth(*r) > depth(cur)) => reason = Some(*r),
                 _ => {}
             }
         }
         let outcome = match best {
-            Some(s) => Ok(Alive {
-                latency: s.latency,
-                connect: s.connect,
-                forward,
-                tunnel,
-            }),
+            Some(s) => Ok(Alive { latency: s.latency, connect: s.connect, forward, tunnel }),
             None => Err(reason.unwrap_or(Reason::ProxyProtocolError)),
         };
-        Verdict {
-            candidate: self.cand.clone(),
-            outcome,
-            attempts: self.attempt + 1,
-        }
+        Verdict { candidate: self.cand.clone(), outcome, attempts: self.attempt + 1 }
     }
 }
 
@@ -297,9 +265,7 @@ async fn run_job(ex: Arc<Exchange>, judge: Option<Arc<Judge>>, mut job: Job) -> 
             (Test::Tunnel, Some(j)) => ex.tunnel(addr, creds, j).await,
             (Test::Socks4, Some(j)) => ex.socks(addr, false, creds, j).await,
             (Test::Socks5, Some(j)) => ex.socks(addr, true, creds, j).await,
-            (_, None) => Err(Failure::Local(super::reason::Local(io::Error::other(
-                "no judge",
-            )))),
+            (_, None) => Err(Failure::Local(super::reason::Local(io::Error::other("no judge")))),
         };
         *state = match result {
             Ok(s) => State::Ok(s),
@@ -351,12 +317,7 @@ struct Run<'e, It> {
 }
 
 impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
-    fn new(
-        engine: &'e Engine,
-        judges: Vec<Arc<Judge>>,
-        progress: Arc<Progress>,
-        input: It,
-    ) -> Self {
+    fn new(engine: &'e Engine, judges: Vec<Arc<Judge>>, progress: Arc<Progress>, input: It) -> Self {
         let limit = AdaptiveLimit::new(engine.settings.concurrency, engine.settings.adaptive);
         progress.limit.store(limit.current(), Ordering::Relaxed);
         let (probes_tx, probes_rx) = mpsc::unbounded_channel();
@@ -401,11 +362,7 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
 
     fn new_job(&mut self, cand: Candidate) -> Job {
         let mode = self.engine.settings.mode;
-        let judge = if mode == Mode::FullHttp {
-            self.pick_judge().unwrap_or(0)
-        } else {
-            0
-        };
+        let judge = if mode == Mode::FullHttp { self.pick_judge().unwrap_or(0) } else { 0 };
         let https = self.judges.get(judge).is_some_and(|j| j.judge.https);
         Job::new(cand, mode, judge, https)
     }
@@ -495,11 +452,7 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
         });
     }
 
-    fn finish(
-        &mut self,
-        mut job: Job,
-        sink: &mut (dyn FnMut(Verdict) + Send),
-    ) -> Result<(), RunError> {
+    fn finish(&mut self, mut job: Job, sink: &mut (dyn FnMut(Verdict) + Send)) -> Result<(), RunError> {
         let settings = &self.engine.settings;
         if job.states().any(|s| matches!(s, State::Local)) {
             for (_, s) in job.tests.iter_mut().flatten() {
@@ -517,9 +470,7 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
             return Ok(());
         }
         self.limit.on_clean();
-        self.progress
-            .limit
-            .store(self.limit.current(), Ordering::Relaxed);
+        self.progress.limit.store(self.limit.current(), Ordering::Relaxed);
 
         if u32::from(job.attempt) < settings.retries {
             let mut retry = false;
@@ -543,9 +494,7 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
 
         let verdict = job.verdict();
         match verdict.outcome {
-            Err(r) if settings.mode == Mode::FullHttp && r.may_be_judge() => {
-                self.hold(job.judge, verdict)
-            }
+            Err(r) if settings.mode == Mode::FullHttp && r.may_be_judge() => self.hold(job.judge, verdict),
             _ => {
                 self.progress.record(&verdict);
                 sink(verdict);
@@ -580,11 +529,7 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
     }
 
     fn all_judges_down(&self) -> RunError {
-        let urls: Vec<_> = self
-            .judges
-            .iter()
-            .map(|j| j.judge.url.to_string())
-            .collect();
+        let urls: Vec<_> = self.judges.iter().map(|j| j.judge.url.to_string()).collect();
         RunError::JudgeDown(JudgeError::Down {
             url: urls.join(", "),
             reason: "stopped answering during the run".into(),

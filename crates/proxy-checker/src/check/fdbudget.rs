@@ -23,24 +23,14 @@ impl FdBudget {
 
 /// The reserve for a soft limit: 5%, at least 64 and at most 1024, never more than half.
 pub fn reserve_for(soft: u64, configured: Option<u64>) -> u64 {
-    configured
-        .unwrap_or_else(|| (soft / 20).clamp(64, 1024))
-        .min(soft / 2)
+    configured.unwrap_or_else(|| (soft / 20).clamp(64, 1024)).min(soft / 2)
 }
 
 /// Pure arithmetic of the budget, for tests and docs.
 pub fn compute(soft: u64, hard: u64, requested: usize, reserve: Option<u64>) -> FdBudget {
     let reserve = reserve_for(soft, reserve);
-    let room = usize::try_from(soft.saturating_sub(reserve))
-        .unwrap_or(usize::MAX)
-        .max(1);
-    FdBudget {
-        soft,
-        hard,
-        reserve,
-        checks: requested.min(room).max(1),
-        requested,
-    }
+    let room = usize::try_from(soft.saturating_sub(reserve)).unwrap_or(usize::MAX).max(1);
+    FdBudget { soft, hard, reserve, checks: requested.min(room).max(1), requested }
 }
 
 /// Raises the soft limit to the hard one and computes the budget.
@@ -58,12 +48,7 @@ pub fn raise_and_compute(requested: usize, reserve: Option<u64>) -> std::io::Res
             "concurrency clamped to the file-descriptor budget (raise the hard RLIMIT_NOFILE to allow more)"
         );
     } else {
-        tracing::info!(
-            effective = b.checks,
-            soft_limit = b.soft,
-            reserve = b.reserve,
-            "file-descriptor budget"
-        );
+        tracing::info!(effective = b.checks, soft_limit = b.soft, reserve = b.reserve, "file-descriptor budget");
     }
     Ok(b)
 }
@@ -86,11 +71,7 @@ mod tests {
             (256, 5000, Some(10_000), (128, 128)),
         ] {
             let b = compute(soft, soft, req, res);
-            assert_eq!(
-                (b.reserve, b.checks),
-                want,
-                "soft {soft} req {req} reserve {res:?}"
-            );
+            assert_eq!((b.reserve, b.checks), want, "soft {soft} req {req} reserve {res:?}");
         }
         assert!(compute(20_000, 20_000, 25_000, None).clamped());
     }

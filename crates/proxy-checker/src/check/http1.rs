@@ -38,35 +38,19 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reason> {
             for h in resp.headers.iter() {
                 if h.name.eq_ignore_ascii_case("content-length") {
                     let v = std::str::from_utf8(h.value).map_err(|_| Reason::ProxyProtocolError)?;
-                    content_length = Some(
-                        v.trim()
-                            .parse::<u64>()
-                            .map_err(|_| Reason::ProxyProtocolError)?,
-                    );
+                    content_length = Some(v.trim().parse::<u64>().map_err(|_| Reason::ProxyProtocolError)?);
                 } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = h
-                        .value
-                        .windows(7)
-                        .any(|w| w.eq_ignore_ascii_case(b"chunked"));
+                    chunked = h.value.windows(7).any(|w| w.eq_ignore_ascii_case(b"chunked"));
                 }
             }
-            Ok(Some(Head {
-                status,
-                len,
-                content_length,
-                chunked,
-            }))
+            Ok(Some(Head { status, len, content_length, chunked }))
         }
         Err(_) => Err(Reason::ProxyProtocolError),
     }
 }
 
 /// Reads one more piece into `buf`. `Ok(0)` is end of stream.
-async fn read_more<S: AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut Vec<u8>,
-    cap: usize,
-) -> Result<usize, Failure> {
+async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, cap: usize) -> Result<usize, Failure> {
     if buf.len() == buf.capacity() {
         buf.reserve((buf.capacity()).clamp(1024, cap.saturating_sub(buf.len()).max(1)));
     }
@@ -88,11 +72,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
         if buf.len() >= MAX_HEAD {
             return Err(Reason::ProxyProtocolError.into());
         }
-        let on_timeout = if buf.is_empty() {
-            silent
-        } else {
-            Reason::Timeout
-        };
+        let on_timeout = if buf.is_empty() { silent } else { Reason::Timeout };
         let n = super::probe::within(deadline, on_timeout, read_more(s, buf, MAX_HEAD)).await?;
         if n == 0 {
             return Err(Reason::ProxyClosed.into());
@@ -116,11 +96,7 @@ pub async fn expect_in_body<S: AsyncRead + Unpin>(
         if head.chunked {
             match dechunk(body) {
                 Ok(Some(decoded)) => {
-                    return if finder.find(&decoded).is_some() {
-                        Ok(())
-                    } else {
-                        Err(Reason::ContentMismatch.into())
-                    };
+                    return if finder.find(&decoded).is_some() { Ok(()) } else { Err(Reason::ContentMismatch.into()) };
                 }
                 Ok(None) => {}
                 Err(()) => return Err(Reason::ProxyProtocolError.into()),
@@ -131,31 +107,18 @@ pub async fn expect_in_body<S: AsyncRead + Unpin>(
                 return Ok(());
             }
             searched = buf.len();
-            if head
-                .content_length
-                .is_some_and(|cl| body.len() as u64 >= cl)
-            {
+            if head.content_length.is_some_and(|cl| body.len() as u64 >= cl) {
                 return Err(Reason::ContentMismatch.into());
             }
         }
         if body.len() >= MAX_BODY {
             return Err(Reason::ContentMismatch.into());
         }
-        let n = super::probe::within(
-            deadline,
-            Reason::Timeout,
-            read_more(s, buf, head.len + MAX_BODY),
-        )
-        .await?;
+        let n = super::probe::within(deadline, Reason::Timeout, read_more(s, buf, head.len + MAX_BODY)).await?;
         if n == 0 {
             // A body delimited by close ends here; a declared one was cut short.
             let delimited_by_close = head.content_length.is_none() && !head.chunked;
-            return Err(if delimited_by_close {
-                Reason::ContentMismatch
-            } else {
-                Reason::ProxyClosed
-            }
-            .into());
+            return Err(if delimited_by_close { Reason::ContentMismatch } else { Reason::ProxyClosed }.into());
         }
     }
 }
@@ -192,34 +155,18 @@ mod tests {
 
     #[test]
     fn heads() {
-        let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            (h.status, h.len, h.content_length, h.chunked),
-            (200, 38, Some(5), false)
-        );
+        let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").unwrap().unwrap();
+        assert_eq!((h.status, h.len, h.content_length, h.chunked), (200, 38, Some(5), false));
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(), None);
-        assert_eq!(
-            parse_head(b"\x05\x00garbage"),
-            Err(Reason::ProxyProtocolError)
-        );
-        assert_eq!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"),
-            Err(Reason::ProxyProtocolError)
-        );
-        let h = parse_head(b"HTTP/1.0 407 Auth\r\nTransfer-Encoding: Chunked\r\n\r\n")
-            .unwrap()
-            .unwrap();
+        assert_eq!(parse_head(b"\x05\x00garbage"), Err(Reason::ProxyProtocolError));
+        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), Err(Reason::ProxyProtocolError));
+        let h = parse_head(b"HTTP/1.0 407 Auth\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().unwrap();
         assert!(h.chunked && h.status == 407);
     }
 
     #[test]
     fn chunks() {
-        assert_eq!(
-            dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"),
-            Ok(Some(b"abcde".to_vec()))
-        );
+        assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), Ok(Some(b"abcde".to_vec())));
         assert_eq!(dechunk(b"3\r\nab"), Ok(None));
         assert_eq!(dechunk(b"zz\r\n"), Err(()));
         assert_eq!(dechunk(b"3\r\nabcXX0\r\n\r\n"), Err(()));
@@ -231,22 +178,14 @@ mod tests {
         let body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nxxNO\r\n4\r\nNCEy\r\n0\r\n\r\n";
         let mut s = tokio_test_reader(body);
         let mut buf = Vec::with_capacity(8);
-        let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout)
-            .await
-            .unwrap();
-        expect_in_body(&mut s, &mut buf, head, b"NONCE", deadline)
-            .await
-            .unwrap();
+        let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
+        expect_in_body(&mut s, &mut buf, head, b"NONCE", deadline).await.unwrap();
 
         let body = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nportal!!!";
         let mut s = tokio_test_reader(body);
         let mut buf = Vec::new();
-        let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout)
-            .await
-            .unwrap();
-        let err = expect_in_body(&mut s, &mut buf, head, b"NONCE", deadline)
-            .await
-            .unwrap_err();
+        let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
+        let err = expect_in_body(&mut s, &mut buf, head, b"NONCE", deadline).await.unwrap_err();
         assert!(matches!(err, Failure::Dead(Reason::ContentMismatch)));
     }
 

@@ -50,24 +50,14 @@ impl Judge {
             "https" => true,
             _ => return Err(JudgeError::Scheme(url.to_string())),
         };
-        let host = url
-            .host_str()
-            .ok_or_else(|| JudgeError::NoHost(url.to_string()))?;
-        let port = url
-            .port_or_known_default()
-            .unwrap_or(if https { 443 } else { 80 });
+        let host = url.host_str().ok_or_else(|| JudgeError::NoHost(url.to_string()))?;
+        let port = url.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let addr = tokio::net::lookup_host((bare, port))
             .await
-            .map_err(|e| JudgeError::Resolve {
-                url: url.to_string(),
-                error: e.to_string(),
-            })?
+            .map_err(|e| JudgeError::Resolve { url: url.to_string(), error: e.to_string() })?
             .next()
-            .ok_or_else(|| JudgeError::Resolve {
-                url: url.to_string(),
-                error: "no addresses".into(),
-            })?;
+            .ok_or_else(|| JudgeError::Resolve { url: url.to_string(), error: "no addresses".into() })?;
         let authority = match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
@@ -78,17 +68,8 @@ impl Judge {
             target.push('?');
             target.push_str(q);
         }
-        let server_name = ServerName::try_from(bare.to_string())
-            .map_err(|_| JudgeError::NoHost(url.to_string()))?;
-        Ok(Self {
-            url: url.clone(),
-            https,
-            addr,
-            authority,
-            connect_target,
-            target,
-            server_name,
-        })
+        let server_name = ServerName::try_from(bare.to_string()).map_err(|_| JudgeError::NoHost(url.to_string()))?;
+        Ok(Self { url: url.clone(), https, addr, authority, connect_target, target, server_name })
     }
 
     pub fn server_name(&self) -> ServerName<'static> {
@@ -103,11 +84,7 @@ impl Judge {
     fn push_target(&self, out: &mut Vec<u8>, nonce: Option<&str>) {
         out.extend_from_slice(self.target.as_bytes());
         if let Some(n) = nonce {
-            out.push(if self.target.contains('?') {
-                b'&'
-            } else {
-                b'?'
-            });
+            out.push(if self.target.contains('?') { b'&' } else { b'?' });
             out.extend_from_slice(b"pc_nonce=");
             out.extend_from_slice(n.as_bytes());
         }
@@ -165,32 +142,48 @@ impl Judge {
 
 fn push_proxy_auth(out: &mut Vec<u8>, creds: Option<&Credentials>) {
     if let Some(c) = creds {
-        let token = base64::engine::general_purpose::STANDARD
-            .encode(format!("{}:{}", c.username, c.password));
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
         out.extend_from_slice(b"Proxy-Authorization: Basic ");
         out.extend_from_slice(token.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
 }
 
-/// Fetches the judge directly and validates its answer like a check would.
-pub async fn probe_direct(
-    judge: &Judge,
-    ex: &Exchange,
-    timeout: Duration,
-) -> Result<Duration, JudgeError> {
-    let down = |reason: String| JudgeError::Down {
-        url: judge.url.to_string(),
-        reason,
-    };
+/// Fetches the judge directly and validates its answer like a check would. A local
+/// failure (no free fd or port) is retried: it says nothing about the judge.
+pub async fn probe_direct(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Duration, JudgeError> {
+    let mut tries = 0;
+    loop {
+        match probe_once(judge, ex, timeout).await {
+            Err(Probe::Local(e)) if tries < 50 => {
+                tracing::debug!(judge = %judge.url, error = %e, "local failure probing the judge; retrying");
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(Probe::Local(e)) => {
+                return Err(JudgeError::Down { url: judge.url.to_string(), reason: format!("local error: {e}") });
+            }
+            Err(Probe::Down(e)) => return Err(e),
+            Ok(d) => return Ok(d),
+        }
+    }
+}
+
+enum Probe {
+    Local(std::io::Error),
+    Down(JudgeError),
+}
+
+async fn probe_once(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Duration, Probe> {
+    let down = |reason: String| Probe::Down(JudgeError::Down { url: judge.url.to_string(), reason });
     let start = Instant::now();
     let deadline = start + timeout;
-    let stream =
-        match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(judge.addr)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(down(format!("connect: {e}"))),
-            Err(_) => return Err(down(format!("connect timed out after {timeout:?}"))),
-        };
+    let stream = match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(judge.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if super::reason::is_local(&e) => return Err(Probe::Local(e)),
+        Ok(Err(e)) => return Err(down(format!("connect: {e}"))),
+        Err(_) => return Err(down(format!("connect timed out after {timeout:?}"))),
+    };
     let result = if judge.https {
         match tokio::time::timeout_at(deadline, ex.tls.connect(judge.server_name(), stream)).await {
             Ok(Ok(mut tls)) => ex.fetch(&mut tls, judge, deadline).await,
@@ -206,7 +199,7 @@ pub async fn probe_direct(
     match result {
         Ok(()) => Ok(start.elapsed()),
         Err(Failure::Dead(r)) => Err(down(describe(r, ex))),
-        Err(Failure::Local(l)) => Err(down(format!("local error: {}", l.0))),
+        Err(Failure::Local(l)) => Err(Probe::Local(l.0)),
     }
 }
 
@@ -219,11 +212,7 @@ fn describe(r: Reason, ex: &Exchange) -> String {
 }
 
 /// The healthy judges of a run, probed up front.
-pub async fn probe_all(
-    urls: &[url::Url],
-    ex: &Exchange,
-    timeout: Duration,
-) -> Result<Vec<Arc<Judge>>, JudgeError> {
+pub async fn probe_all(urls: &[url::Url], ex: &Exchange, timeout: Duration) -> Result<Vec<Arc<Judge>>, JudgeError> {
     let mut healthy = Vec::new();
     let mut last_err = None;
     for url in urls {
@@ -242,31 +231,20 @@ pub async fn probe_all(
     }
     match (healthy.is_empty(), last_err) {
         (true, Some(e)) => Err(e),
-        (true, None) => Err(JudgeError::Down {
-            url: String::new(),
-            reason: "no judge configured".into(),
-        }),
+        (true, None) => Err(JudgeError::Down { url: String::new(), reason: "no judge configured".into() }),
         _ => Ok(healthy),
     }
 }
 
 impl Exchange {
     /// Writes the origin-form request and validates the answer (status and body).
-    pub(crate) async fn fetch<S>(
-        &self,
-        s: &mut S,
-        judge: &Judge,
-        deadline: Instant,
-    ) -> Result<(), Failure>
+    pub(crate) async fn fetch<S>(&self, s: &mut S, judge: &Judge, deadline: Instant) -> Result<(), Failure>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let nonce = probe::nonce();
         let req = judge.origin_request(Some(&nonce));
-        probe::within(deadline, Reason::Timeout, async {
-            s.write_all(&req).await.map_err(Failure::io)
-        })
-        .await?;
+        probe::within(deadline, Reason::Timeout, async { s.write_all(&req).await.map_err(Failure::io) }).await?;
         let mut buf = Vec::with_capacity(1024);
         let head = http1::read_head(s, &mut buf, deadline, Reason::Timeout).await?;
         self.validate(s, &mut buf, head, &nonce, deadline).await
@@ -279,35 +257,24 @@ mod tests {
 
     #[tokio::test]
     async fn requests() {
-        let j = Judge::resolve(&"http://127.0.0.1:8080/get?a=1".parse().unwrap())
-            .await
-            .unwrap();
-        let creds = Credentials {
-            username: "u".into(),
-            password: "p".into(),
-        };
+        let j = Judge::resolve(&"http://127.0.0.1:8080/get?a=1".parse().unwrap()).await.unwrap();
+        let creds = Credentials { username: "u".into(), password: "p".into() };
         let fwd = String::from_utf8(j.forward_request(Some("N1"), Some(&creds))).unwrap();
         assert!(
-            fwd.starts_with(
-                "GET http://127.0.0.1:8080/get?a=1&pc_nonce=N1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
-            ),
+            fwd.starts_with("GET http://127.0.0.1:8080/get?a=1&pc_nonce=N1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"),
             "{fwd}"
         );
         assert!(fwd.contains("Proxy-Authorization: Basic dTpw\r\n") && fwd.ends_with("\r\n\r\n"));
         let c = String::from_utf8(j.connect_request(None)).unwrap();
         assert!(c.starts_with("CONNECT 127.0.0.1:8080 HTTP/1.1\r\n"), "{c}");
-        let j = Judge::resolve(&"https://localhost/".parse().unwrap())
-            .await
-            .unwrap();
+        let j = Judge::resolve(&"https://localhost/".parse().unwrap()).await.unwrap();
         assert_eq!(j.connect_authority(), "localhost:443");
         assert!(
             String::from_utf8(j.origin_request(Some("x")))
                 .unwrap()
                 .starts_with("GET /?pc_nonce=x HTTP/1.1\r\nHost: localhost\r\n")
         );
-        let j = Judge::resolve(&"http://[::1]:81/".parse().unwrap())
-            .await
-            .unwrap();
+        let j = Judge::resolve(&"http://[::1]:81/".parse().unwrap()).await.unwrap();
         assert_eq!(j.connect_authority(), "[::1]:81");
     }
 }

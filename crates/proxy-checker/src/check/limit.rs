@@ -39,11 +39,7 @@ pub struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if let Some(p) = self.permit.take() {
-            let paid = self
-                .owner
-                .debt
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-                .is_ok();
+            let paid = self.owner.debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1)).is_ok();
             if paid {
                 p.forget();
             }
@@ -68,16 +64,8 @@ impl AdaptiveLimit {
 
     /// Waits for a slot.
     pub async fn acquire(self: &Arc<Self>) -> Slot {
-        let permit = self
-            .sem
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed");
-        Slot {
-            permit: Some(permit),
-            owner: self.clone(),
-        }
+        let permit = self.sem.clone().acquire_owned().await.expect("semaphore is never closed");
+        Slot { permit: Some(permit), owner: self.clone() }
     }
 
     /// The current limit.
@@ -124,12 +112,7 @@ impl AdaptiveLimit {
         if !self.adaptive || cur >= self.max {
             return;
         }
-        if self
-            .last_cut
-            .lock()
-            .expect("limit lock")
-            .is_some_and(|t| t.elapsed() < COOL_DOWN)
-        {
+        if self.last_cut.lock().expect("limit lock").is_some_and(|t| t.elapsed() < COOL_DOWN) {
             return;
         }
         let step = (cur / 16).max(1);
@@ -141,10 +124,7 @@ impl AdaptiveLimit {
         self.limit.store(cur + grow, Ordering::Relaxed);
         let mut add = grow;
         while add > 0 {
-            match self
-                .debt
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
-            {
+            match self.debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1)) {
                 Ok(_) => add -= 1,
                 Err(_) => break,
             }

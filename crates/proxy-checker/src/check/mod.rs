@@ -144,8 +144,7 @@ impl Progress {
         self.checked.fetch_add(1, Ordering::Relaxed);
         match v.outcome {
             Ok(_) => self.alive.fetch_add(1, Ordering::Relaxed),
-            Err(r) => self.dead[Reason::ALL.iter().position(|x| *x == r).unwrap_or(0)]
-                .fetch_add(1, Ordering::Relaxed),
+            Err(r) => self.dead[Reason::ALL.iter().position(|x| *x == r).unwrap_or(0)].fetch_add(1, Ordering::Relaxed),
         };
     }
 }

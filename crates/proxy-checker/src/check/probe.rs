@@ -58,9 +58,7 @@ pub async fn within<T>(
 fn expired(deadline: Instant, reason: Reason) -> Failure {
     let late = Instant::now().saturating_duration_since(deadline);
     if late > LATE_TIMER {
-        Failure::Local(Local(std::io::Error::other(format!(
-            "timer fired {late:?} late: runtime overloaded"
-        ))))
+        Failure::Local(Local(std::io::Error::other(format!("timer fired {late:?} late: runtime overloaded"))))
     } else {
         Failure::Dead(reason)
     }
@@ -73,23 +71,14 @@ pub fn nonce() -> String {
 
 /// Opens a TCP connection with its own timeout. Socket creation failures (EMFILE…) are
 /// local, never a verdict.
-pub async fn tcp_connect(
-    addr: SocketAddr,
-    ex: &Exchange,
-    start: Instant,
-) -> Result<(TcpStream, Duration), Failure> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()
-    } else {
-        TcpSocket::new_v6()
-    };
+pub async fn tcp_connect(addr: SocketAddr, ex: &Exchange, start: Instant) -> Result<(TcpStream, Duration), Failure> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     let socket = socket.map_err(|e| Failure::Local(Local(e)))?;
     let _ = socket.set_nodelay(true);
     let deadline = start + ex.connect_timeout.min(ex.timeout);
-    let stream = within(deadline, Reason::ConnectTimeout, async {
-        socket.connect(addr).await.map_err(Failure::connect)
-    })
-    .await?;
+    let stream =
+        within(deadline, Reason::ConnectTimeout, async { socket.connect(addr).await.map_err(Failure::connect) })
+            .await?;
     Ok((stream, start.elapsed()))
 }
 
@@ -97,10 +86,7 @@ pub async fn tcp_connect(
 pub async fn connect_only(addr: SocketAddr, ex: &Exchange) -> Result<Success, Failure> {
     let start = Instant::now();
     let (_s, connect) = tcp_connect(addr, ex, start).await?;
-    Ok(Success {
-        latency: connect,
-        connect,
-    })
+    Ok(Success { latency: connect, connect })
 }
 
 async fn write(
@@ -109,10 +95,7 @@ async fn write(
     deadline: Instant,
     on_timeout: Reason,
 ) -> Result<(), Failure> {
-    within(deadline, on_timeout, async {
-        s.write_all(bytes).await.map_err(Failure::io)
-    })
-    .await
+    within(deadline, on_timeout, async { s.write_all(bytes).await.map_err(Failure::io) }).await
 }
 
 fn status(head: &Head, expect: u16) -> Result<(), Failure> {
@@ -139,12 +122,8 @@ impl Exchange {
         }
         match &self.validation {
             Validation::None => Ok(()),
-            Validation::Nonce => {
-                http1::expect_in_body(s, buf, head, nonce.as_bytes(), deadline).await
-            }
-            Validation::Contains(text) => {
-                http1::expect_in_body(s, buf, head, text.as_bytes(), deadline).await
-            }
+            Validation::Nonce => http1::expect_in_body(s, buf, head, nonce.as_bytes(), deadline).await,
+            Validation::Contains(text) => http1::expect_in_body(s, buf, head, text.as_bytes(), deadline).await,
         }
     }
 
@@ -159,19 +138,12 @@ impl Exchange {
         let deadline = start + self.timeout;
         let (mut s, connect) = tcp_connect(addr, self, start).await?;
         let nonce = nonce();
-        write(
-            &mut s,
-            &judge.forward_request(Some(&nonce), creds),
-            deadline,
-            Reason::ProxyTimeout,
-        )
-        .await?;
+        write(&mut s, &judge.forward_request(Some(&nonce), creds), deadline, Reason::ProxyTimeout).await?;
         let mut buf = Vec::with_capacity(1024);
         let head = http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await?;
         let latency = start.elapsed();
         status(&head, self.expect_status)?;
-        self.validate(&mut s, &mut buf, head, &nonce, deadline)
-            .await?;
+        self.validate(&mut s, &mut buf, head, &nonce, deadline).await?;
         Ok(Success { latency, connect })
     }
 
@@ -185,13 +157,7 @@ impl Exchange {
         let start = Instant::now();
         let deadline = start + self.timeout;
         let (mut s, connect) = tcp_connect(addr, self, start).await?;
-        write(
-            &mut s,
-            &judge.connect_request(creds),
-            deadline,
-            Reason::ProxyTimeout,
-        )
-        .await?;
+        write(&mut s, &judge.connect_request(creds), deadline, Reason::ProxyTimeout).await?;
         let mut buf = Vec::with_capacity(1024);
         let head = http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await?;
         match head.status {
@@ -205,10 +171,7 @@ impl Exchange {
         }
         buf.clear();
         let latency = self.through(s, judge, buf, deadline).await?;
-        Ok(Success {
-            latency: latency.duration_since(start),
-            connect,
-        })
+        Ok(Success { latency: latency.duration_since(start), connect })
     }
 
     /// SOCKS4 or SOCKS5 handshake to the judge, then the request inside.
@@ -226,36 +189,20 @@ impl Exchange {
         let target = judge.addr;
         let stream = within(deadline, Reason::ProxyTimeout, async {
             let r = match (v5, creds) {
-                (true, None) => Socks5Stream::connect_with_socket(s, target)
+                (true, None) => Socks5Stream::connect_with_socket(s, target).await.map(Socks5Stream::into_inner),
+                (true, Some(c)) => Socks5Stream::connect_with_password_and_socket(s, target, &c.username, &c.password)
                     .await
                     .map(Socks5Stream::into_inner),
-                (true, Some(c)) => Socks5Stream::connect_with_password_and_socket(
-                    s,
-                    target,
-                    &c.username,
-                    &c.password,
-                )
-                .await
-                .map(Socks5Stream::into_inner),
-                (false, None) => Socks4Stream::connect_with_socket(s, target)
+                (false, None) => Socks4Stream::connect_with_socket(s, target).await.map(Socks4Stream::into_inner),
+                (false, Some(c)) => Socks4Stream::connect_with_userid_and_socket(s, target, &c.username)
                     .await
                     .map(Socks4Stream::into_inner),
-                (false, Some(c)) => {
-                    Socks4Stream::connect_with_userid_and_socket(s, target, &c.username)
-                        .await
-                        .map(Socks4Stream::into_inner)
-                }
             };
             r.map_err(socks_failure)
         })
         .await?;
-        let latency = self
-            .through(stream, judge, Vec::with_capacity(1024), deadline)
-            .await?;
-        Ok(Success {
-            latency: latency.duration_since(start),
-            connect,
-        })
+        let latency = self.through(stream, judge, Vec::with_capacity(1024), deadline).await?;
+        Ok(Success { latency: latency.duration_since(start), connect })
     }
 
     /// Speaks to the judge over an established tunnel. Returns when the head arrived.
@@ -268,15 +215,12 @@ impl Exchange {
     ) -> Result<Instant, Failure> {
         if judge.https {
             let handshake = async {
-                self.tls
-                    .connect(judge.server_name(), s)
-                    .await
-                    .map_err(|e| match e.kind() {
-                        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-                            Failure::Dead(Reason::ProxyClosed)
-                        }
-                        _ => Failure::Dead(Reason::TlsError),
-                    })
+                self.tls.connect(judge.server_name(), s).await.map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+                        Failure::Dead(Reason::ProxyClosed)
+                    }
+                    _ => Failure::Dead(Reason::TlsError),
+                })
             };
             let mut tls = within(deadline, Reason::Timeout, handshake).await?;
             self.request(&mut tls, judge, &mut buf, deadline).await
@@ -294,13 +238,7 @@ impl Exchange {
         deadline: Instant,
     ) -> Result<Instant, Failure> {
         let nonce = nonce();
-        write(
-            s,
-            &judge.origin_request(Some(&nonce)),
-            deadline,
-            Reason::Timeout,
-        )
-        .await?;
+        write(s, &judge.origin_request(Some(&nonce)), deadline, Reason::Timeout).await?;
         let head = http1::read_head(s, buf, deadline, Reason::Timeout).await?;
         let at = Instant::now();
         self.validate(s, buf, head, &nonce, deadline).await?;

@@ -72,11 +72,7 @@ impl Reason {
     pub fn is_transient(self) -> bool {
         matches!(
             self,
-            Self::ConnectTimeout
-                | Self::ConnectError
-                | Self::ProxyTimeout
-                | Self::ProxyClosed
-                | Self::Timeout
+            Self::ConnectTimeout | Self::ConnectError | Self::ProxyTimeout | Self::ProxyClosed | Self::Timeout
         )
     }
 
@@ -97,10 +93,7 @@ impl Reason {
     /// Whether the proxy's host never accepted a TCP connection. Such a proxy is not
     /// dialed again for its second capability in the same attempt.
     pub fn is_connect_failure(self) -> bool {
-        matches!(
-            self,
-            Self::ConnectTimeout | Self::ConnectRefused | Self::ConnectError
-        )
+        matches!(self, Self::ConnectTimeout | Self::ConnectRefused | Self::ConnectError)
     }
 }
 
@@ -119,14 +112,7 @@ pub struct Local(pub io::Error);
 pub fn is_local(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(
-            libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM
-                | libc::EADDRNOTAVAIL
-                | libc::EAGAIN
-        )
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL | libc::EAGAIN)
     )
 }
 
@@ -181,28 +167,13 @@ mod tests {
     fn names_are_unique_and_snake_case() {
         let names: std::collections::BTreeSet<_> = Reason::ALL.iter().map(|r| r.as_str()).collect();
         assert_eq!(names.len(), Reason::ALL.len());
-        assert!(
-            names
-                .iter()
-                .all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
-        );
+        assert!(names.iter().all(|n| n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
     }
 
     #[test]
     fn resource_errors_are_local() {
-        for errno in [
-            libc::EMFILE,
-            libc::ENFILE,
-            libc::ENOBUFS,
-            libc::EADDRNOTAVAIL,
-        ] {
-            assert!(
-                matches!(
-                    Failure::connect(io::Error::from_raw_os_error(errno)),
-                    Failure::Local(_)
-                ),
-                "{errno}"
-            );
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::EADDRNOTAVAIL] {
+            assert!(matches!(Failure::connect(io::Error::from_raw_os_error(errno)), Failure::Local(_)), "{errno}");
         }
         assert!(matches!(
             Failure::connect(io::Error::from_raw_os_error(libc::ECONNREFUSED)),

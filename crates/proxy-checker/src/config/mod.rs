@@ -20,11 +20,7 @@ pub enum ConfigError {
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
     #[error("{path}: `{field}`: {message}")]
-    Field {
-        path: String,
-        field: String,
-        message: String,
-    },
+    Field { path: String, field: String, message: String },
     #[error("{path}: {error}")]
     Read { path: String, error: String },
 }
@@ -98,35 +94,12 @@ pub const DEFAULT_JUDGE: &str = "http://httpbin.org/get";
 impl Config {
     /// Parses and validates a JSON document; `path` is only used in messages.
     pub fn from_json(text: &str, path: &str) -> Result<Self, ConfigError> {
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let raw: raw::RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let at = e.path().to_string();
-            let inner = e.into_inner();
-            let message = if at == "." {
-                inner.to_string()
-            } else {
-                format!("at `{at}`: {inner}")
-            };
-            ConfigError::Syntax {
-                path: path.to_string(),
-                message,
-            }
-        })?;
-        validate(raw).map_err(|(field, message)| ConfigError::Field {
-            path: path.to_string(),
-            field,
-            message,
-        })
+        from_raw(parse_raw(text, path)?, path)
     }
 
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-            path: shown.clone(),
-            error: e.to_string(),
-        })?;
-        Self::from_json(&text, &shown)
+        from_raw(load_raw(path)?, &path.display().to_string())
     }
 
     /// The embedded defaults: no sources, file storage.
@@ -169,4 +142,28 @@ impl CheckerConfig {
             s.concurrency
         )
     }
+}
+
+/// Reads and parses a config file into its raw form (for callers that overlay flags
+/// before validating).
+pub fn load_raw(path: &Path) -> Result<raw::RawConfig, ConfigError> {
+    let shown = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: shown.clone(), error: e.to_string() })?;
+    parse_raw(&text, &shown)
+}
+
+fn parse_raw(text: &str, path: &str) -> Result<raw::RawConfig, ConfigError> {
+    let de = &mut serde_json::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let at = e.path().to_string();
+        let inner = e.into_inner();
+        let message = if at == "." { inner.to_string() } else { format!("at `{at}`: {inner}") };
+        ConfigError::Syntax { path: path.to_string(), message }
+    })
+}
+
+/// Validates a raw config; `path` names its origin in messages.
+pub fn from_raw(raw: raw::RawConfig, path: &str) -> Result<Config, ConfigError> {
+    validate(raw).map_err(|(field, message)| ConfigError::Field { path: path.to_string(), field, message })
 }

@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{OneOrMany, RawConfig, RawSource};
-use super::{
-    ApiConfig, CheckerConfig, Config, DEFAULT_JUDGE, LogConfig, LogFormat, StorageConfig,
-    StorageKind,
-};
+use super::{ApiConfig, CheckerConfig, Config, DEFAULT_JUDGE, LogConfig, LogFormat, StorageConfig, StorageKind};
 use crate::check::{CheckSettings, Mode, Validation};
 use crate::proxy::Protocol;
 use crate::source::{FetchSettings, Location, SourceSpec};
@@ -29,10 +26,7 @@ fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
 ) -> Result<T, Invalid> {
     let v = v.unwrap_or(default);
     if v < lo || v > hi {
-        return Err(bad(
-            field,
-            format!("must be between {lo} and {hi} (got {v})"),
-        ));
+        return Err(bad(field, format!("must be between {lo} and {hi} (got {v})")));
     }
     Ok(v)
 }
@@ -48,23 +42,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         };
         let location = Location::parse(loc).map_err(|m| bad(&field, m))?;
         let protocol = match proto {
-            Some(p) => Some(
-                p.parse::<Protocol>()
-                    .map_err(|e| bad(format!("{field}.protocol"), e.to_string()))?,
-            ),
+            Some(p) => Some(p.parse::<Protocol>().map_err(|e| bad(format!("{field}.protocol"), e.to_string()))?),
             None => None,
         };
         sources.push(SourceSpec { location, protocol });
     }
 
     let a = &raw.aggregation;
-    let interval = Duration::from_secs(ranged(
-        "aggregation.interval_secs",
-        a.interval_secs,
-        300,
-        5,
-        7 * 86_400,
-    )?);
+    let interval = Duration::from_secs(ranged("aggregation.interval_secs", a.interval_secs, 300, 5, 7 * 86_400)?);
     let fetch = FetchSettings {
         timeout: Duration::from_millis(ranged(
             "aggregation.source_timeout_ms",
@@ -73,13 +58,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
             100,
             600_000,
         )?),
-        max_bytes: ranged(
-            "aggregation.source_max_bytes",
-            a.source_max_bytes,
-            32 << 20,
-            1024,
-            1 << 30,
-        )?,
+        max_bytes: ranged("aggregation.source_max_bytes", a.source_max_bytes, 32 << 20, 1024, 1 << 30)?,
         retries: ranged("aggregation.source_retries", a.source_retries, 2, 0, 10)?,
         ..FetchSettings::default()
     };
@@ -87,12 +66,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     let c = &raw.checker;
     let mode = match c.mode.as_deref() {
         None => Mode::FullHttp,
-        Some(m) => Mode::parse(m).ok_or_else(|| {
-            bad(
-                "checker.mode",
-                format!("`{m}` is not a mode (allowed: connect-only, full-http)"),
-            )
-        })?,
+        Some(m) => Mode::parse(m)
+            .ok_or_else(|| bad("checker.mode", format!("`{m}` is not a mode (allowed: connect-only, full-http)")))?,
     };
     let judge_strings = match &c.judge_url {
         None => vec![DEFAULT_JUDGE.to_string()],
@@ -104,27 +79,17 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     }
     let mut judges = Vec::new();
     for s in &judge_strings {
-        let url: url::Url = s
-            .parse()
-            .map_err(|e| bad("checker.judge_url", format!("`{s}` is not a URL: {e}")))?;
+        let url: url::Url = s.parse().map_err(|e| bad("checker.judge_url", format!("`{s}` is not a URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(bad(
-                "checker.judge_url",
-                format!("`{s}`: must be an http:// or https:// URL with a host"),
-            ));
+            return Err(bad("checker.judge_url", format!("`{s}`: must be an http:// or https:// URL with a host")));
         }
         judges.push(url);
     }
     let validation = match (c.validation.as_deref(), &c.expect_body) {
         (None | Some("nonce"), None) => Validation::Nonce,
-        (None | Some("contains"), Some(text)) if !text.is_empty() => {
-            Validation::Contains(text.clone())
-        }
+        (None | Some("contains"), Some(text)) if !text.is_empty() => Validation::Contains(text.clone()),
         (Some("contains"), _) => {
-            return Err(bad(
-                "checker.expect_body",
-                "`contains` validation needs a non-empty expect_body",
-            ));
+            return Err(bad("checker.expect_body", "`contains` validation needs a non-empty expect_body"));
         }
         (Some("none"), None) => Validation::None,
         (Some(v @ ("nonce" | "none")), Some(_)) => {
@@ -142,26 +107,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         (None, Some(_)) => return Err(bad("checker.expect_body", "must not be empty")),
     };
     let timeout_ms = ranged("checker.timeout_ms", c.timeout_ms, 10_000, 100, 600_000)?;
-    let connect_timeout_ms = ranged(
-        "checker.connect_timeout_ms",
-        c.connect_timeout_ms,
-        5_000.min(timeout_ms),
-        50,
-        600_000,
-    )?;
+    let connect_timeout_ms =
+        ranged("checker.connect_timeout_ms", c.connect_timeout_ms, 5_000.min(timeout_ms), 50, 600_000)?;
     if connect_timeout_ms > timeout_ms {
-        return Err(bad(
-            "checker.connect_timeout_ms",
-            format!("must not exceed checker.timeout_ms ({timeout_ms})"),
-        ));
+        return Err(bad("checker.connect_timeout_ms", format!("must not exceed checker.timeout_ms ({timeout_ms})")));
     }
-    let concurrency = ranged(
-        "checker.concurrency_total",
-        c.concurrency_total,
-        10_000,
-        1,
-        1_000_000,
-    )?;
+    let concurrency = ranged("checker.concurrency_total", c.concurrency_total, 10_000, 1, 1_000_000)?;
     let settings = CheckSettings {
         mode,
         judges,
@@ -170,13 +121,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         connect_timeout: Duration::from_millis(connect_timeout_ms),
         timeout: Duration::from_millis(timeout_ms),
         retries: ranged("checker.retries", c.retries, 1, 0, 10)?,
-        backoff: Duration::from_millis(ranged(
-            "checker.retry_backoff_ms",
-            c.retry_backoff_ms,
-            250,
-            0,
-            60_000,
-        )?),
+        backoff: Duration::from_millis(ranged("checker.retry_backoff_ms", c.retry_backoff_ms, 250, 0, 60_000)?),
         concurrency,
         adaptive: c.enable_adaptive_concurrency.unwrap_or(true),
         ca_file: c.ca_file.as_ref().map(PathBuf::from),
@@ -190,34 +135,19 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     };
 
     let api = &raw.api;
-    let listen_s = api
-        .listen
-        .clone()
-        .unwrap_or_else(|| "127.0.0.1:8080".into());
-    let listen: SocketAddr = listen_s.parse().map_err(|_| {
-        bad(
-            "api.listen",
-            format!("`{listen_s}` is not an address:port (for example 0.0.0.0:8080)"),
-        )
-    })?;
+    let listen_s = api.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
+    let listen: SocketAddr = listen_s
+        .parse()
+        .map_err(|_| bad("api.listen", format!("`{listen_s}` is not an address:port (for example 0.0.0.0:8080)")))?;
     let api_keys = api.api_keys.clone().unwrap_or_default();
     if let Some(i) = api_keys.iter().position(|k| k.len() < 16) {
-        return Err(bad(
-            format!("api.api_keys[{i}]"),
-            "keys must be at least 16 characters",
-        ));
+        return Err(bad(format!("api.api_keys[{i}]"), "keys must be at least 16 characters"));
     }
     let api = ApiConfig {
         listen,
         auth: api.enable_api_key_auth.unwrap_or(true),
         api_keys,
-        rate_limit_per_minute: ranged(
-            "api.rate_limit_per_minute",
-            api.rate_limit_per_minute,
-            600,
-            1,
-            10_000_000,
-        )?,
+        rate_limit_per_minute: ranged("api.rate_limit_per_minute", api.rate_limit_per_minute, 600, 1, 10_000_000)?,
         rate_limit_per_ip_per_minute: ranged(
             "api.rate_limit_per_ip_per_minute",
             api.rate_limit_per_ip_per_minute,
@@ -235,10 +165,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         Some("sqlite") => StorageKind::Sqlite,
         Some("redis") => StorageKind::Redis,
         Some(k) => {
-            return Err(bad(
-                "storage.type",
-                format!("`{k}` is not a storage type (allowed: file, sqlite, redis)"),
-            ));
+            return Err(bad("storage.type", format!("`{k}` is not a storage type (allowed: file, sqlite, redis)")));
         }
     };
     let default_path = match kind {
@@ -252,35 +179,18 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     };
 
     let level = raw.log.level.clone().unwrap_or_else(|| "info".into());
-    if !matches!(
-        level.as_str(),
-        "error" | "warn" | "info" | "debug" | "trace"
-    ) {
-        return Err(bad(
-            "log.level",
-            format!("`{level}` is not a level (allowed: error, warn, info, debug, trace)"),
-        ));
+    if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
+        return Err(bad("log.level", format!("`{level}` is not a level (allowed: error, warn, info, debug, trace)")));
     }
     let format = match raw.log.format.as_deref() {
         None | Some("json") => LogFormat::Json,
         Some("text") => LogFormat::Text,
         Some(f) => {
-            return Err(bad(
-                "log.format",
-                format!("`{f}` is not a format (allowed: json, text)"),
-            ));
+            return Err(bad("log.format", format!("`{f}` is not a format (allowed: json, text)")));
         }
     };
 
-    Ok(Config {
-        sources,
-        interval,
-        fetch,
-        checker,
-        api,
-        storage,
-        log: LogConfig { level, format },
-    })
+    Ok(Config { sources, interval, fetch, checker, api, storage, log: LogConfig { level, format } })
 }
 
 #[cfg(test)]
@@ -309,35 +219,17 @@ mod tests {
                 r#"{"checker": {"timeot_ms": 5}}"#,
                 "at `checker.timeot_ms`: unknown field `timeot_ms`, expected one of `mode`",
             ),
-            (
-                r#"{"sources": [{"url": "x.txt", "protocol": "ftp"}]}"#,
-                "`sources[0].protocol`: unknown protocol `ftp`",
-            ),
-            (
-                r#"{"sources": ["ftp://a/b"]}"#,
-                "`sources[0]`: `ftp://a/b`: only http://, https:// and file paths",
-            ),
-            (
-                r#"{"checker": {"judge_url": "ftp://x"}}"#,
-                "`checker.judge_url`: `ftp://x`: must be an http://",
-            ),
-            (
-                r#"{"checker": {"timeout_ms": 1000, "connect_timeout_ms": 2000}}"#,
-                "must not exceed checker.timeout_ms",
-            ),
+            (r#"{"sources": [{"url": "x.txt", "protocol": "ftp"}]}"#, "`sources[0].protocol`: unknown protocol `ftp`"),
+            (r#"{"sources": ["ftp://a/b"]}"#, "`sources[0]`: `ftp://a/b`: only http://, https:// and file paths"),
+            (r#"{"checker": {"judge_url": "ftp://x"}}"#, "`checker.judge_url`: `ftp://x`: must be an http://"),
+            (r#"{"checker": {"timeout_ms": 1000, "connect_timeout_ms": 2000}}"#, "must not exceed checker.timeout_ms"),
             (
                 r#"{"storage": {"type": "mongo"}}"#,
                 "`storage.type`: `mongo` is not a storage type (allowed: file, sqlite, redis)",
             ),
             (r#"{"api": {"listen": "8080"}}"#, "`api.listen`"),
-            (
-                r#"{"checker": {"validation": "contains"}}"#,
-                "needs a non-empty expect_body",
-            ),
-            (
-                r#"{"checker": {"retries": "two"}}"#,
-                "at `checker.retries`: invalid type",
-            ),
+            (r#"{"checker": {"validation": "contains"}}"#, "needs a non-empty expect_body"),
+            (r#"{"checker": {"retries": "two"}}"#, "at `checker.retries`: invalid type"),
             ("{", "EOF while parsing"),
         ] {
             let got = err(json);
@@ -363,13 +255,7 @@ mod tests {
         assert!(!c.checker.settings.adaptive && c.checker.allow_private);
         let d = Config::defaults();
         assert_eq!(d.checker.settings.mode, crate::check::Mode::FullHttp);
-        assert_eq!(
-            d.checker.settings.validation,
-            crate::check::Validation::Nonce
-        );
-        assert!(matches!(
-            Config::load("/nonexistent/x.json".as_ref()),
-            Err(ConfigError::Read { .. })
-        ));
+        assert_eq!(d.checker.settings.validation, crate::check::Validation::Nonce);
+        assert!(matches!(Config::load("/nonexistent/x.json".as_ref()), Err(ConfigError::Read { .. })));
     }
 }

@@ -25,12 +25,7 @@ pub struct FetchSettings {
 
 impl Default for FetchSettings {
     fn default() -> Self {
-        Self {
-            timeout: Duration::from_secs(30),
-            max_bytes: 32 << 20,
-            retries: 2,
-            backoff: Duration::from_millis(500),
-        }
+        Self { timeout: Duration::from_secs(30), max_bytes: 32 << 20, retries: 2, backoff: Duration::from_millis(500) }
     }
 }
 
@@ -47,20 +42,14 @@ pub fn client(tls: std::sync::Arc<rustls::ClientConfig>) -> Result<reqwest::Clie
 }
 
 /// Fetches a source with retries; returns the body.
-pub async fn fetch(
-    client: &reqwest::Client,
-    location: &Location,
-    s: &FetchSettings,
-) -> Result<Vec<u8>, SourceError> {
+pub async fn fetch(client: &reqwest::Client, location: &Location, s: &FetchSettings) -> Result<Vec<u8>, SourceError> {
     let mut attempt = 0;
     loop {
         let result = match location {
-            Location::Url(url) => {
-                match tokio::time::timeout(s.timeout, fetch_url(client, url, s.max_bytes)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(SourceError::Timeout(s.timeout)),
-                }
-            }
+            Location::Url(url) => match tokio::time::timeout(s.timeout, fetch_url(client, url, s.max_bytes)).await {
+                Ok(r) => r,
+                Err(_) => Err(SourceError::Timeout(s.timeout)),
+            },
             Location::File(path) => read_file(path, s.max_bytes).await,
         };
         match result {
@@ -76,22 +65,13 @@ pub async fn fetch(
     }
 }
 
-async fn fetch_url(
-    client: &reqwest::Client,
-    url: &url::Url,
-    max: u64,
-) -> Result<Vec<u8>, SourceError> {
-    let mut resp = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(SourceError::from_reqwest)?;
+async fn fetch_url(client: &reqwest::Client, url: &url::Url, max: u64) -> Result<Vec<u8>, SourceError> {
+    let mut resp = client.get(url.clone()).send().await.map_err(SourceError::from_reqwest)?;
     let status = resp.status();
     if !status.is_success() {
         return Err(SourceError::Status(status.as_u16()));
     }
-    let mut body =
-        Vec::with_capacity(resp.content_length().unwrap_or(0).min(max).min(1 << 20) as usize);
+    let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(max).min(1 << 20) as usize);
     while let Some(chunk) = resp.chunk().await.map_err(SourceError::from_reqwest)? {
         if body.len() as u64 + chunk.len() as u64 > max {
             return Err(SourceError::TooLarge(max));
@@ -102,14 +82,9 @@ async fn fetch_url(
 }
 
 async fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, SourceError> {
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| SourceError::Io(e.to_string()))?;
+    let file = tokio::fs::File::open(path).await.map_err(|e| SourceError::Io(e.to_string()))?;
     let mut body = Vec::new();
-    file.take(max + 1)
-        .read_to_end(&mut body)
-        .await
-        .map_err(|e| SourceError::Io(e.to_string()))?;
+    file.take(max + 1).read_to_end(&mut body).await.map_err(|e| SourceError::Io(e.to_string()))?;
     if body.len() as u64 > max {
         return Err(SourceError::TooLarge(max));
     }

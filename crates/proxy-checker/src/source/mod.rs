@@ -56,9 +56,7 @@ impl Location {
             return Ok(Location::File(PathBuf::from(path)));
         }
         if s.contains("://") {
-            return Err(format!(
-                "`{s}`: only http://, https:// and file paths are sources"
-            ));
+            return Err(format!("`{s}`: only http://, https:// and file paths are sources"));
         }
         if s.trim().is_empty() {
             return Err("empty source".into());
@@ -208,12 +206,7 @@ pub async fn gather(
     let mut out = Gathered::default();
     for (i, (spec, (body, duration, at))) in specs.iter().zip(bodies).enumerate() {
         let name = spec.location.to_string();
-        let mut st = SourceStats {
-            name: name.clone(),
-            fetched_at: Some(at),
-            duration,
-            ..Default::default()
-        };
+        let mut st = SourceStats { name: name.clone(), fetched_at: Some(at), duration, ..Default::default() };
         match body {
             Err(e) => {
                 tracing::warn!(source = %name, error = %e, "source failed");
@@ -221,10 +214,7 @@ pub async fn gather(
             }
             Ok(body) => {
                 st.bytes = body.len() as u64;
-                let opts = ParseOptions {
-                    default_protocol: spec.protocol.unwrap_or(Protocol::Http),
-                    allow_private,
-                };
+                let opts = ParseOptions { default_protocol: spec.protocol.unwrap_or(Protocol::Http), allow_private };
                 let (parsed, format) = parse::parse_document(&body, opts, &mut |r| {
                     tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
                     st.reject(r);
@@ -238,11 +228,7 @@ pub async fn gather(
                         out.found.push(Found { proxy, source });
                     } else {
                         st.duplicates += 1;
-                        st.reject(Reject {
-                            line,
-                            reason: RejectReason::Duplicate,
-                            text: String::new(),
-                        });
+                        st.reject(Reject { line, reason: RejectReason::Duplicate, text: String::new() });
                     }
                 }
             }
@@ -258,23 +244,12 @@ mod tests {
 
     #[test]
     fn locations() {
-        assert!(matches!(
-            Location::parse("https://example.com/list.txt"),
-            Ok(Location::Url(_))
-        ));
-        assert_eq!(
-            Location::parse("lists/a.txt"),
-            Ok(Location::File("lists/a.txt".into()))
-        );
-        assert_eq!(
-            Location::parse("file:///tmp/a.txt"),
-            Ok(Location::File("/tmp/a.txt".into()))
-        );
+        assert!(matches!(Location::parse("https://example.com/list.txt"), Ok(Location::Url(_))));
+        assert_eq!(Location::parse("lists/a.txt"), Ok(Location::File("lists/a.txt".into())));
+        assert_eq!(Location::parse("file:///tmp/a.txt"), Ok(Location::File("/tmp/a.txt".into())));
         assert!(Location::parse("ftp://x/y").is_err());
         assert!(Location::parse("http://").is_err());
-        let shown = Location::parse("https://u:tok@example.com/l")
-            .unwrap()
-            .to_string();
+        let shown = Location::parse("https://u:tok@example.com/l").unwrap().to_string();
         assert!(!shown.contains("tok"), "{shown}");
     }
 }

@@ -103,11 +103,7 @@ pub struct Parsed {
 const MAX_REJECT_TEXT: usize = 80;
 
 /// Parses one document, detecting its format. Rejections go to `on_reject`.
-pub fn parse_document(
-    body: &[u8],
-    opts: ParseOptions,
-    on_reject: &mut dyn FnMut(Reject),
-) -> (Parsed, Format) {
+pub fn parse_document(body: &[u8], opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> (Parsed, Format) {
     let text = String::from_utf8_lossy(body);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let head = text.trim_start();
@@ -125,17 +121,9 @@ pub fn parse_document(
 
 fn looks_like_html(head: &[u8]) -> bool {
     let lower = head.to_ascii_lowercase();
-    [
-        &b"<html"[..],
-        b"<!doctype",
-        b"<table",
-        b"<body",
-        b"<td",
-        b"<div",
-        b"<pre",
-    ]
-    .iter()
-    .any(|tag| lower.windows(tag.len()).any(|w| w == *tag))
+    [&b"<html"[..], b"<!doctype", b"<table", b"<body", b"<td", b"<div", b"<pre"]
+        .iter()
+        .any(|tag| lower.windows(tag.len()).any(|w| w == *tag))
 }
 
 fn cut(s: &str) -> String {
@@ -154,21 +142,13 @@ fn parse_lines(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)
     let mut out = Parsed::default();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
-        if line.is_empty()
-            || line.starts_with('#')
-            || line.starts_with("//")
-            || line.starts_with(';')
-        {
+        if line.is_empty() || line.starts_with('#') || line.starts_with("//") || line.starts_with(';') {
             continue;
         }
         out.lines += 1;
         match parse_line(line, opts) {
             Ok(p) => out.proxies.push((p, line_no(i))),
-            Err(reason) => on_reject(Reject {
-                line: line_no(i),
-                reason,
-                text: cut(line),
-            }),
+            Err(reason) => on_reject(Reject { line: line_no(i), reason, text: cut(line) }),
         }
     }
     out
@@ -199,12 +179,7 @@ pub fn parse_line(line: &str, opts: ParseOptions) -> Result<Proxy, RejectReason>
 /// Parses a single address token in any accepted form.
 pub fn parse_token(token: &str, opts: ParseOptions) -> Result<Proxy, RejectReason> {
     let (protocol, rest) = match token.split_once("://") {
-        Some((scheme, rest)) => (
-            scheme
-                .parse::<Protocol>()
-                .map_err(|_| RejectReason::UnknownScheme)?,
-            rest,
-        ),
+        Some((scheme, rest)) => (scheme.parse::<Protocol>().map_err(|_| RejectReason::UnknownScheme)?, rest),
         None => (opts.default_protocol, token),
     };
     // Drop a trailing path such as `http://1.2.3.4:8080/`.
@@ -262,16 +237,12 @@ fn parse_host(s: &str) -> Result<Host, RejectReason> {
             && l.len() <= 63
             && !l.starts_with('-')
             && !l.ends_with('-')
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     let name = s.strip_suffix('.').unwrap_or(s);
     let labels_ok = !name.is_empty() && name.len() <= 253 && name.split('.').all(valid_label);
     // All-numeric names are malformed IPv4 addresses (`1.2.3.999`), not hostnames.
-    let last_has_alpha = name
-        .rsplit('.')
-        .next()
-        .is_some_and(|l| l.bytes().any(|b| b.is_ascii_alphabetic()));
+    let last_has_alpha = name.rsplit('.').next().is_some_and(|l| l.bytes().any(|b| b.is_ascii_alphabetic()));
     if labels_ok && last_has_alpha {
         Ok(Host::Name(Arc::from(name.to_ascii_lowercase())))
     } else {
@@ -296,19 +267,11 @@ fn build(
         guard::check(ip, opts.allow_private)?;
     }
     let credentials = match creds {
-        Some((u, p)) if !u.is_empty() => Some(Arc::new(Credentials {
-            username: decode(u),
-            password: decode(p),
-        })),
+        Some((u, p)) if !u.is_empty() => Some(Arc::new(Credentials { username: decode(u), password: decode(p) })),
         Some(_) => return Err(RejectReason::Syntax),
         None => None,
     };
-    Ok(Proxy {
-        protocol,
-        host,
-        port,
-        credentials,
-    })
+    Ok(Proxy { protocol, host, port, credentials })
 }
 
 static HTML_ADDR: LazyLock<Regex> = LazyLock::new(|| {
@@ -317,8 +280,7 @@ static HTML_ADDR: LazyLock<Regex> = LazyLock::new(|| {
     )
     .expect("static regex")
 });
-static HTML_TAG: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?s)<[^>]{0,1024}>").expect("static regex"));
+static HTML_TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s)<[^>]{0,1024}>").expect("static regex"));
 
 fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Parsed {
     let mut out = Parsed::default();
@@ -335,47 +297,30 @@ fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject))
                 Some(s) => match s.as_str().parse::<Protocol>() {
                     Ok(p) => p,
                     Err(_) => {
-                        on_reject(Reject {
-                            line: line_no(i),
-                            reason: RejectReason::UnknownScheme,
-                            text: cut(&c[0]),
-                        });
+                        on_reject(Reject { line: line_no(i), reason: RejectReason::UnknownScheme, text: cut(&c[0]) });
                         continue;
                     }
                 },
                 None => opts.default_protocol,
             };
             let host = c[4].trim_start_matches('[').trim_end_matches(']');
-            let creds = c
-                .get(2)
-                .map(|u| (u.as_str(), c.get(3).map_or("", |p| p.as_str())));
+            let creds = c.get(2).map(|u| (u.as_str(), c.get(3).map_or("", |p| p.as_str())));
             match build(protocol, host, &c[5], creds, opts) {
                 Ok(p) => out.proxies.push((p, line_no(i))),
-                Err(reason) => on_reject(Reject {
-                    line: line_no(i),
-                    reason,
-                    text: cut(&c[0]),
-                }),
+                Err(reason) => on_reject(Reject { line: line_no(i), reason, text: cut(&c[0]) }),
             }
         }
     }
     out
 }
 
-fn parse_json(
-    value: &serde_json::Value,
-    opts: ParseOptions,
-    on_reject: &mut dyn FnMut(Reject),
-) -> Parsed {
+fn parse_json(value: &serde_json::Value, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Parsed {
     use serde_json::Value;
     let mut out = Parsed::default();
     // `[...]`, or an object holding the list under any key (`{"data": [...]}`).
     let items: &[Value] = match value {
         Value::Array(a) => a,
-        Value::Object(o) => o
-            .values()
-            .find_map(|v| v.as_array())
-            .map_or(&[], |a| a.as_slice()),
+        Value::Object(o) => o.values().find_map(|v| v.as_array()).map_or(&[], |a| a.as_slice()),
         _ => &[],
     };
     for (i, item) in items.iter().enumerate() {
@@ -387,58 +332,33 @@ fn parse_json(
         };
         match result {
             Ok(p) => out.proxies.push((p, line_no(i))),
-            Err(reason) => on_reject(Reject {
-                line: line_no(i),
-                reason,
-                text: cut(&item.to_string()),
-            }),
+            Err(reason) => on_reject(Reject { line: line_no(i), reason, text: cut(&item.to_string()) }),
         }
     }
     out
 }
 
-fn json_object(
-    o: &serde_json::Map<String, serde_json::Value>,
-    opts: ParseOptions,
-) -> Result<Proxy, RejectReason> {
+fn json_object(o: &serde_json::Map<String, serde_json::Value>, opts: ParseOptions) -> Result<Proxy, RejectReason> {
     use serde_json::Value;
-    let field = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| o.get(*n))
-            .filter(|v| !v.is_null())
-    };
+    let field = |names: &[&str]| names.iter().find_map(|n| o.get(*n)).filter(|v| !v.is_null());
     let text = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         Value::Array(a) => a.first().and_then(|f| f.as_str()).map(str::to_string),
         _ => None,
     };
-    let host = field(&["ip", "host", "address", "addr", "server"])
-        .and_then(text)
-        .ok_or(RejectReason::Syntax)?;
+    let host = field(&["ip", "host", "address", "addr", "server"]).and_then(text).ok_or(RejectReason::Syntax)?;
     let protocol = match field(&["protocol", "type", "scheme", "protocols"]).and_then(text) {
-        Some(p) => p
-            .parse::<Protocol>()
-            .map_err(|_| RejectReason::UnknownScheme)?,
+        Some(p) => p.parse::<Protocol>().map_err(|_| RejectReason::UnknownScheme)?,
         None => opts.default_protocol,
     };
-    let opts = ParseOptions {
-        default_protocol: protocol,
-        ..opts
-    };
+    let opts = ParseOptions { default_protocol: protocol, ..opts };
     let user = field(&["username", "user", "login"]).and_then(text);
     let pass = field(&["password", "pass"]).and_then(text);
     match field(&["port"]).and_then(text) {
         Some(port) => {
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            build(
-                protocol,
-                host,
-                &port,
-                user.as_deref().map(|u| (u, pass.as_deref().unwrap_or(""))),
-                opts,
-            )
+            build(protocol, host, &port, user.as_deref().map(|u| (u, pass.as_deref().unwrap_or(""))), opts)
         }
         // `{"ip": "1.2.3.4:8080"}`
         None => parse_token(host.trim(), opts),
@@ -449,18 +369,11 @@ fn json_object(
 mod tests {
     use super::*;
 
-    const OPTS: ParseOptions = ParseOptions {
-        default_protocol: Protocol::Http,
-        allow_private: false,
-    };
+    const OPTS: ParseOptions = ParseOptions { default_protocol: Protocol::Http, allow_private: false };
 
     fn ok(line: &str, expect: &str) {
         let p = parse_line(line, OPTS).unwrap_or_else(|e| panic!("{line:?}: {e:?}"));
-        let creds = p
-            .credentials
-            .as_ref()
-            .map(|c| format!(" {}:{}", c.username, c.password))
-            .unwrap_or_default();
+        let creds = p.credentials.as_ref().map(|c| format!(" {}:{}", c.username, c.password)).unwrap_or_default();
         assert_eq!(format!("{p}{creds}"), expect, "{line:?}");
     }
 
@@ -474,20 +387,11 @@ mod tests {
         ok("socks5://1.2.3.4:1080", "socks5://1.2.3.4:1080");
         ok("SOCKS4://1.2.3.4:1080", "socks4://1.2.3.4:1080");
         ok("socks5h://u:p@1.2.3.4:1080", "socks5://1.2.3.4:1080 u:p");
-        ok(
-            "user:pa%40ss@1.2.3.4:3128",
-            "http://1.2.3.4:3128 user:pa@ss",
-        );
+        ok("user:pa%40ss@1.2.3.4:3128", "http://1.2.3.4:3128 user:pa@ss");
         ok("1.2.3.4:3128:user:pass", "http://1.2.3.4:3128 user:pass");
-        ok(
-            "https://1.2.3.4:3128:user:pass",
-            "https://1.2.3.4:3128 user:pass",
-        );
+        ok("https://1.2.3.4:3128:user:pass", "https://1.2.3.4:3128 user:pass");
         ok("[2001:db8::1]:8080", "http://[2001:db8::1]:8080");
-        ok(
-            "socks5://[2606:4700::1111]:1080",
-            "socks5://[2606:4700::1111]:1080",
-        );
+        ok("socks5://[2606:4700::1111]:1080", "socks5://[2606:4700::1111]:1080");
         ok("1.2.3.4:80 US 120ms", "http://1.2.3.4:80");
         ok("1.2.3.4:80\tanonymous", "http://1.2.3.4:80");
         ok("1.2.3.4 8080", "http://1.2.3.4:8080");
@@ -515,32 +419,18 @@ mod tests {
         bad("169.254.169.254:80", RejectReason::Private);
         bad("[::1]:80", RejectReason::Private);
         bad(":@1.2.3.4:80", RejectReason::Syntax);
-        let relaxed = ParseOptions {
-            allow_private: true,
-            ..OPTS
-        };
+        let relaxed = ParseOptions { allow_private: true, ..OPTS };
         assert!(parse_line("127.0.0.1:80", relaxed).is_ok());
-        assert_eq!(
-            parse_line("0.0.0.0:80", relaxed),
-            Err(RejectReason::Unroutable)
-        );
+        assert_eq!(parse_line("0.0.0.0:80", relaxed), Err(RejectReason::Unroutable));
     }
 
     fn doc(body: &str, proto: Protocol) -> (Vec<String>, Vec<(u32, RejectReason)>, Format) {
         let mut rejects = vec![];
-        let (parsed, format) = parse_document(
-            body.as_bytes(),
-            ParseOptions {
-                default_protocol: proto,
-                allow_private: false,
-            },
-            &mut |r| rejects.push((r.line, r.reason)),
-        );
-        (
-            parsed.proxies.iter().map(|(p, _)| p.to_string()).collect(),
-            rejects,
-            format,
-        )
+        let (parsed, format) =
+            parse_document(body.as_bytes(), ParseOptions { default_protocol: proto, allow_private: false }, &mut |r| {
+                rejects.push((r.line, r.reason))
+            });
+        (parsed.proxies.iter().map(|(p, _)| p.to_string()).collect(), rejects, format)
     }
 
     #[test]
@@ -548,18 +438,8 @@ mod tests {
         let body = "\u{feff}# list\r\n1.2.3.4:80\r\n\r\n  socks5://5.6.7.8:1080  \r\nnot a proxy\r\n9.9.9.9:0\r\n8.8.8.8:3128 # dns\n";
         let (got, rejects, format) = doc(body, Protocol::Socks4);
         assert_eq!(format, Format::Lines);
-        assert_eq!(
-            got,
-            [
-                "socks4://1.2.3.4:80",
-                "socks5://5.6.7.8:1080",
-                "socks4://8.8.8.8:3128"
-            ]
-        );
-        assert_eq!(
-            rejects,
-            [(5, RejectReason::Syntax), (6, RejectReason::InvalidPort)]
-        );
+        assert_eq!(got, ["socks4://1.2.3.4:80", "socks5://5.6.7.8:1080", "socks4://8.8.8.8:3128"]);
+        assert_eq!(rejects, [(5, RejectReason::Syntax), (6, RejectReason::InvalidPort)]);
     }
 
     #[test]
@@ -574,14 +454,7 @@ mod tests {
         let body = "<html><body><table><tr><td>1.2.3.4</td><td>8080</td><td>US</td></tr>\n<tr><td>5.6.7.8</td><td>3128</td></tr>\n<p>Also socks5://9.9.9.9:1080 and 10.0.0.1:80</p></table></body></html>";
         let (got, rejects, format) = doc(body, Protocol::Http);
         assert_eq!(format, Format::Html);
-        assert_eq!(
-            got,
-            [
-                "http://1.2.3.4:8080",
-                "http://5.6.7.8:3128",
-                "socks5://9.9.9.9:1080"
-            ]
-        );
+        assert_eq!(got, ["http://1.2.3.4:8080", "http://5.6.7.8:3128", "socks5://9.9.9.9:1080"]);
         assert_eq!(rejects, [(3, RejectReason::Private)]);
     }
 
@@ -602,14 +475,8 @@ mod tests {
                 "socks4://1.1.1.1:80"
             ]
         );
-        assert_eq!(
-            rejects,
-            [(5, RejectReason::Syntax), (6, RejectReason::Syntax)]
-        );
-        let (got, _, _) = doc(
-            r#"{"count": 1, "data": [{"ip": "1.2.3.4", "port": 80}]}"#,
-            Protocol::Http,
-        );
+        assert_eq!(rejects, [(5, RejectReason::Syntax), (6, RejectReason::Syntax)]);
+        let (got, _, _) = doc(r#"{"count": 1, "data": [{"ip": "1.2.3.4", "port": 80}]}"#, Protocol::Http);
         assert_eq!(got, ["http://1.2.3.4:80"]);
     }
 
