@@ -58,16 +58,7 @@ impl RoundContext {
         let mut gathered = source::gather(&self.client, &self.sources, &self.fetch, self.allow_private).await;
         let scraped = gathered.scraped();
         if gathered.found.is_empty() {
-            let why: Vec<String> = gathered
-                .stats
-                .iter()
-                .map(|s| match &s.error {
-                    Some(e) => format!("{}: {e}", s.name),
-                    None => format!("{}: no valid proxies ({} lines)", s.name, s.lines),
-                })
-                .collect();
-            let why = if why.is_empty() { "no sources configured".to_string() } else { why.join("; ") };
-            return Err(RoundError::NoUsableSource(why));
+            return Err(no_usable_source(&gathered.stats));
         }
 
         let resolved = resolve_names(&gathered.found, self.resolve_concurrency).await;
@@ -93,6 +84,9 @@ impl RoundContext {
                 verdict.is_ok()
             }
         });
+        if gathered.found.is_empty() {
+            return Err(no_usable_source(&gathered.stats));
+        }
         let unique = gathered.found.len() as u64;
         progress.total.store(unique, Ordering::Relaxed);
 
@@ -133,6 +127,21 @@ impl RoundContext {
             run,
         })
     }
+}
+
+/// Says, per source, why nothing could be checked.
+fn no_usable_source(stats: &[SourceStats]) -> RoundError {
+    let why: Vec<String> = stats
+        .iter()
+        .map(|s| match &s.error {
+            Some(e) => format!("{}: {e}", s.name),
+            None => {
+                let rejected: Vec<String> = s.rejected.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
+                format!("{}: no valid proxies in {} lines (rejected: {})", s.name, s.lines, rejected.join(", "))
+            }
+        })
+        .collect();
+    RoundError::NoUsableSource(if why.is_empty() { "no sources configured".into() } else { why.join("; ") })
 }
 
 /// Resolves every distinct hostname once, concurrently.

@@ -142,6 +142,7 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, 
         return;
     };
     if let Some(name) = req.target.strip_prefix("/sources/") {
+        *shared.source_hits.lock().expect("hits").entry(name.to_string()).or_default() += 1;
         let src = shared.sources.lock().expect("sources").get(name).cloned();
         match src {
             None => {

@@ -49,6 +49,7 @@ pub struct Shared {
     /// Proxy connections accepted.
     pub connections: AtomicU64,
     sources: Mutex<HashMap<String, SourceBody>>,
+    source_hits: Mutex<HashMap<String, u64>>,
     tls: tls::FarmTls,
     flaky_seen: Mutex<HashSet<u32>>,
 }
@@ -214,6 +215,7 @@ impl Farm {
             judge_hits: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             sources: Mutex::new(HashMap::new()),
+            source_hits: Mutex::new(HashMap::new()),
             tls: tls::FarmTls::generate()?,
             flaky_seen: Mutex::new(HashSet::new()),
         });
@@ -310,6 +312,11 @@ impl Farm {
             name,
             SourceBody { body: Arc::new(body.into()), status: 200, gzip: false, delay: Duration::ZERO },
         )
+    }
+
+    /// Requests served for `/sources/NAME`.
+    pub fn source_hits(&self, name: &str) -> u64 {
+        self.shared.source_hits.lock().expect("hits").get(name).copied().unwrap_or(0)
     }
 
     pub fn set_judge_down(&self, down: bool) {

@@ -475,11 +475,11 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
         if u32::from(job.attempt) < settings.retries {
             let mut retry = false;
             for (_, s) in job.tests.iter_mut().flatten() {
-                if let State::Failed(r) = s {
-                    if r.is_transient() {
-                        *s = State::Pending;
-                        retry = true;
-                    }
+                if let State::Failed(r) = s
+                    && r.is_transient()
+                {
+                    *s = State::Pending;
+                    retry = true;
                 }
             }
             if retry {
@@ -605,5 +605,53 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{ParseOptions, parse::parse_token};
+
+    /// Thousands of check tasks are alive at once: their state must stay small. Large
+    /// states (TLS, SOCKS handshakes) are boxed only while they run.
+    #[tokio::test]
+    async fn check_task_stays_small() {
+        let tls = tls_config(None).unwrap();
+        let ex = Arc::new(Exchange {
+            tls: TlsConnector::from(tls),
+            expect_status: 200,
+            validation: super::super::Validation::Nonce,
+            connect_timeout: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+        });
+        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false };
+        let cand = Candidate {
+            proxy: parse_token("1.2.3.4:80", opts).unwrap(),
+            addr: "1.2.3.4:80".parse().unwrap(),
+            source: 0,
+        };
+        let task = run_job(ex, None, Job::new(cand, Mode::FullHttp, 0, false));
+        let size = std::mem::size_of_val(&task);
+        assert!(size <= 3072, "a check task's future is {size} bytes");
+        assert!(std::mem::size_of::<Job>() <= 192);
+    }
+
+    #[test]
+    fn the_deepest_failure_explains_a_dead_proxy() {
+        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false };
+        let cand = Candidate {
+            proxy: parse_token("1.2.3.4:80", opts).unwrap(),
+            addr: "1.2.3.4:80".parse().unwrap(),
+            source: 0,
+        };
+        let mut job = Job::new(cand, Mode::FullHttp, 0, false);
+        job.tests[0].as_mut().unwrap().1 = State::Failed(Reason::ContentMismatch);
+        job.tests[1].as_mut().unwrap().1 = State::Failed(Reason::ProxyRejected);
+        assert_eq!(job.verdict().outcome.unwrap_err(), Reason::ContentMismatch);
+        let ok = Success { latency: Duration::from_millis(30), connect: Duration::from_millis(1) };
+        job.tests[1].as_mut().unwrap().1 = State::Ok(ok);
+        let alive = job.verdict().outcome.unwrap();
+        assert!(!alive.forward && alive.tunnel && alive.latency == ok.latency);
     }
 }

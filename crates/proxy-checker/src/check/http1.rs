@@ -99,7 +99,7 @@ pub async fn expect_in_body<S: AsyncRead + Unpin>(
                     return if finder.find(&decoded).is_some() { Ok(()) } else { Err(Reason::ContentMismatch.into()) };
                 }
                 Ok(None) => {}
-                Err(()) => return Err(Reason::ProxyProtocolError.into()),
+                Err(BadChunk) => return Err(Reason::ProxyProtocolError.into()),
             }
         } else {
             let from = searched.saturating_sub(needle.len()).max(head.len);
@@ -123,17 +123,21 @@ pub async fn expect_in_body<S: AsyncRead + Unpin>(
     }
 }
 
+/// A chunked body that does not follow RFC 9112's framing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BadChunk;
+
 /// Decodes a chunked body. `Ok(None)`: incomplete; `Err`: malformed.
-pub fn dechunk(mut input: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+pub fn dechunk(mut input: &[u8]) -> Result<Option<Vec<u8>>, BadChunk> {
     let mut out = Vec::with_capacity(input.len());
     loop {
         let Some(eol) = memchr::memmem::find(input, b"\r\n") else {
-            return if input.len() > 64 { Err(()) } else { Ok(None) };
+            return if input.len() > 64 { Err(BadChunk) } else { Ok(None) };
         };
         let size_field = &input[..eol];
         let size_hex = size_field.split(|&b| b == b';').next().unwrap_or_default();
-        let size_str = std::str::from_utf8(size_hex).map_err(|_| ())?.trim();
-        let size = usize::from_str_radix(size_str, 16).map_err(|_| ())?;
+        let size_str = std::str::from_utf8(size_hex).map_err(|_| BadChunk)?.trim();
+        let size = usize::from_str_radix(size_str, 16).map_err(|_| BadChunk)?;
         input = &input[eol + 2..];
         if size == 0 {
             return Ok(Some(out));
@@ -143,7 +147,7 @@ pub fn dechunk(mut input: &[u8]) -> Result<Option<Vec<u8>>, ()> {
         }
         out.extend_from_slice(&input[..size]);
         if &input[size..size + 2] != b"\r\n" {
-            return Err(());
+            return Err(BadChunk);
         }
         input = &input[size + 2..];
     }
@@ -168,8 +172,8 @@ mod tests {
     fn chunks() {
         assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), Ok(Some(b"abcde".to_vec())));
         assert_eq!(dechunk(b"3\r\nab"), Ok(None));
-        assert_eq!(dechunk(b"zz\r\n"), Err(()));
-        assert_eq!(dechunk(b"3\r\nabcXX0\r\n\r\n"), Err(()));
+        assert_eq!(dechunk(b"zz\r\n"), Err(BadChunk));
+        assert_eq!(dechunk(b"3\r\nabcXX0\r\n\r\n"), Err(BadChunk));
     }
 
     #[tokio::test]

@@ -187,19 +187,27 @@ impl Exchange {
         let deadline = start + self.timeout;
         let (s, connect) = tcp_connect(addr, self, start).await?;
         let target = judge.addr;
-        let stream = within(deadline, Reason::ProxyTimeout, async {
-            let r = match (v5, creds) {
-                (true, None) => Socks5Stream::connect_with_socket(s, target).await.map(Socks5Stream::into_inner),
-                (true, Some(c)) => Socks5Stream::connect_with_password_and_socket(s, target, &c.username, &c.password)
-                    .await
-                    .map(Socks5Stream::into_inner),
-                (false, None) => Socks4Stream::connect_with_socket(s, target).await.map(Socks4Stream::into_inner),
-                (false, Some(c)) => Socks4Stream::connect_with_userid_and_socket(s, target, &c.username)
-                    .await
-                    .map(Socks4Stream::into_inner),
-            };
-            r.map_err(socks_failure)
-        })
+        // Boxed: a handshake's state is only needed while it runs, and plain HTTP checks
+        // should not carry its size.
+        let stream = within(
+            deadline,
+            Reason::ProxyTimeout,
+            Box::pin(async {
+                let r = match (v5, creds) {
+                    (true, None) => Socks5Stream::connect_with_socket(s, target).await.map(Socks5Stream::into_inner),
+                    (true, Some(c)) => {
+                        Socks5Stream::connect_with_password_and_socket(s, target, &c.username, &c.password)
+                            .await
+                            .map(Socks5Stream::into_inner)
+                    }
+                    (false, None) => Socks4Stream::connect_with_socket(s, target).await.map(Socks4Stream::into_inner),
+                    (false, Some(c)) => Socks4Stream::connect_with_userid_and_socket(s, target, &c.username)
+                        .await
+                        .map(Socks4Stream::into_inner),
+                };
+                r.map_err(socks_failure)
+            }),
+        )
         .await?;
         let latency = self.through(stream, judge, Vec::with_capacity(1024), deadline).await?;
         Ok(Success { latency: latency.duration_since(start), connect })
@@ -222,8 +230,9 @@ impl Exchange {
                     _ => Failure::Dead(Reason::TlsError),
                 })
             };
-            let mut tls = within(deadline, Reason::Timeout, handshake).await?;
-            self.request(&mut tls, judge, &mut buf, deadline).await
+            // Boxed: TLS state is large and only HTTPS judges need it.
+            let mut tls = Box::new(within(deadline, Reason::Timeout, Box::pin(handshake)).await?);
+            Box::pin(self.request(&mut *tls, judge, &mut buf, deadline)).await
         } else {
             let mut s = s;
             self.request(&mut s, judge, &mut buf, deadline).await

@@ -259,3 +259,22 @@ mod tests {
         assert!(matches!(Config::load("/nonexistent/x.json".as_ref()), Err(ConfigError::Read { .. })));
     }
 }
+
+#[cfg(test)]
+mod example {
+    #[test]
+    fn config_example_json_is_valid_and_matches_the_defaults() {
+        let c = super::super::Config::from_json(include_str!("../../../../config.example.json"), "config.example.json")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let d = super::super::Config::defaults();
+        assert_eq!(c.sources.len(), 3);
+        let (a, b) = (&c.checker.settings, &d.checker.settings);
+        assert_eq!(
+            (a.mode, a.timeout, a.connect_timeout, a.retries, a.concurrency),
+            (b.mode, b.timeout, b.connect_timeout, b.retries, b.concurrency)
+        );
+        assert_eq!(a.judges, b.judges);
+        assert_eq!(c.interval, d.interval);
+        assert_eq!(c.storage.path, d.storage.path);
+    }
+}

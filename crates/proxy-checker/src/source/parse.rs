@@ -107,10 +107,10 @@ pub fn parse_document(body: &[u8], opts: ParseOptions, on_reject: &mut dyn FnMut
     let text = String::from_utf8_lossy(body);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let head = text.trim_start();
-    if head.starts_with('[') || head.starts_with('{') {
-        if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
-            return (parse_json(&value, opts, on_reject), Format::Json);
-        }
+    if (head.starts_with('[') || head.starts_with('{'))
+        && let Ok(value) = serde_json::from_str::<serde_json::Value>(text)
+    {
+        return (parse_json(&value, opts, on_reject), Format::Json);
     }
     let probe = &text.as_bytes()[..text.len().min(4096)];
     if looks_like_html(probe) {

@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Check the proxies of some sources once and print the live ones.
-    Check(CheckArgs),
+    Check(Box<CheckArgs>),
     /// Validate a config file without starting anything.
     CheckConfig {
         /// The JSON config file.
@@ -104,7 +104,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
             tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            match runtime.block_on(check::run(args)) {
+            match runtime.block_on(check::run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");
