@@ -218,3 +218,21 @@ async fn contains_and_none_validation() {
     let (v, _) = run(s, candidates(&farm)).await.unwrap();
     assert_eq!(v.iter().filter(|v| v.is_alive()).count(), 6, "status-only validation takes the portal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_refuses_or_times_out_is_dialed_once_per_attempt() {
+    let spec = FarmSpec {
+        groups: vec![
+            Group::new(20, Protocol::Http, Behavior::Refused),
+            Group::new(20, Protocol::Https, Behavior::Blackhole),
+            Group::new(20, Protocol::Http, Behavior::Working),
+        ],
+    };
+    let farm = Farm::start(spec).await.unwrap();
+    let mut s = settings(Mode::FullHttp, vec![farm.judge_url()], None);
+    s.retries = 0;
+    let (verdicts, progress) = run(s, candidates(&farm)).await.unwrap();
+    assert_truth(&farm, &verdicts, true, false);
+    // 40 unreachable proxies: one probe each; 20 working: forward and tunnel.
+    assert_eq!(progress.probes.load(std::sync::atomic::Ordering::Relaxed), 40 + 2 * 20);
+}

@@ -275,6 +275,40 @@ impl Farm {
         FarmProxy { index, protocol: g.protocol, behavior: g.behavior, ip: spec::ip_of(index), port, credentials }
     }
 
+    /// The ground truth per group: address range and what a correct checker concludes in
+    /// each mode and with each judge scheme.
+    pub fn truth(&self) -> serde_json::Value {
+        let mut first = 0u32;
+        let groups: Vec<_> = self
+            .shared
+            .groups
+            .iter()
+            .map(|g| {
+                let (lo, hi) = (first, first + g.count.saturating_sub(1));
+                first += g.count;
+                serde_json::json!({
+                    "first_ip": spec::ip_of(lo).to_string(), "last_ip": spec::ip_of(hi).to_string(), "count": g.count,
+                    "protocol": g.protocol, "behavior": g.behavior, "latency_ms": g.latency_ms,
+                    "connect_only": expect(g.protocol, g.behavior, false, false),
+                    "full_http": expect(g.protocol, g.behavior, true, false),
+                    "full_http_https_judge": expect(g.protocol, g.behavior, true, true),
+                })
+            })
+            .collect();
+        let alive = |full, https| -> u64 {
+            self.shared
+                .groups
+                .iter()
+                .filter(|g| expect(g.protocol, g.behavior, full, https).alive)
+                .map(|g| u64::from(g.count))
+                .sum()
+        };
+        serde_json::json!({
+            "groups": groups,
+            "alive": { "connect_only": alive(false, false), "full_http": alive(true, false), "full_http_https_judge": alive(true, true) },
+        })
+    }
+
     /// The proxy at an address, if it belongs to the farm.
     pub fn proxy_at(&self, ip: Ipv4Addr) -> Option<FarmProxy> {
         let index = spec::index_of(ip)?;

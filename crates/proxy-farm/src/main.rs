@@ -1,7 +1,7 @@
 //! `proxy-farm`: runs a farm until killed, for benchmarks and manual runs.
 //!
-//! Prints one JSON line with its ports and URLs, writes the proxy list (and the TLS
-//! judge's CA) into `--out`, and serves the list at `/sources/all.txt`.
+//! Prints one JSON line with its ports and URLs, writes the proxy list, the ground truth
+//! (`truth.json`) and the TLS judge's CA into `--out`, and serves the list at `/sources/all.txt`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,6 +71,8 @@ fn main() -> anyhow::Result<()> {
         let count = list.lines().count();
         let list_file = args.out.join("proxies.txt");
         std::fs::write(&list_file, &list)?;
+        let truth_file = args.out.join("truth.json");
+        std::fs::write(&truth_file, serde_json::to_vec_pretty(&farm.truth())?)?;
         let ca_file = args.out.join("ca.pem");
         std::fs::write(&ca_file, farm.ca_pem())?;
         let list_url = farm.add_list("all.txt", list);
@@ -82,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             "list_url": list_url,
             "list_file": list_file,
             "ca_file": ca_file,
+            "truth_file": truth_file,
         });
         println!("{info}");
         tokio::signal::ctrl_c().await?;

@@ -57,6 +57,8 @@ pub struct RunStats {
     pub dead_by_reason: Vec<(Reason, u64)>,
     pub retries: u64,
     pub local_requeues: u64,
+    /// Connections made to proxies.
+    pub probes: u64,
     /// Lowest concurrency limit the AIMD reached.
     pub min_limit: usize,
     pub duration: Duration,
@@ -151,6 +153,7 @@ impl Engine {
             dead_by_reason: p.dead_by_reason(),
             retries: p.retries.load(Ordering::Relaxed),
             local_requeues: p.local_requeues.load(Ordering::Relaxed),
+            probes: p.probes.load(Ordering::Relaxed),
             min_limit: run.min_limit,
             duration: started.elapsed(),
             judges: run.judges.iter().map(|j| j.judge.url.to_string()).collect(),
@@ -244,7 +247,7 @@ fn depth(r: Reason) -> u8 {
 }
 
 /// Runs the pending probes of a job, in order, on one socket at a time.
-async fn run_job(ex: Arc<Exchange>, judge: Option<Arc<Judge>>, mut job: Job) -> Job {
+async fn run_job(ex: Arc<Exchange>, judge: Option<Arc<Judge>>, mut job: Job, progress: &Progress) -> Job {
     let addr = job.cand.addr;
     let creds = job.cand.proxy.credentials.clone();
     let creds = creds.as_deref();
@@ -259,6 +262,7 @@ async fn run_job(ex: Arc<Exchange>, judge: Option<Arc<Judge>>, mut job: Job) -> 
             *state = State::Failed(r);
             continue;
         }
+        progress.probes.fetch_add(1, Ordering::Relaxed);
         let result = match (*test, judge.as_deref()) {
             (Test::Connect, _) => probe::connect_only(addr, &ex).await,
             (Test::Forward, Some(j)) => ex.forward(addr, creds, j).await,
@@ -445,7 +449,7 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
         let progress = self.progress.clone();
         progress.in_flight.fetch_add(1, Ordering::Relaxed);
         self.tasks.spawn(async move {
-            let job = run_job(ex, judge, job).await;
+            let job = run_job(ex, judge, job, &progress).await;
             drop(slot);
             progress.in_flight.fetch_sub(1, Ordering::Relaxed);
             job
@@ -631,7 +635,8 @@ mod tests {
             addr: "1.2.3.4:80".parse().unwrap(),
             source: 0,
         };
-        let task = run_job(ex, None, Job::new(cand, Mode::FullHttp, 0, false));
+        let progress = Progress::default();
+        let task = run_job(ex, None, Job::new(cand, Mode::FullHttp, 0, false), &progress);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3072, "a check task's future is {size} bytes");
         assert!(std::mem::size_of::<Job>() <= 192);

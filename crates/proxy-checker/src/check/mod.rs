@@ -122,6 +122,8 @@ pub struct Progress {
     pub checked: AtomicU64,
     pub alive: AtomicU64,
     pub in_flight: AtomicU64,
+    /// Probes (connections to a proxy) made; an HTTP proxy takes up to two per attempt.
+    pub probes: AtomicU64,
     pub retries: AtomicU64,
     /// Checks put back because we, not the proxy, failed.
     pub local_requeues: AtomicU64,

@@ -129,7 +129,7 @@ fn summary(out: &mut dyn Write, r: &RoundReport, budget: &fdbudget::FdBudget) ->
     let secs = run.duration.as_secs_f64().max(1e-9);
     writeln!(
         out,
-        "\nchecked {} in {:.1}s ({:.0}/s): {} alive, {} dead; {} retries, {} local requeues; concurrency {}{}",
+        "\nchecked {} in {:.1}s ({:.0}/s): {} alive, {} dead; {} retries, {} local requeues, {} probes; concurrency {}{}",
         run.checked,
         secs,
         run.checked as f64 / secs,
@@ -137,6 +137,7 @@ fn summary(out: &mut dyn Write, r: &RoundReport, budget: &fdbudget::FdBudget) ->
         run.checked - run.alive,
         run.retries,
         run.local_requeues,
+        run.probes,
         budget.checks,
         if budget.clamped() {
             format!(" (clamped from {} by the fd limit {})", budget.requested, budget.soft)
