@@ -13,7 +13,7 @@ use proxy_checker::source::parse::{ParseOptions, parse_token};
 use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
 use tokio_util::sync::CancellationToken;
 
-const BEHAVIORS: [Behavior; 15] = [
+const BEHAVIORS: [Behavior; 17] = [
     Behavior::Working,
     Behavior::ForwardOnly,
     Behavior::TunnelOnly,
@@ -29,6 +29,8 @@ const BEHAVIORS: [Behavior; 15] = [
     Behavior::Trickle,
     Behavior::Flaky,
     Behavior::Mitm,
+    Behavior::OldStyle,
+    Behavior::Chunked,
 ];
 const PROTOCOLS: [Protocol; 4] = [Protocol::Http, Protocol::Https, Protocol::Socks4, Protocol::Socks5];
 

@@ -148,7 +148,12 @@ async fn http_proxy(ctx: &Ctx, mut s: TcpStream, first: u8) {
             http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await;
             return finish(&mut s).await;
         }
-        if s.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n").await.is_err() {
+        let established: &[u8] = if ctx.behavior == Behavior::OldStyle {
+            b"HTTP/1.0 200 Connection established\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 Connection established\r\n\r\n"
+        };
+        if s.write_all(established).await.is_err() {
             return;
         }
         return tunnel(ctx, s, target).await;
@@ -177,6 +182,28 @@ async fn answer<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
         _ => tokio::time::sleep(ctx.latency).await,
     }
     match ctx.behavior {
+        Behavior::OldStyle | Behavior::Chunked if ctx.shared.is_judge_down() => {
+            http::write_response(s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await
+        }
+        Behavior::OldStyle => {
+            ctx.shared.judge_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut out = b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n".to_vec();
+            out.extend_from_slice(&http::judge_body(req, &ctx.origin));
+            let _ = s.write_all(&out).await;
+        }
+        Behavior::Chunked => {
+            ctx.shared.judge_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let body = http::judge_body(req, &ctx.origin);
+            let mut out =
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            for piece in body.chunks(7) {
+                out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+                out.extend_from_slice(piece);
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"0\r\n\r\n");
+            let _ = s.write_all(&out).await;
+        }
         Behavior::WrongPage => http::write_response(s, "200 OK", "text/html", "", PORTAL, Delivery::Normal).await,
         Behavior::Trickle => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Trickle).await,
         _ => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Normal).await,
@@ -321,7 +348,8 @@ async fn socks4(ctx: &Ctx, mut s: TcpStream) {
     } else {
         ip.to_string()
     };
-    let reply = |code: u8| [0, code, head[1], head[2], head[3], head[4], head[5], head[6]];
+    let vn = if ctx.behavior == Behavior::OldStyle { 4 } else { 0 };
+    let reply = |code: u8| [vn, code, head[1], head[2], head[3], head[4], head[5], head[6]];
     if needs_auth(ctx) {
         let (u, _) = credentials(ctx.index);
         if !(ctx.behavior == Behavior::AuthGood && user == u.as_bytes()) {

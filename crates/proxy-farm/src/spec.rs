@@ -65,6 +65,11 @@ pub enum Behavior {
     Flaky,
     /// Tunnels, but terminates TLS itself with a certificate nobody trusts.
     Mitm,
+    /// Works, the old way: HTTP/1.0 answers delimited by close, SOCKS4 replies with
+    /// version byte 4 (common in the wild).
+    OldStyle,
+    /// Works; the judge answer comes chunked, in pieces that split the nonce.
+    Chunked,
 }
 
 /// Consecutive proxies with one protocol and behaviour.
@@ -146,7 +151,7 @@ pub fn expect(protocol: Protocol, behavior: Behavior, full: bool, https_judge: b
     // Forwarding is only tried for an http:// judge.
     let fwd = http && !https_judge;
     match behavior {
-        Working | Flaky | AuthGood => Expect::alive(fwd, true),
+        Working | Flaky | AuthGood | OldStyle | Chunked => Expect::alive(fwd, true),
         ForwardOnly if fwd => Expect::alive(true, false),
         ForwardOnly if http => Expect::dead("proxy_rejected"),
         TunnelOnly if http => Expect::alive(false, true),

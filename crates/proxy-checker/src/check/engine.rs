@@ -183,6 +183,8 @@ enum State {
 struct Job {
     cand: Candidate,
     attempt: u8,
+    /// Times this job was put back for a local failure (paces its next try).
+    local: u8,
     judge: usize,
     tests: [Option<(Test, State)>; 2],
 }
@@ -197,7 +199,7 @@ impl Job {
             (Mode::FullHttp, Protocol::Http | Protocol::Https) if judge_https => [Some(Test::Tunnel), None],
             (Mode::FullHttp, Protocol::Http | Protocol::Https) => [Some(Test::Forward), Some(Test::Tunnel)],
         };
-        Self { cand, attempt: 0, judge, tests: tests.map(|t| t.map(|t| (t, State::Pending))) }
+        Self { cand, attempt: 0, local: 0, judge, tests: tests.map(|t| t.map(|t| (t, State::Pending))) }
     }
 
     fn states(&self) -> impl Iterator<Item = State> + '_ {
@@ -298,6 +300,9 @@ struct JudgeSlot {
     /// `held.len()` when the last probe was started or finished.
     held_at_probe: usize,
 }
+
+/// First delay before a job that failed locally is tried again.
+const LOCAL_RETRY_FIRST: Duration = Duration::from_millis(10);
 
 /// Held failures that trigger an immediate judge probe.
 const HOLD_BURST: usize = 64;
@@ -470,7 +475,11 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
                 self.min_limit = self.min_limit.min(new);
                 self.progress.limit.store(new, Ordering::Relaxed);
             }
-            self.ready.push_back(job);
+            // Paced, so a shortage that outlasts the AIMD cut (fds held by someone else)
+            // does not become a busy loop: 10 ms, doubling, at most 1.28 s.
+            let delay = LOCAL_RETRY_FIRST * (1 << job.local.min(7));
+            job.local = job.local.saturating_add(1);
+            self.delayed.insert(job, delay);
             return Ok(());
         }
         self.limit.on_clean();

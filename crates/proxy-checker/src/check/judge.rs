@@ -40,6 +40,8 @@ pub struct Judge {
     /// Path and query, without the nonce.
     target: String,
     server_name: ServerName<'static>,
+    /// Host without brackets, as resolved.
+    host: String,
 }
 
 impl Judge {
@@ -69,7 +71,21 @@ impl Judge {
             target.push_str(q);
         }
         let server_name = ServerName::try_from(bare.to_string()).map_err(|_| JudgeError::NoHost(url.to_string()))?;
-        Ok(Self { url: url.clone(), https, addr, authority, connect_target, target, server_name })
+        Ok(Self {
+            url: url.clone(),
+            https,
+            addr,
+            authority,
+            connect_target,
+            target,
+            server_name,
+            host: bare.to_string(),
+        })
+    }
+
+    /// The host as written in the URL, without IPv6 brackets.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     pub fn server_name(&self) -> ServerName<'static> {

@@ -182,7 +182,7 @@ impl Exchange {
         creds: Option<&Credentials>,
         judge: &Judge,
     ) -> Result<Success, Failure> {
-        use tokio_socks::tcp::{Socks4Stream, Socks5Stream};
+        use tokio_socks::tcp::Socks5Stream;
         let start = Instant::now();
         let deadline = start + self.timeout;
         let (s, connect) = tcp_connect(addr, self, start).await?;
@@ -193,19 +193,16 @@ impl Exchange {
             deadline,
             Reason::ProxyTimeout,
             Box::pin(async {
-                let r = match (v5, creds) {
-                    (true, None) => Socks5Stream::connect_with_socket(s, target).await.map(Socks5Stream::into_inner),
-                    (true, Some(c)) => {
-                        Socks5Stream::connect_with_password_and_socket(s, target, &c.username, &c.password)
-                            .await
-                            .map(Socks5Stream::into_inner)
+                if !v5 {
+                    return socks4(s, judge, creds).await;
+                }
+                let r = match creds {
+                    None => Socks5Stream::connect_with_socket(s, target).await,
+                    Some(c) => {
+                        Socks5Stream::connect_with_password_and_socket(s, target, &c.username, &c.password).await
                     }
-                    (false, None) => Socks4Stream::connect_with_socket(s, target).await.map(Socks4Stream::into_inner),
-                    (false, Some(c)) => Socks4Stream::connect_with_userid_and_socket(s, target, &c.username)
-                        .await
-                        .map(Socks4Stream::into_inner),
                 };
-                r.map_err(socks_failure)
+                r.map(Socks5Stream::into_inner).map_err(socks_failure)
             }),
         )
         .await?;
@@ -252,6 +249,37 @@ impl Exchange {
         let at = Instant::now();
         self.validate(s, buf, head, &nonce, deadline).await?;
         Ok(at)
+    }
+}
+
+/// SOCKS4 (SOCKS4a for a judge without an IPv4 address), written here rather than with
+/// tokio-socks because servers in the wild answer with version byte 4 as often as the 0
+/// the protocol asks for, and tokio-socks rejects the former: a working proxy must not be
+/// judged dead for that.
+async fn socks4(mut s: TcpStream, judge: &Judge, creds: Option<&Credentials>) -> Result<TcpStream, Failure> {
+    use tokio::io::AsyncReadExt;
+    let user = creds.map_or("", |c| c.username.as_str());
+    let mut req = Vec::with_capacity(16 + user.len() + judge.host().len());
+    req.extend_from_slice(&[4, 1]);
+    req.extend_from_slice(&judge.addr.port().to_be_bytes());
+    match judge.addr {
+        SocketAddr::V4(v4) => req.extend_from_slice(&v4.ip().octets()),
+        SocketAddr::V6(_) => req.extend_from_slice(&[0, 0, 0, 1]),
+    }
+    req.extend_from_slice(user.as_bytes());
+    req.push(0);
+    if judge.addr.is_ipv6() {
+        req.extend_from_slice(judge.host().as_bytes());
+        req.push(0);
+    }
+    s.write_all(&req).await.map_err(Failure::io)?;
+    let mut reply = [0u8; 8];
+    s.read_exact(&mut reply).await.map_err(Failure::io)?;
+    match reply {
+        [0 | 4, 0x5a, ..] => Ok(s),
+        [0 | 4, 0x5b, ..] => Err(Reason::ProxyRejected.into()),
+        [0 | 4, 0x5c | 0x5d, ..] => Err(Reason::ProxyAuthFailed.into()),
+        _ => Err(Reason::ProxyProtocolError.into()),
     }
 }
 
