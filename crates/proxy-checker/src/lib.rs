@@ -10,10 +10,16 @@
 //! - [`config`]: the JSON config, raw → validated;
 //! - [`report`]: rendering verdicts as text, JSON or CSV.
 
+pub mod api;
 pub mod check;
 pub mod config;
 pub mod guard;
+pub mod metrics;
 pub mod proxy;
 pub mod report;
 pub mod round;
+pub mod server;
+pub mod service;
+pub mod snapshot;
 pub mod source;
+pub mod store;

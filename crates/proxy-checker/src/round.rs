@@ -41,6 +41,9 @@ pub struct RoundReport {
     pub run: RunStats,
 }
 
+/// A callback that sees every verdict of a round.
+pub type VerdictObserver = Arc<dyn Fn(&Verdict) + Send + Sync>;
+
 /// Inputs of a round that do not change between rounds.
 pub struct RoundContext {
     pub client: reqwest::Client,
@@ -50,6 +53,8 @@ pub struct RoundContext {
     pub allow_private: bool,
     /// Hostnames resolved concurrently.
     pub resolve_concurrency: usize,
+    /// Sees every verdict (metrics).
+    pub observer: Option<VerdictObserver>,
 }
 
 impl RoundContext {
@@ -107,6 +112,9 @@ impl RoundContext {
         let run = self
             .engine
             .run(candidates, progress, cancel, &mut |v: Verdict| {
+                if let Some(observe) = &self.observer {
+                    observe(&v);
+                }
                 if v.is_alive() {
                     if let Some(n) = alive_per_source.get_mut(usize::from(v.candidate.source)) {
                         *n += 1;
@@ -155,16 +163,17 @@ async fn resolve_names(found: &[source::Found], concurrency: usize) -> HashMap<S
         .collect();
     names.sort_unstable();
     names.dedup();
+    let names: Vec<String> = names.into_iter().map(str::to_string).collect();
     futures_util::stream::iter(names)
-        .map(|name| async move {
-            let r = match tokio::net::lookup_host((name, 0)).await {
+        .map(|name: String| async move {
+            let r = match tokio::net::lookup_host((name.as_str(), 0)).await {
                 Ok(addrs) => {
                     let ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
                     if ips.is_empty() { Err("no addresses".to_string()) } else { Ok(ips) }
                 }
                 Err(e) => Err(e.to_string()),
             };
-            (name.to_string(), r)
+            (name, r)
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
@@ -194,6 +203,7 @@ impl RoundContext {
             fetch: config.fetch.clone(),
             allow_private: config.checker.allow_private,
             resolve_concurrency: config.checker.batch_size,
+            observer: None,
         })
     }
 }

@@ -121,6 +121,7 @@ async fn hostnames_resolve_once_and_the_guard_applies_to_their_addresses() {
             fetch: settings(),
             allow_private: allow,
             resolve_concurrency: 4,
+            observer: None,
         }
     };
     let report = engine(true).run(Arc::new(Progress::default()), CancellationToken::new()).await.unwrap();

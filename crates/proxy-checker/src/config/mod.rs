@@ -88,6 +88,9 @@ pub struct Config {
     pub log: LogConfig,
 }
 
+/// The example config shipped at the repository root, embedded.
+pub const EXAMPLE: &str = include_str!("../../../../config.example.json");
+
 /// The built-in defaults (what `config.example.json` spells out).
 pub const DEFAULT_JUDGE: &str = "http://httpbin.org/get";
 
@@ -102,7 +105,12 @@ impl Config {
         from_raw(load_raw(path)?, &path.display().to_string())
     }
 
-    /// The embedded defaults: no sources, file storage.
+    /// `config.example.json`, compiled in: what `serve` runs without `--config`.
+    pub fn embedded() -> Self {
+        Self::from_json(EXAMPLE, "embedded config.example.json").expect("config.example.json is valid (tested)")
+    }
+
+    /// The built-in defaults of every key: no sources, file storage.
     pub fn defaults() -> Self {
         validate(raw::RawConfig::default()).expect("the defaults are valid")
     }

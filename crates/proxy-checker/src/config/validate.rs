@@ -264,8 +264,7 @@ mod tests {
 mod example {
     #[test]
     fn config_example_json_is_valid_and_matches_the_defaults() {
-        let c = super::super::Config::from_json(include_str!("../../../../config.example.json"), "config.example.json")
-            .unwrap_or_else(|e| panic!("{e}"));
+        let c = super::super::Config::embedded();
         let d = super::super::Config::defaults();
         assert_eq!(c.sources.len(), 3);
         let (a, b) = (&c.checker.settings, &d.checker.settings);

@@ -4,6 +4,7 @@
 
 mod check;
 mod progress;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Check the proxies of some sources once and print the live ones.
     Check(Box<CheckArgs>),
+    /// Run the service: rounds on a schedule, the REST API, persistence.
+    Serve(serve::ServeArgs),
     /// Validate a config file without starting anything.
     CheckConfig {
         /// The JSON config file.
@@ -99,6 +102,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Serve(args) => serve::main(args),
         Command::Check(args) => {
             let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

@@ -1,0 +1,189 @@
+//! The HTTP API (axum): `/health`, `/ready`, `/metrics`, `/judge`, `/get-proxy`, `/stat`,
+//! `POST /reload`. Handlers read the service's `ArcSwap`s and never wait on a round; they
+//! know nothing of sockets to proxies.
+
+mod guard;
+mod routes;
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+
+pub use guard::{API_KEY_ENV, Guard, MAX_TRACKED_IPS, Refusal};
+
+use crate::service::Service;
+
+/// State shared by every handler.
+pub struct AppState {
+    pub service: Arc<Service>,
+    /// Keys and limiters; replaced on config reload.
+    pub guard: ArcSwap<Guard>,
+    /// The round-robin cursor of `/get-proxy`, shared by all clients.
+    pub cursor: AtomicUsize,
+}
+
+impl AppState {
+    pub fn new(service: Arc<Service>, env_keys: Option<String>) -> Arc<Self> {
+        let guard = Guard::new(&service.config.load().api, env_keys.as_deref());
+        Arc::new(Self { service, guard: ArcSwap::from_pointee(guard), cursor: AtomicUsize::new(0) })
+    }
+}
+
+/// Every error the API returns. 4xx bodies say what to fix; 5xx bodies are generic.
+#[derive(Debug)]
+pub enum ApiError {
+    BadParam { param: String, message: String },
+    Unauthorized,
+    RateLimited { limiter: &'static str, retry_after: Duration },
+    NoProxy(String),
+    NotReady,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = match &self {
+            ApiError::BadParam { param, message } => (
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "bad_parameter", "parameter": param, "message": message}),
+            ),
+            ApiError::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"error": "unauthorized", "message": "missing or wrong API key: send it in the X-Api-Key header or the api_key query parameter"}),
+            ),
+            ApiError::RateLimited { limiter, retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                serde_json::json!({"error": "rate_limited", "limiter": limiter, "retry_after_secs": retry_after.as_secs_f64().ceil() as u64}),
+            ),
+            ApiError::NoProxy(message) => {
+                (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "no_proxy", "message": message}))
+            }
+            ApiError::NotReady => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "not_ready", "message": "no snapshot yet: the first round has not finished and none was persisted"}),
+            ),
+        };
+        let mut resp = (status, Json(body)).into_response();
+        if let ApiError::RateLimited { retry_after, .. } = self {
+            let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::Unauthorized => ApiError::Unauthorized,
+            Refusal::Limited { limiter, retry_after } => ApiError::RateLimited { limiter, retry_after },
+        }
+    }
+}
+
+/// Largest request body accepted (the API takes none that matter).
+const BODY_LIMIT: usize = 16 * 1024;
+/// Deadline for handling one request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The router with all middleware. Serve it with `into_make_service_with_connect_info`.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/health", get(routes::health))
+        .route("/ready", get(routes::ready))
+        .route("/metrics", get(routes::metrics))
+        .route("/judge", get(routes::judge))
+        .route("/get-proxy", get(routes::get_proxy))
+        .route("/stat", get(routes::stat))
+        .route("/reload", post(routes::reload))
+        .fallback(routes::not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .with_state(state)
+}
+
+fn route_of(req: &Request) -> String {
+    req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string())
+}
+
+/// Counts requests by route template and status, and times them.
+async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = route_of(&req);
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    let m = &state.service.metrics;
+    m.api_requests_total.with_label_values(&[&route, resp.status().as_str()]).inc();
+    m.api_request_duration_seconds.with_label_values(&[&route]).observe(started.elapsed().as_secs_f64());
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS
+        && let Some(l) = resp.extensions().get::<LimitedBy>()
+    {
+        m.rate_limited_total.with_label_values(&[l.0]).inc();
+    }
+    resp
+}
+
+#[derive(Clone, Copy)]
+struct LimitedBy(&'static str);
+
+/// The client address: the peer, or the first `X-Forwarded-For` hop if trusted.
+fn client_ip(req: &Request, trust_forwarded_for: bool) -> IpAddr {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    if trust_forwarded_for
+        && let Some(ip) = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse().ok())
+    {
+        return ip;
+    }
+    peer.unwrap_or(IpAddr::from([0, 0, 0, 0]))
+}
+
+fn presented_key(req: &Request) -> Option<String> {
+    if let Some(v) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(v.to_string());
+    }
+    let q = req.uri().query()?;
+    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "api_key").map(|(_, v)| v.into_owned())
+}
+
+/// Per-IP limit for every route but the probes; key auth and the per-key limit for the
+/// protected ones.
+async fn admit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let route = route_of(&req);
+    if route == "/health" || route == "/ready" {
+        return next.run(req).await;
+    }
+    let guard = state.guard.load();
+    let protected =
+        matches!(route.as_str(), "/get-proxy" | "/stat" | "/reload") || (route == "/metrics" && guard.metrics_auth);
+    let verdict = guard
+        .admit_ip(client_ip(&req, guard.trust_forwarded_for))
+        .and_then(|()| if protected { guard.authorize(presented_key(&req).as_deref()) } else { Ok(()) });
+    match verdict {
+        Ok(()) => next.run(req).await,
+        Err(r) => {
+            let limiter = match &r {
+                Refusal::Limited { limiter, .. } => Some(*limiter),
+                Refusal::Unauthorized => None,
+            };
+            let mut resp = ApiError::from(r).into_response();
+            if let Some(l) = limiter {
+                resp.extensions_mut().insert(LimitedBy(l));
+            }
+            resp
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! The handlers. Each reads one snapshot (`ArcSwap::load`) and answers from it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+
+use super::{ApiError, AppState};
+use crate::service::{Phase, ReloadOutcome};
+use crate::snapshot::{ProxyEntry, Selector, Snapshot, unix};
+
+pub async fn health() -> &'static str {
+    "ok"
+}
+
+pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    if state.service.is_ready() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        ApiError::NotReady.into_response()
+    }
+}
+
+pub async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(serde_json::json!({"error": "not_found", "message": "no such endpoint: see /openapi or the README"})),
+    )
+        .into_response()
+}
+
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    state.service.refresh_gauges();
+    state.service.metrics.rate_limiter_clients.set(state.guard.load().tracked_ips() as i64);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.service.metrics.render()).into_response()
+}
+
+/// The service as its own judge: echoes query, headers and client address.
+pub async fn judge(ConnectInfo(peer): ConnectInfo<SocketAddr>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+    let q = q.unwrap_or_default();
+    let args: BTreeMap<String, String> = url::form_urlencoded::parse(q.as_bytes()).into_owned().collect();
+    let headers: BTreeMap<&str, String> = headers
+        .iter()
+        .filter(|(k, _)| *k != "x-api-key")
+        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .collect();
+    Json(serde_json::json!({"args": args, "query": q, "headers": headers, "origin": peer.ip().to_string()}))
+        .into_response()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Text,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Order {
+    RoundRobin,
+    Random,
+    Fastest,
+}
+
+struct Params {
+    limit: usize,
+    all: bool,
+    format: Format,
+    selectors: Vec<Selector>,
+    max_latency_ms: Option<u32>,
+    order: Order,
+}
+
+fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::BadParam { param: param.to_string(), message: message.into() }
+}
+
+const MAX_LIMIT: usize = 100_000;
+
+fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
+    let mut p = Params {
+        limit: 1,
+        all: false,
+        format: Format::Text,
+        selectors: Vec::new(),
+        max_latency_ms: None,
+        order: Order::RoundRobin,
+    };
+    for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "limit" => {
+                p.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| bad("limit", format!("`{v}`: must be an integer from 1 to {MAX_LIMIT}")))?
+            }
+            "all" => {
+                p.all = match v.as_ref() {
+                    "1" | "true" | "yes" => true,
+                    "0" | "false" | "no" => false,
+                    _ => return Err(bad("all", format!("`{v}`: use all=1 or all=0"))),
+                }
+            }
+            "format" => {
+                p.format = match v.as_ref() {
+                    "text" => Format::Text,
+                    "json" => Format::Json,
+                    "csv" => Format::Csv,
+                    _ => return Err(bad("format", format!("`{v}`: allowed: text, json, csv"))),
+                }
+            }
+            "protocol" => {
+                for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let s = Selector::parse(item)
+                        .ok_or_else(|| bad("protocol", format!("`{item}`: allowed: http, https, socks4, socks5")))?;
+                    if !p.selectors.contains(&s) {
+                        p.selectors.push(s);
+                    }
+                }
+            }
+            "max_latency_ms" => {
+                p.max_latency_ms = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| bad("max_latency_ms", format!("`{v}`: must be a non-negative integer")))?,
+                )
+            }
+            "order" => {
+                p.order = match v.as_ref() {
+                    "rr" => Order::RoundRobin,
+                    "random" => Order::Random,
+                    "fastest" => Order::Fastest,
+                    _ => return Err(bad("order", format!("`{v}`: allowed: rr, random, fastest"))),
+                }
+            }
+            "api_key" => {}
+            other => {
+                return Err(bad(
+                    other,
+                    "unknown parameter (allowed: limit, all, format, protocol, max_latency_ms, order, api_key)",
+                ));
+            }
+        }
+    }
+    Ok(p)
+}
+
+/// `scheme://[user:pass@]host:port`: what a client needs to use the proxy.
+fn usable_url(e: &ProxyEntry) -> String {
+    match (&e.username, &e.password) {
+        (Some(u), p) => {
+            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            format!("{}://{}:{}@{}:{}", e.protocol, enc(u), enc(p.as_deref().unwrap_or("")), e.host, e.port)
+        }
+        _ => e.proxy.clone(),
+    }
+}
+
+fn render(snap: &Snapshot, picked: &[u32], format: Format) -> Response {
+    match format {
+        Format::Text => {
+            let mut out = String::with_capacity(picked.len() * 28);
+            for i in picked {
+                out.push_str(&usable_url(snap.entry(*i)));
+                out.push('\n');
+            }
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response()
+        }
+        Format::Json => {
+            let entries: Vec<&ProxyEntry> = picked.iter().map(|i| snap.entry(*i)).collect();
+            Json(entries).into_response()
+        }
+        Format::Csv => {
+            let mut out = String::from("proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,source\n");
+            for i in picked {
+                let e = snap.entry(*i);
+                let _ = writeln!(
+                    out,
+                    "{},{},{},{},{},{},{},{},{}",
+                    usable_url(e),
+                    e.protocol,
+                    e.host,
+                    e.port,
+                    e.latency_ms,
+                    e.connect_ms,
+                    e.forward,
+                    e.tunnel,
+                    e.source.replace(',', "%2C")
+                );
+            }
+            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
+        }
+    }
+}
+
+pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
+    let p = parse_params(q.as_deref())?;
+    let snap = state.service.snapshot.load();
+    if snap.is_empty() {
+        return Err(ApiError::NoProxy(if state.service.is_ready() {
+            "the pool is empty: the last round found no live proxy".into()
+        } else {
+            "the pool is empty: the first round has not finished yet".into()
+        }));
+    }
+    // The hot case, pre-rendered: every proxy, fastest first, as text.
+    let no_creds = snap.data.proxies.iter().all(|e| e.username.is_none());
+    if p.all
+        && p.selectors.is_empty()
+        && p.max_latency_ms.is_none()
+        && p.format == Format::Text
+        && p.order != Order::Random
+        && no_creds
+    {
+        return Ok(
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Bytes::clone(&snap.text_all)).into_response()
+        );
+    }
+    let matching = snap.select(&p.selectors, p.max_latency_ms);
+    if matching.is_empty() {
+        let mut why = Vec::new();
+        if !p.selectors.is_empty() {
+            let names: Vec<&str> = p
+                .selectors
+                .iter()
+                .map(|s| match s {
+                    Selector::Http => "http",
+                    Selector::Https => "https",
+                    Selector::Socks4 => "socks4",
+                    Selector::Socks5 => "socks5",
+                })
+                .collect();
+            why.push(format!("protocol={}", names.join(",")));
+        }
+        if let Some(m) = p.max_latency_ms {
+            why.push(format!("max_latency_ms={m}"));
+        }
+        return Err(ApiError::NoProxy(format!("no proxy matches {} ({} in the pool)", why.join(" and "), snap.len())));
+    }
+    let n = if p.all { matching.len() } else { p.limit.min(matching.len()) };
+    let picked: Vec<u32> = match p.order {
+        _ if p.all && p.order != Order::Random => matching,
+        Order::Fastest => matching[..n].to_vec(),
+        Order::RoundRobin => {
+            let start = state.cursor.fetch_add(n, Ordering::Relaxed);
+            (0..n).map(|k| matching[(start + k) % matching.len()]).collect()
+        }
+        Order::Random => fastrand::choose_multiple(matching, n),
+    };
+    Ok(render(&snap, &picked, p.format))
+}
+
+pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
+    let svc = &state.service;
+    let snap = svc.snapshot.load();
+    let r = &snap.data.round;
+    let checked = r.checked.max(1) as f64;
+    let progress = match svc.phase() {
+        Phase::Running { id, started, progress } => {
+            let secs = started.elapsed().unwrap_or_default().as_secs_f64().max(1e-3);
+            let checked = progress.checked.load(Ordering::Relaxed);
+            serde_json::json!({
+                "round_id": id, "started_at": unix(started),
+                "checked": checked, "total": progress.total.load(Ordering::Relaxed),
+                "alive": progress.alive.load(Ordering::Relaxed),
+                "in_flight": progress.in_flight.load(Ordering::Relaxed),
+                "checks_per_sec": (checked as f64 / secs).round(),
+                "concurrency": progress.limit.load(Ordering::Relaxed),
+            })
+        }
+        Phase::Requested(id) => serde_json::json!({"round_id": id, "state": "starting"}),
+        Phase::Idle => serde_json::Value::Null,
+    };
+    let cfg = svc.config.load();
+    Json(serde_json::json!({
+        "pool": {
+            "alive": snap.len(),
+            "stale": snap.loaded,
+            "snapshot_age_secs": if r.finished_at > 0.0 { snap.age().as_secs_f64().round() } else { 0.0 },
+            "by_protocol": Selector::ALL.iter().map(|s| (format!("{s:?}").to_lowercase(), snap.select(&[*s], None).len())).collect::<BTreeMap<_, _>>(),
+        },
+        "last_round": {
+            "round_id": r.round_id,
+            "mode": r.mode,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+            "duration_ms": r.duration_ms,
+            "scraped": r.scraped,
+            "unique": r.unique,
+            "checked": r.checked,
+            "alive": r.alive,
+            "dead": r.dead,
+            "alive_percent": (r.alive as f64 * 1000.0 / checked).round() / 10.0,
+            "dead_by_reason": r.dead_by_reason,
+            "retries": r.retries,
+            "local_requeues": r.local_requeues,
+            "concurrency": r.concurrency,
+            "sources": r.sources,
+        },
+        "round_in_progress": progress,
+        "last_error": svc.last_error(),
+        "next_round_at": svc.next_round_at().map(unix),
+        "effective_concurrency": cfg.checker.concurrency_requested.min(svc.fd_budget),
+        "fd_budget": svc.fd_budget,
+    }))
+    .into_response()
+}
+
+pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
+    let (status, id) = match state.service.request_round() {
+        ReloadOutcome::Started(id) => ("started", id),
+        ReloadOutcome::AlreadyRunning(id) => ("running", id),
+    };
+    (StatusCode::ACCEPTED, Json(serde_json::json!({"status": status, "round_id": id}))).into_response()
+}

@@ -1,0 +1,118 @@
+//! `proxy-checker serve`: sets up logs and the fd budget, binds the API, runs the service
+//! until SIGTERM or SIGINT, then stops gracefully (exit 0).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use proxy_checker::check::fdbudget;
+use proxy_checker::config::{Config, LogFormat};
+use proxy_checker::server::{self, Options};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, reload};
+
+/// Options of `serve`. Secrets may come from the environment instead of the config file.
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// JSON config file, watched for changes (also reloaded on SIGHUP). Without it, the
+    /// embedded `config.example.json` runs (file storage under ./data).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Extra API keys, comma-separated (added to `api.api_keys`).
+    #[arg(long, env = "PROXY_API_KEY", hide_env_values = true, value_name = "KEYS")]
+    pub api_keys: Option<String>,
+    /// Redis URL for `storage.type = redis` (overrides `storage.redis_url`).
+    #[arg(long, env = "PROXY_CHECKER_REDIS_URL", hide_env_values = true, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Log filter overriding `log.level` (e.g. `info,proxy_checker=debug`).
+    #[arg(long, env = "PROXY_CHECKER_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
+    /// Seconds in-flight API requests get after SIGTERM.
+    #[arg(long, default_value_t = 10)]
+    pub grace_secs: u64,
+}
+
+pub fn main(args: ServeArgs) -> ExitCode {
+    let (mut config, path) = match &args.config {
+        Some(p) => match Config::load(p) {
+            Ok(c) => (c, Some(p.clone())),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => (Config::embedded(), None),
+    };
+    server::apply_env(&mut config);
+    if let Some(url) = &args.redis_url {
+        config.storage.redis_url = Some(url.clone());
+    }
+
+    let filter =
+        EnvFilter::try_new(args.log.as_deref().unwrap_or(&config.log.level)).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
+    match config.log.format {
+        LogFormat::Json => {
+            registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false)).init()
+        }
+        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
+    }
+    let pinned = args.log.is_some();
+    let set_log_level: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |level: &str| {
+        if pinned {
+            return;
+        }
+        if let Ok(f) = EnvFilter::try_new(level) {
+            let _ = handle.modify(|cur| *cur = f);
+        }
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    runtime.block_on(async move {
+        let budget = match fdbudget::raise_and_compute(config.checker.concurrency_requested, config.checker.fd_reserve)
+        {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: reading RLIMIT_NOFILE: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(config.api.listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: api.listen {}: {e}", config.api.listen);
+                return ExitCode::FAILURE;
+            }
+        };
+        let opts = Options {
+            config_path: path,
+            env_keys: args.api_keys.clone(),
+            fd_budget: budget.checks,
+            // Half the reserve: the rest is for storage, source fetches, logs and stdio.
+            max_connections: usize::try_from(budget.reserve / 2).unwrap_or(512).max(16),
+            set_log_level: Some(set_log_level),
+            sighup: true,
+            grace: Duration::from_secs(args.grace_secs),
+        };
+        let server = match server::start(config, listener, opts).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        server.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}

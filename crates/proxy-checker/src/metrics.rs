@@ -1,0 +1,178 @@
+//! Every Prometheus metric the service exports, defined in one place. Names are
+//! `proxychecker_<what>_<unit>[_total]`; labels come from small fixed sets (protocol,
+//! reason, route template, status, limiter) — never a proxy address or a raw URL.
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::check::Verdict;
+
+/// Buckets for a check's latency: judges through proxies answer in 50 ms to 10 s.
+const CHECK_BUCKETS: &[f64] = &[0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0];
+/// Buckets for API requests: the target is a p99 well under 10 ms.
+const API_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+/// The service's metrics.
+pub struct Metrics {
+    pub registry: Registry,
+    pub alive_proxies: IntGauge,
+    pub checks_total: IntCounterVec,
+    pub check_duration_seconds: HistogramVec,
+    pub api_requests_total: IntCounterVec,
+    pub api_request_duration_seconds: HistogramVec,
+    pub round_duration_seconds: Histogram,
+    pub rounds_total: IntCounterVec,
+    pub last_round_timestamp_seconds: Gauge,
+    pub sources_fetched_total: IntCounter,
+    pub sources_failed_total: IntCounter,
+    pub checks_in_flight: IntGauge,
+    pub effective_concurrency: IntGauge,
+    pub snapshot_age_seconds: Gauge,
+    pub rate_limited_total: IntCounterVec,
+    pub rate_limiter_clients: IntGauge,
+    pub store_writes_total: IntCounterVec,
+    pub config_reloads_total: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("process collector registers once");
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone())).expect("metric names are unique");
+            c
+        }
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            reg(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+        };
+        Self {
+            alive_proxies: reg(
+                &registry,
+                IntGauge::new("proxychecker_alive_proxies", "Proxies in the served snapshot").expect("valid"),
+            ),
+            checks_total: counter_vec(
+                "proxychecker_checks_total",
+                "Verdicts by protocol and result (alive or the dead reason)",
+                &["protocol", "result"],
+            ),
+            check_duration_seconds: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "proxychecker_check_duration_seconds",
+                        "Latency of live proxies: connect to judge answer head",
+                    )
+                    .buckets(CHECK_BUCKETS.to_vec()),
+                    &["protocol"],
+                )
+                .expect("valid"),
+            ),
+            api_requests_total: counter_vec(
+                "proxychecker_api_requests_total",
+                "API requests by route template and status",
+                &["route", "status"],
+            ),
+            api_request_duration_seconds: reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "proxychecker_api_request_duration_seconds",
+                        "API request handling time by route",
+                    )
+                    .buckets(API_BUCKETS.to_vec()),
+                    &["route"],
+                )
+                .expect("valid"),
+            ),
+            round_duration_seconds: reg(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("proxychecker_round_duration_seconds", "Duration of finished rounds")
+                        .buckets(vec![1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]),
+                )
+                .expect("valid"),
+            ),
+            rounds_total: counter_vec("proxychecker_rounds_total", "Rounds by result", &["result"]),
+            last_round_timestamp_seconds: reg(
+                &registry,
+                Gauge::new("proxychecker_last_round_timestamp_seconds", "Unix time the last successful round ended")
+                    .expect("valid"),
+            ),
+            sources_fetched_total: reg(
+                &registry,
+                IntCounter::new("proxychecker_sources_fetched_total", "Source fetches that succeeded").expect("valid"),
+            ),
+            sources_failed_total: reg(
+                &registry,
+                IntCounter::new("proxychecker_sources_failed_total", "Source fetches that failed").expect("valid"),
+            ),
+            checks_in_flight: reg(
+                &registry,
+                IntGauge::new("proxychecker_checks_in_flight", "Checks in flight right now").expect("valid"),
+            ),
+            effective_concurrency: reg(
+                &registry,
+                IntGauge::new(
+                    "proxychecker_effective_concurrency",
+                    "Current concurrency limit (after fd clamp and AIMD)",
+                )
+                .expect("valid"),
+            ),
+            snapshot_age_seconds: reg(
+                &registry,
+                Gauge::new("proxychecker_snapshot_age_seconds", "Age of the served snapshot").expect("valid"),
+            ),
+            rate_limited_total: counter_vec(
+                "proxychecker_rate_limited_total",
+                "Requests refused with 429, by limiter",
+                &["limiter"],
+            ),
+            rate_limiter_clients: reg(
+                &registry,
+                IntGauge::new("proxychecker_rate_limiter_clients", "Client IPs tracked by the per-IP limiter")
+                    .expect("valid"),
+            ),
+            store_writes_total: counter_vec(
+                "proxychecker_store_writes_total",
+                "Snapshot writes to the store by result",
+                &["result"],
+            ),
+            config_reloads_total: counter_vec(
+                "proxychecker_config_reloads_total",
+                "Config reloads by result",
+                &["result"],
+            ),
+            registry,
+        }
+    }
+
+    /// Counts one verdict.
+    pub fn observe(&self, v: &Verdict) {
+        let protocol = v.candidate.proxy.protocol.as_str();
+        match &v.outcome {
+            Ok(a) => {
+                self.checks_total.with_label_values(&[protocol, "alive"]).inc();
+                self.check_duration_seconds.with_label_values(&[protocol]).observe(a.latency.as_secs_f64());
+            }
+            Err(r) => self.checks_total.with_label_values(&[protocol, r.as_str()]).inc(),
+        }
+    }
+
+    /// The exposition text.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}

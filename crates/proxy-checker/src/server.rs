@@ -1,0 +1,328 @@
+//! Wiring of the service: opens the store, loads the last snapshot, starts the round
+//! scheduler, the API, the limiter sweeper and the config watcher; stops them all on
+//! shutdown within a grace period.
+//!
+//! `start(config, listener, options)` is what `proxy-checker serve` and the tests call.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::serve::ListenerExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, Guard};
+use crate::config::{Config, StorageKind};
+use crate::service::Service;
+use crate::store::{self, StoreError};
+
+/// Environment variable for the Redis URL (overrides `storage.redis_url`).
+pub const REDIS_URL_ENV: &str = "PROXY_CHECKER_REDIS_URL";
+
+/// Applies the secrets that may come from the environment.
+pub fn apply_env(config: &mut Config) {
+    if let Ok(url) = std::env::var(REDIS_URL_ENV)
+        && !url.is_empty()
+    {
+        config.storage.redis_url = Some(url);
+    }
+}
+
+/// Applies a new log filter (from `log.level`).
+pub type LogLevelSetter = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// How the server is started.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// The config file, watched for changes (and reloaded on SIGHUP).
+    pub config_path: Option<PathBuf>,
+    /// Extra API keys (the value of `PROXY_API_KEY`).
+    pub env_keys: Option<String>,
+    /// Checks the fd budget allows.
+    pub fd_budget: usize,
+    /// API connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Applies a new log level.
+    pub set_log_level: Option<LogLevelSetter>,
+    /// Reload the config on SIGHUP.
+    pub sighup: bool,
+    /// How long in-flight requests may take after shutdown starts.
+    pub grace: Duration,
+}
+
+/// Why the server did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("listener: {0}")]
+    Io(#[from] io::Error),
+    #[error("config watcher on {path}: {error}")]
+    Watch { path: String, error: String },
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    shutdown: CancellationToken,
+    api: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl Server {
+    /// Graceful stop: no new connections, in-flight requests get the grace period, the
+    /// running round is cancelled (the last complete snapshot is already persisted).
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.api.await;
+        if tokio::time::timeout(Service::SHUTDOWN_GRACE, self.scheduler).await.is_err() {
+            tracing::warn!("round did not stop within the grace period");
+        }
+        for t in self.background {
+            t.abort();
+        }
+    }
+
+    /// A token that triggers [`Server::shutdown`]'s first step (for signal handlers).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts everything. The listener is already bound (tests pass `127.0.0.1:0`).
+pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Result<Server, StartError> {
+    let store = store::open(&config.storage)?;
+    let mut env_keys = opts.env_keys.clone();
+    if config.api.auth && config.api.api_keys.is_empty() && env_keys.as_deref().is_none_or(|k| k.trim().is_empty()) {
+        env_keys = Some(generated_key(&config)?);
+    }
+    let service = Service::start(config, store, opts.fd_budget.max(1)).await;
+    let state = AppState::new(service.clone(), env_keys.clone());
+    let shutdown = CancellationToken::new();
+    let addr = listener.local_addr()?;
+
+    let scheduler = tokio::spawn(service.clone().run_scheduler(shutdown.clone()));
+    let mut background = Vec::new();
+    let sweeper_state = state.clone();
+    background.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tick.tick().await;
+            let g = sweeper_state.guard.load();
+            g.sweep(Duration::from_secs(5));
+            sweeper_state.service.metrics.rate_limiter_clients.set(g.tracked_ips() as i64);
+        }
+    }));
+
+    let reloader = Arc::new(Reloader { state: state.clone(), env_keys, set_log_level: opts.set_log_level.clone() });
+    let mut watcher = None;
+    if let Some(path) = opts.config_path.clone() {
+        let (w, task) = watch(path.clone(), reloader.clone())
+            .map_err(|e| StartError::Watch { path: path.display().to_string(), error: e.to_string() })?;
+        watcher = Some(w);
+        background.push(task);
+        if opts.sighup {
+            let r = reloader.clone();
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            background.push(tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the config");
+                    r.reload(&path);
+                }
+            }));
+        }
+    }
+
+    let app = api::router(state.clone());
+    let capped = CappedListener { inner: listener, slots: Arc::new(Semaphore::new(opts.max_connections.max(16))) }
+        .tap_io(|_| {});
+    let token = shutdown.clone();
+    let grace = if opts.grace.is_zero() { Duration::from_secs(10) } else { opts.grace };
+    let api = tokio::spawn(async move {
+        let serve = axum::serve(capped, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(token.clone().cancelled_owned());
+        let serve = std::pin::pin!(serve.into_future());
+        tokio::select! {
+            r = serve => if let Err(e) = r { tracing::error!(error = %e, "API server failed") },
+            // In-flight requests get the grace period once shutdown starts, not forever.
+            _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("API connections still open after the grace period; closing them");
+            }
+        }
+    });
+    tracing::info!(%addr, "API listening");
+    Ok(Server { addr, state, shutdown, api, scheduler, background, _watcher: watcher })
+}
+
+/// With auth on and no key anywhere, the service makes one and writes it next to its data
+/// (mode 0600), so a first run is usable and never open. The key itself is never logged.
+fn generated_key(config: &Config) -> Result<String, StartError> {
+    let dir = match config.storage.kind {
+        StorageKind::Redis => PathBuf::from("data"),
+        _ => config
+            .storage
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+    };
+    let path = dir.join("api_key");
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && existing.trim().len() >= 16
+    {
+        tracing::warn!(path = %path.display(), "no API key configured: using the generated key stored in this file");
+        return Ok(existing.trim().to_string());
+    }
+    std::fs::create_dir_all(&dir)?;
+    let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let mut f = tempfile::NamedTempFile::new_in(&dir)?;
+    io::Write::write_all(&mut f, key.as_bytes())?;
+    f.persist(&path).map_err(|e| e.error)?;
+    tracing::warn!(path = %path.display(), "no API key configured: generated one and wrote it to this file (mode 0600)");
+    Ok(key)
+}
+
+/// Applies a changed config file.
+struct Reloader {
+    state: Arc<AppState>,
+    env_keys: Option<String>,
+    set_log_level: Option<LogLevelSetter>,
+}
+
+impl Reloader {
+    fn reload(&self, path: &Path) {
+        let metrics = &self.state.service.metrics;
+        let mut config = match Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics.config_reloads_total.with_label_values(&["rejected"]).inc();
+                tracing::warn!(error = %e, "config reload rejected; the running config stays");
+                return;
+            }
+        };
+        apply_env(&mut config);
+        self.state.guard.store(Arc::new(Guard::new(&config.api, self.env_keys.as_deref())));
+        if let Some(set) = &self.set_log_level {
+            set(&config.log.level);
+        }
+        let summary = config.checker.summary();
+        for field in self.state.service.apply_config(config) {
+            tracing::warn!(field, "changed in the config file: takes effect after a restart");
+        }
+        metrics.config_reloads_total.with_label_values(&["ok"]).inc();
+        tracing::info!(checker = %summary, "config reloaded: sources, interval, checker, keys, limits and log level apply from now");
+    }
+}
+
+/// Watches the config file's directory (editors replace files by rename) and reloads
+/// 300 ms after the last change to that file.
+fn watch(path: PathBuf, reloader: Arc<Reloader>) -> notify::Result<(notify::RecommendedWatcher, JoinHandle<()>)> {
+    use notify::Watcher;
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let name = path.file_name().map(|n| n.to_os_string());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev
+            && ev.paths.iter().any(|p| p.file_name().map(|n| n.to_os_string()) == name)
+        {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    let task = tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: editors write in several steps.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(300), rx.recv()).await {
+                    Ok(Some(())) => continue,
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            reloader.reload(&path);
+        }
+    });
+    Ok((watcher, task))
+}
+
+/// A listener that serves at most N connections at once, so the API can never take the
+/// descriptors the checker and storage need; further clients wait in the backlog. Accept
+/// errors (EMFILE) back off 10 ms instead of axum's 1 s.
+struct CappedListener {
+    inner: TcpListener,
+    slots: Arc<Semaphore>,
+}
+
+/// An API connection holding its slot.
+struct Capped {
+    stream: TcpStream,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl axum::serve::Listener for CappedListener {
+    type Io = Capped;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let slot = self.slots.clone().acquire_owned().await.expect("never closed");
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (Capped { stream, _slot: slot }, addr);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl AsyncRead for Capped {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Capped {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}

@@ -1,0 +1,316 @@
+//! The immutable pool the API serves: live proxies of the last complete round, their
+//! verdicts, indexes for the API's filters, pre-rendered hot responses, and the round's
+//! summary. Built off to the side after a round and swapped in whole (`ArcSwap`), so
+//! readers never block and never see a half-built pool.
+//!
+//! [`SnapshotData`] is the persisted form (JSON in the file store and Redis, rows in
+//! SQLite); [`Snapshot`] adds the derived indexes.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::check::{Mode, Verdict};
+use crate::round::RoundReport;
+
+/// Version of the persisted layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One live proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyEntry {
+    /// `scheme://host:port` (no credentials).
+    pub proxy: String,
+    pub protocol: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    pub latency_ms: u32,
+    pub connect_ms: u32,
+    /// Forwards plain HTTP requests.
+    pub forward: bool,
+    /// Tunnels (CONNECT or SOCKS): usable for HTTPS.
+    pub tunnel: bool,
+    /// The source that listed it first.
+    pub source: String,
+}
+
+/// What one source contributed to a round.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SourceSummary {
+    pub name: String,
+    pub fetched_at: Option<f64>,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub bytes: u64,
+    pub lines: u64,
+    pub valid: u64,
+    pub duplicates: u64,
+    pub rejected: BTreeMap<String, u64>,
+    pub alive: u64,
+}
+
+/// The round a snapshot came from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundSummary {
+    pub round_id: u64,
+    pub mode: String,
+    pub started_at: f64,
+    pub finished_at: f64,
+    pub duration_ms: u64,
+    pub scraped: u64,
+    pub unique: u64,
+    pub checked: u64,
+    pub alive: u64,
+    pub dead: u64,
+    pub dead_by_reason: BTreeMap<String, u64>,
+    pub retries: u64,
+    pub local_requeues: u64,
+    pub concurrency: usize,
+    pub sources: Vec<SourceSummary>,
+}
+
+/// The persisted snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotData {
+    pub version: u32,
+    pub round: RoundSummary,
+    /// Fastest first.
+    pub proxies: Vec<ProxyEntry>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+impl ProxyEntry {
+    fn from_verdict(v: &Verdict, sources: &[SourceSummary]) -> Option<Self> {
+        let a = v.outcome.as_ref().ok()?;
+        let p = &v.candidate.proxy;
+        Some(Self {
+            proxy: p.to_string(),
+            protocol: p.protocol.as_str().to_string(),
+            host: p.host.to_string(),
+            port: p.port,
+            username: p.credentials.as_ref().map(|c| c.username.clone()),
+            password: p.credentials.as_ref().map(|c| c.password.clone()),
+            latency_ms: ms(a.latency),
+            connect_ms: ms(a.connect),
+            forward: a.forward,
+            tunnel: a.tunnel,
+            source: sources.get(usize::from(v.candidate.source)).map(|s| s.name.clone()).unwrap_or_default(),
+        })
+    }
+}
+
+impl SnapshotData {
+    /// The persisted form of a finished round.
+    pub fn from_report(r: &RoundReport, round_id: u64, mode: Mode, concurrency: usize) -> Self {
+        let sources: Vec<SourceSummary> = r
+            .sources
+            .iter()
+            .zip(&r.alive_per_source)
+            .map(|(s, alive)| SourceSummary {
+                name: s.name.clone(),
+                fetched_at: s.fetched_at.map(unix),
+                ok: s.error.is_none(),
+                error: s.error.as_ref().map(|e| e.to_string()),
+                duration_ms: s.duration.as_millis() as u64,
+                bytes: s.bytes,
+                lines: s.lines,
+                valid: s.valid,
+                duplicates: s.duplicates,
+                rejected: s.rejected.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
+                alive: *alive,
+            })
+            .collect();
+        let proxies = r.alive.iter().filter_map(|v| ProxyEntry::from_verdict(v, &sources)).collect();
+        let run = &r.run;
+        Self {
+            version: FORMAT_VERSION,
+            round: RoundSummary {
+                round_id,
+                mode: mode.as_str().to_string(),
+                started_at: unix(r.started),
+                finished_at: unix(r.finished),
+                duration_ms: r.finished.duration_since(r.started).unwrap_or_default().as_millis() as u64,
+                scraped: r.scraped,
+                unique: r.unique,
+                checked: run.checked,
+                alive: run.alive,
+                dead: run.checked - run.alive,
+                dead_by_reason: run.dead_by_reason.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
+                retries: run.retries,
+                local_requeues: run.local_requeues,
+                concurrency,
+                sources,
+            },
+            proxies,
+        }
+    }
+}
+
+/// What `protocol=` selects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// Forwards plain HTTP.
+    Http,
+    /// HTTP proxy that tunnels (CONNECT): usable for HTTPS.
+    Https,
+    Socks4,
+    Socks5,
+}
+
+impl Selector {
+    pub const ALL: [Selector; 4] = [Self::Http, Self::Https, Self::Socks4, Self::Socks5];
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "http" => Some(Self::Http),
+            "https" => Some(Self::Https),
+            "socks4" => Some(Self::Socks4),
+            "socks5" => Some(Self::Socks5),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
+    fn matches(self, e: &ProxyEntry, connect_only: bool) -> bool {
+        let http_family = e.protocol == "http" || e.protocol == "https";
+        match self {
+            // Capabilities are unknown after connect-only checks: trust the declared protocol.
+            Self::Http if connect_only => e.protocol == "http",
+            Self::Https if connect_only => e.protocol == "https",
+            Self::Http => http_family && e.forward,
+            Self::Https => http_family && e.tunnel,
+            Self::Socks4 => e.protocol == "socks4",
+            Self::Socks5 => e.protocol == "socks5",
+        }
+    }
+}
+
+/// The served pool: data plus indexes and pre-rendered answers.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub data: SnapshotData,
+    /// Loaded from the store at start and not yet replaced by a fresh round.
+    pub loaded: bool,
+    /// When this snapshot was swapped in (its age counts from the round's end).
+    pub built_at: SystemTime,
+    by_selector: [Vec<u32>; 4],
+    /// `all=1` as text, pre-rendered.
+    pub text_all: Bytes,
+}
+
+impl Snapshot {
+    pub fn new(mut data: SnapshotData, loaded: bool) -> Self {
+        data.proxies.sort_by_key(|e| e.latency_ms);
+        let connect_only = data.round.mode == Mode::ConnectOnly.as_str();
+        let by_selector = Selector::ALL.map(|s| {
+            data.proxies.iter().enumerate().filter(|(_, e)| s.matches(e, connect_only)).map(|(i, _)| i as u32).collect()
+        });
+        let mut text = String::with_capacity(data.proxies.len() * 28);
+        for e in &data.proxies {
+            text.push_str(&e.proxy);
+            text.push('\n');
+        }
+        Self { data, loaded, built_at: SystemTime::now(), by_selector, text_all: Bytes::from(text) }
+    }
+
+    pub fn empty() -> Self {
+        Self::new(SnapshotData { version: FORMAT_VERSION, ..Default::default() }, false)
+    }
+
+    /// Age: time since the round that produced it ended.
+    pub fn age(&self) -> Duration {
+        let finished = UNIX_EPOCH + Duration::from_secs_f64(self.data.round.finished_at.max(0.0));
+        SystemTime::now().duration_since(finished).unwrap_or_default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.data.proxies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.data.proxies.is_empty()
+    }
+
+    /// Indices (fastest first) of entries matching any of `selectors` (all if empty) and
+    /// at most `max_latency_ms`.
+    pub fn select(&self, selectors: &[Selector], max_latency_ms: Option<u32>) -> Vec<u32> {
+        let fast = |i: &u32| max_latency_ms.is_none_or(|m| self.data.proxies[*i as usize].latency_ms <= m);
+        match selectors {
+            [] => (0..self.data.proxies.len() as u32).filter(|i| fast(i)).collect(),
+            [one] => self.by_selector[one.index()].iter().copied().filter(fast).collect(),
+            many => {
+                let mut v: Vec<u32> =
+                    many.iter().flat_map(|s| self.by_selector[s.index()].iter().copied()).filter(fast).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            }
+        }
+    }
+
+    pub fn entry(&self, i: u32) -> &ProxyEntry {
+        &self.data.proxies[i as usize]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(proxy: &str, protocol: &str, latency: u32, forward: bool, tunnel: bool) -> ProxyEntry {
+        ProxyEntry {
+            proxy: proxy.into(),
+            protocol: protocol.into(),
+            host: "1.2.3.4".into(),
+            port: 1,
+            username: None,
+            password: None,
+            latency_ms: latency,
+            connect_ms: 1,
+            forward,
+            tunnel,
+            source: "s".into(),
+        }
+    }
+
+    #[test]
+    fn selectors_and_order() {
+        let data = SnapshotData {
+            version: 1,
+            round: RoundSummary { mode: "full-http".into(), ..Default::default() },
+            proxies: vec![
+                entry("http://a:1", "http", 50, true, true),
+                entry("http://b:1", "http", 10, true, false),
+                entry("https://c:1", "https", 30, false, true),
+                entry("socks5://d:1", "socks5", 20, false, true),
+            ],
+        };
+        let s = Snapshot::new(data, false);
+        let names = |v: Vec<u32>| v.iter().map(|i| s.entry(*i).proxy.clone()).collect::<Vec<_>>();
+        assert_eq!(names(s.select(&[], None)), ["http://b:1", "socks5://d:1", "https://c:1", "http://a:1"]);
+        assert_eq!(names(s.select(&[Selector::Http], None)), ["http://b:1", "http://a:1"]);
+        assert_eq!(names(s.select(&[Selector::Https], None)), ["https://c:1", "http://a:1"]);
+        assert_eq!(names(s.select(&[Selector::Https, Selector::Socks5], Some(30))), ["socks5://d:1", "https://c:1"]);
+        assert!(s.select(&[Selector::Socks4], None).is_empty());
+        assert_eq!(&s.text_all[..], b"http://b:1\nsocks5://d:1\nhttps://c:1\nhttp://a:1\n");
+    }
+}

@@ -1,0 +1,92 @@
+//! The JSON file store. Writes are atomic: a temp file in the same directory, fsync,
+//! rename over the target, fsync the directory — a crash at any moment leaves the old
+//! file or the new one, whole.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::{BoxFuture, Store, StoreError};
+use crate::snapshot::SnapshotData;
+
+pub struct FileStore {
+    path: PathBuf,
+}
+
+const TEMP_PREFIX: &str = ".proxy-checker-snapshot-";
+
+impl FileStore {
+    pub fn new(path: PathBuf) -> Self {
+        Self { path }
+    }
+
+    fn err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io { backend: "file", location: self.path.display().to_string(), error: e.to_string() }
+    }
+
+    fn dir(&self) -> PathBuf {
+        match self.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        }
+    }
+
+    fn write(&self, data: &SnapshotData) -> Result<(), StoreError> {
+        let dir = self.dir();
+        std::fs::create_dir_all(&dir).map_err(|e| self.err(e))?;
+        let mut tmp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&dir).map_err(|e| self.err(e))?;
+        {
+            let mut w = std::io::BufWriter::new(tmp.as_file_mut());
+            serde_json::to_writer(&mut w, data).map_err(|e| self.err(e))?;
+            w.flush().map_err(|e| self.err(e))?;
+        }
+        tmp.as_file().sync_all().map_err(|e| self.err(e))?;
+        tmp.persist(&self.path).map_err(|e| self.err(e.error))?;
+        sync_dir(&dir).map_err(|e| self.err(e))
+    }
+
+    fn read(&self) -> Result<Option<SnapshotData>, StoreError> {
+        // Temp files left by a crash mid-write are garbage: the target is whole either way.
+        if let Ok(entries) = std::fs::read_dir(self.dir()) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(TEMP_PREFIX) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.err(e)),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
+            backend: "file",
+            location: self.path.display().to_string(),
+            error: e.to_string(),
+        })
+    }
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+impl Store for FileStore {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn save(&self, data: Arc<SnapshotData>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let me = FileStore { path: self.path.clone() };
+            tokio::task::spawn_blocking(move || me.write(&data)).await.map_err(|e| self.err(e))?
+        })
+    }
+
+    fn load(&self) -> BoxFuture<'_, Result<Option<SnapshotData>, StoreError>> {
+        Box::pin(async move {
+            let me = FileStore { path: self.path.clone() };
+            tokio::task::spawn_blocking(move || me.read()).await.map_err(|e| self.err(e))?
+        })
+    }
+}

@@ -1,0 +1,144 @@
+//! The SQLite store: bundled SQLite in WAL mode; one transaction per snapshot, on a
+//! blocking thread. A reader (another process included) sees the old snapshot or the new.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{BoxFuture, Store, StoreError};
+use crate::snapshot::{FORMAT_VERSION, ProxyEntry, RoundSummary, SnapshotData};
+
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+    location: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS proxies (
+    proxy TEXT NOT NULL, protocol TEXT NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL,
+    username TEXT, password TEXT, latency_ms INTEGER NOT NULL, connect_ms INTEGER NOT NULL,
+    forward INTEGER NOT NULL, tunnel INTEGER NOT NULL, source TEXT NOT NULL
+);";
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        let err = |e: &dyn std::fmt::Display| StoreError::Io {
+            backend: "sqlite",
+            location: location.clone(),
+            error: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        }
+        let conn = Connection::open(path).map_err(|e| err(&e))?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(&e))?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(&e))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| err(&e))?;
+        conn.execute_batch(SCHEMA).map_err(|e| err(&e))?;
+        Ok(Self { conn: Arc::new(Mutex::new(conn)), location })
+    }
+
+    fn err(location: &str, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Io { backend: "sqlite", location: location.to_string(), error: e.to_string() }
+    }
+}
+
+fn write(conn: &mut Connection, data: &SnapshotData) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM proxies", [])?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT INTO proxies (proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?;
+        for e in &data.proxies {
+            ins.execute(params![
+                e.proxy,
+                e.protocol,
+                e.host,
+                e.port,
+                e.username,
+                e.password,
+                e.latency_ms,
+                e.connect_ms,
+                e.forward,
+                e.tunnel,
+                e.source
+            ])?;
+        }
+    }
+    let round = serde_json::to_string(&data.round).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+    tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('round', ?1)", [round])?;
+    tx.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('version', ?1)", [data.version.to_string()])?;
+    tx.commit()
+}
+
+fn read(conn: &mut Connection) -> Result<Option<SnapshotData>, String> {
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let round: Option<String> =
+        tx.query_row("SELECT v FROM meta WHERE k = 'round'", [], |r| r.get(0)).optional().map_err(|e| e.to_string())?;
+    let Some(round) = round else { return Ok(None) };
+    let round: RoundSummary = serde_json::from_str(&round).map_err(|e| e.to_string())?;
+    let mut stmt = tx
+        .prepare("SELECT proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source FROM proxies ORDER BY latency_ms")
+        .map_err(|e| e.to_string())?;
+    let proxies = stmt
+        .query_map([], |r| {
+            Ok(ProxyEntry {
+                proxy: r.get(0)?,
+                protocol: r.get(1)?,
+                host: r.get(2)?,
+                port: r.get(3)?,
+                username: r.get(4)?,
+                password: r.get(5)?,
+                latency_ms: r.get(6)?,
+                connect_ms: r.get(7)?,
+                forward: r.get(8)?,
+                tunnel: r.get(9)?,
+                source: r.get(10)?,
+            })
+        })
+        .map_err(|e| e.to_string())?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+    Ok(Some(SnapshotData { version: FORMAT_VERSION, round, proxies }))
+}
+
+impl Store for SqliteStore {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn save(&self, data: Arc<SnapshotData>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                write(&mut c, &data)
+            })
+            .await
+            .map_err(|e| Self::err(&self.location, e))?
+            .map_err(|e| Self::err(&self.location, e))
+        })
+    }
+
+    fn load(&self) -> BoxFuture<'_, Result<Option<SnapshotData>, StoreError>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                read(&mut c)
+            })
+            .await
+            .map_err(|e| Self::err(&self.location, e))?
+            .map_err(|error| StoreError::Corrupt {
+                backend: "sqlite",
+                location: self.location.clone(),
+                error,
+            })
+        })
+    }
+}
