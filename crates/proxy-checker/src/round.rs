@@ -60,7 +60,10 @@ pub struct RoundContext {
 impl RoundContext {
     pub async fn run(&self, progress: Arc<Progress>, cancel: CancellationToken) -> Result<RoundReport, RoundError> {
         let started = SystemTime::now();
-        let mut gathered = source::gather(&self.client, &self.sources, &self.fetch, self.allow_private).await;
+        let mut gathered = tokio::select! {
+            g = source::gather(&self.client, &self.sources, &self.fetch, self.allow_private) => g,
+            _ = cancel.cancelled() => return Err(RunError::Cancelled.into()),
+        };
         let scraped = gathered.scraped();
         if gathered.found.is_empty() {
             return Err(no_usable_source(&gathered.stats));

@@ -51,6 +51,8 @@ pub struct StorageConfig {
     pub kind: StorageKind,
     pub path: PathBuf,
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key (several instances may share one Redis).
+    pub redis_prefix: String,
 }
 
 #[derive(Clone, Debug)]

@@ -93,6 +93,7 @@ pub struct RawStorage {
     pub kind: Option<String>,
     pub path: Option<String>,
     pub redis_url: Option<String>,
+    pub redis_key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -175,6 +175,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     let storage = StorageConfig {
         path: PathBuf::from(st.path.clone().unwrap_or_else(|| default_path.into())),
         redis_url: st.redis_url.clone(),
+        redis_prefix: match &st.redis_key_prefix {
+            Some(p) if p.is_empty() || p.len() > 64 || p.contains(char::is_whitespace) => {
+                return Err(bad("storage.redis_key_prefix", "must be 1 to 64 characters without spaces"));
+            }
+            Some(p) => p.clone(),
+            None => "proxychecker:".into(),
+        },
         kind,
     };
 

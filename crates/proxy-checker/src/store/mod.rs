@@ -49,7 +49,7 @@ pub fn open(cfg: &StorageConfig) -> Result<Arc<dyn Store>, StoreError> {
         StorageKind::Sqlite => Arc::new(SqliteStore::open(&cfg.path)?),
         StorageKind::Redis => {
             let url = cfg.redis_url.clone().unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-            Arc::new(RedisStore::new(&url, "proxychecker:")?)
+            Arc::new(RedisStore::new(&url, &cfg.redis_prefix)?)
         }
     })
 }
