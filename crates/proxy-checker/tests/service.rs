@@ -583,3 +583,26 @@ async fn graceful_shutdown_cancels_the_round_and_keeps_the_last_snapshot() {
     assert_eq!(saved["round"]["round_id"], 1);
     assert_eq!(saved["proxies"].as_array().unwrap().len(), 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_store_never_stops_rounds_or_the_api() {
+    let farm = Farm::start(farm_spec()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("not-a-dir");
+    std::fs::write(&blocker, b"a file where the store wants a directory").unwrap();
+    let mut cfg = config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path());
+    cfg["storage"] = json!({"type": "file", "path": blocker.join("snap.json")});
+    let h = start(&cfg, dir.path()).await;
+    h.wait_round(1).await;
+    h.until("the write failure to be counted", async |h| {
+        h.get("/metrics").await.1.contains("proxychecker_store_writes_total{result=\"error\"} 1")
+    })
+    .await;
+    assert_eq!(lines(&h.authed("/get-proxy?all=1").await.1).len(), 10, "the pool is served anyway");
+    h.post_reload().await;
+    h.wait_round(2).await;
+    h.until("the retry on the next swap", async |h| {
+        h.get("/metrics").await.1.contains("proxychecker_store_writes_total{result=\"error\"} 2")
+    })
+    .await;
+}

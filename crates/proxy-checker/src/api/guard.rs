@@ -146,3 +146,51 @@ impl Guard {
         self.ip_quota_per_minute
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(per_ip: u32) -> ApiConfig {
+        ApiConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            auth: true,
+            api_keys: vec!["0123456789abcdef".into()],
+            rate_limit_per_minute: 10,
+            rate_limit_per_ip_per_minute: per_ip,
+            trust_forwarded_for: false,
+            metrics_require_auth: false,
+        }
+    }
+
+    #[test]
+    fn a_flood_of_distinct_ips_does_not_grow_the_limiter_without_bound() {
+        let g = Guard::new(&api(1), None);
+        // Each IP spends its only token, so none is "recent-free" for a sweep to drop.
+        for i in 0..(MAX_TRACKED_IPS as u32 + 50_000) {
+            let _ = g.admit_ip(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()));
+        }
+        assert!(g.tracked_ips() <= MAX_TRACKED_IPS, "{} tracked", g.tracked_ips());
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(limiter_key(a), limiter_key(b));
+        assert_ne!(limiter_key(a), limiter_key("2001:db8:1:3::1".parse().unwrap()));
+        assert_eq!(limiter_key("::ffff:1.2.3.4".parse().unwrap()), "1.2.3.4".parse::<IpAddr>().unwrap());
+        let g = Guard::new(&api(1), None);
+        assert!(g.admit_ip(a).is_ok());
+        assert!(matches!(g.admit_ip(b), Err(Refusal::Limited { limiter: "ip", .. })));
+    }
+
+    #[test]
+    fn keys_from_config_and_environment() {
+        let g = Guard::new(&api(100), Some(" env-key-0123456789 , ,"));
+        assert!(g.authorize(Some("0123456789abcdef")).is_ok());
+        assert!(g.authorize(Some("env-key-0123456789")).is_ok());
+        assert!(matches!(g.authorize(Some("nope")), Err(Refusal::Unauthorized)));
+        assert!(matches!(g.authorize(None), Err(Refusal::Unauthorized)));
+    }
+}

@@ -1,0 +1,106 @@
+//! `proxy-checker serve` as a process: JSON logs on stdout, SIGHUP reloads the config,
+//! SIGTERM stops it gracefully with exit code 0; `check-config` validates without starting.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
+
+const BIN: &str = env!("CARGO_BIN_EXE_proxy-checker");
+const KEY: &str = "serve-cli-key-0123456789";
+
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status().unwrap().success();
+    assert!(ok, "kill -{sig}");
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
+    let r = client.get(url).header("X-Api-Key", KEY).send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_logs_json_reloads_on_sighup_and_exits_zero_on_sigterm() {
+    let farm = Farm::start(FarmSpec { groups: vec![Group::new(5, Protocol::Http, Behavior::Working)] }).await.unwrap();
+    let list = farm.add_list("l.txt", farm.list_urls());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = dir.path().join("c.json");
+    let cfg = |level: &str, interval: u64| {
+        serde_json::json!({
+            "sources": [list.clone()],
+            "aggregation": {"interval_secs": interval},
+            "checker": {"judge_url": farm.judge_url(), "allow_private": true, "timeout_ms": 2000, "connect_timeout_ms": 1000},
+            "api": {"listen": "127.0.0.1:0", "api_keys": [KEY]},
+            "storage": {"type": "sqlite", "path": dir.path().join("p.sqlite3")},
+            "log": {"level": level, "format": "json"}
+        })
+    };
+    std::fs::write(&cfg_path, cfg("info", 3600).to_string()).unwrap();
+    let out = Command::new(BIN).args(["check-config", cfg_path.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", cfg_path.to_str().unwrap()])
+        .env_remove("PROXY_CHECKER_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let v: serde_json::Value =
+                serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+            if tx.send(v).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |msg: &str| -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let v = rx.recv_timeout(left).unwrap_or_else(|_| panic!("no log line `{msg}`"));
+            if v["message"].as_str().is_some_and(|m| m.contains(msg)) {
+                return v;
+            }
+        }
+    };
+    let listening = wait_for("API listening");
+    let base = format!("http://{}", listening["addr"].as_str().unwrap());
+    let round = wait_for("round finished");
+    assert_eq!(round["alive"], 5);
+    assert!(round["level"] == "INFO" && round["dead_by_reason"].is_string());
+
+    let client = proxy_checker::source::fetch::client(proxy_checker::check::engine::tls_config(None).unwrap()).unwrap();
+    assert_eq!(get(&client, &format!("{base}/get-proxy?all=1")).await.1.lines().count(), 5);
+
+    // SIGHUP re-reads the file (here: a new interval).
+    std::fs::write(&cfg_path, cfg("info", 1800).to_string()).unwrap();
+    signal(child.id(), "HUP");
+    wait_for("config reloaded");
+
+    signal(child.id(), "TERM");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "serve did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn serve_refuses_a_bad_config_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.json");
+    std::fs::write(&p, r#"{"storage": {"type": "mongo"}}"#).unwrap();
+    let out = Command::new(BIN).args(["serve", "--config", p.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage.type") && err.contains("file, sqlite, redis"), "{err}");
+}
