@@ -204,6 +204,47 @@ impl Selector {
     }
 }
 
+/// First index in `0..n` where `pred` is false (`pred` must be true then false).
+fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
+    let (mut lo, mut hi) = (0, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if pred(mid) { lo = mid + 1 } else { hi = mid }
+    }
+    lo
+}
+
+/// The entries a query selected, by index into the snapshot, fastest first.
+pub enum Selection<'a> {
+    /// `0..n`.
+    Range(usize),
+    Slice(&'a [u32]),
+    Owned(Vec<u32>),
+}
+
+impl Selection<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Selection::Range(n) => *n,
+            Selection::Slice(s) => s.len(),
+            Selection::Owned(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `k`-th selected entry index.
+    pub fn get(&self, k: usize) -> u32 {
+        match self {
+            Selection::Range(_) => k as u32,
+            Selection::Slice(s) => s[k],
+            Selection::Owned(v) => v[k],
+        }
+    }
+}
+
 /// The served pool: data plus indexes and pre-rendered answers.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -215,6 +256,8 @@ pub struct Snapshot {
     by_selector: [Vec<u32>; 4],
     /// `all=1` as text, pre-rendered.
     pub text_all: Bytes,
+    /// Some entries carry credentials (the pre-rendered text omits them).
+    pub has_credentials: bool,
 }
 
 impl Snapshot {
@@ -229,7 +272,8 @@ impl Snapshot {
             text.push_str(&e.proxy);
             text.push('\n');
         }
-        Self { data, loaded, built_at: SystemTime::now(), by_selector, text_all: Bytes::from(text) }
+        let has_credentials = data.proxies.iter().any(|e| e.username.is_some());
+        Self { data, loaded, built_at: SystemTime::now(), by_selector, text_all: Bytes::from(text), has_credentials }
     }
 
     pub fn empty() -> Self {
@@ -250,19 +294,30 @@ impl Snapshot {
         self.data.proxies.is_empty()
     }
 
-    /// Indices (fastest first) of entries matching any of `selectors` (all if empty) and
-    /// at most `max_latency_ms`.
-    pub fn select(&self, selectors: &[Selector], max_latency_ms: Option<u32>) -> Vec<u32> {
-        let fast = |i: &u32| max_latency_ms.is_none_or(|m| self.data.proxies[*i as usize].latency_ms <= m);
+    /// Entries (fastest first) matching any of `selectors` (all if empty) and at most
+    /// `max_latency_ms`. With at most one selector nothing is copied: entries are kept in
+    /// latency order, so a latency bound is a prefix.
+    pub fn select(&self, selectors: &[Selector], max_latency_ms: Option<u32>) -> Selection<'_> {
+        let within = |n: usize, at: &dyn Fn(usize) -> u32| match max_latency_ms {
+            None => n,
+            Some(m) => partition_point(n, |i| at(i) <= m),
+        };
         match selectors {
-            [] => (0..self.data.proxies.len() as u32).filter(|i| fast(i)).collect(),
-            [one] => self.by_selector[one.index()].iter().copied().filter(fast).collect(),
+            [] => Selection::Range(within(self.data.proxies.len(), &|i| self.data.proxies[i].latency_ms)),
+            [one] => {
+                let list = &self.by_selector[one.index()];
+                let n = within(list.len(), &|i| self.data.proxies[list[i] as usize].latency_ms);
+                Selection::Slice(&list[..n])
+            }
             many => {
-                let mut v: Vec<u32> =
-                    many.iter().flat_map(|s| self.by_selector[s.index()].iter().copied()).filter(fast).collect();
+                let mut v: Vec<u32> = many
+                    .iter()
+                    .flat_map(|s| self.by_selector[s.index()].iter().copied())
+                    .filter(|i| max_latency_ms.is_none_or(|m| self.data.proxies[*i as usize].latency_ms <= m))
+                    .collect();
                 v.sort_unstable();
                 v.dedup();
-                v
+                Selection::Owned(v)
             }
         }
     }
@@ -305,11 +360,14 @@ mod tests {
             ],
         };
         let s = Snapshot::new(data, false);
-        let names = |v: Vec<u32>| v.iter().map(|i| s.entry(*i).proxy.clone()).collect::<Vec<_>>();
+        let names = |v: Selection<'_>| (0..v.len()).map(|k| s.entry(v.get(k)).proxy.clone()).collect::<Vec<_>>();
         assert_eq!(names(s.select(&[], None)), ["http://b:1", "socks5://d:1", "https://c:1", "http://a:1"]);
         assert_eq!(names(s.select(&[Selector::Http], None)), ["http://b:1", "http://a:1"]);
         assert_eq!(names(s.select(&[Selector::Https], None)), ["https://c:1", "http://a:1"]);
         assert_eq!(names(s.select(&[Selector::Https, Selector::Socks5], Some(30))), ["socks5://d:1", "https://c:1"]);
+        assert_eq!(names(s.select(&[Selector::Http], Some(49))), ["http://b:1"]);
+        assert_eq!(names(s.select(&[], Some(20))), ["http://b:1", "socks5://d:1"]);
+        assert!(s.select(&[], Some(5)).is_empty());
         assert!(s.select(&[Selector::Socks4], None).is_empty());
         assert_eq!(&s.text_all[..], b"http://b:1\nsocks5://d:1\nhttps://c:1\nhttp://a:1\n");
     }

@@ -211,13 +211,12 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
         }));
     }
     // The hot case, pre-rendered: every proxy, fastest first, as text.
-    let no_creds = snap.data.proxies.iter().all(|e| e.username.is_none());
     if p.all
         && p.selectors.is_empty()
         && p.max_latency_ms.is_none()
         && p.format == Format::Text
         && p.order != Order::Random
-        && no_creds
+        && !snap.has_credentials
     {
         return Ok(
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Bytes::clone(&snap.text_all)).into_response()
@@ -244,15 +243,16 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
         }
         return Err(ApiError::NoProxy(format!("no proxy matches {} ({} in the pool)", why.join(" and "), snap.len())));
     }
-    let n = if p.all { matching.len() } else { p.limit.min(matching.len()) };
+    let len = matching.len();
+    let n = if p.all { len } else { p.limit.min(len) };
     let picked: Vec<u32> = match p.order {
-        _ if p.all && p.order != Order::Random => matching,
-        Order::Fastest => matching[..n].to_vec(),
+        _ if p.all && p.order != Order::Random => (0..len).map(|k| matching.get(k)).collect(),
+        Order::Fastest => (0..n).map(|k| matching.get(k)).collect(),
         Order::RoundRobin => {
             let start = state.cursor.fetch_add(n, Ordering::Relaxed);
-            (0..n).map(|k| matching[(start + k) % matching.len()]).collect()
+            (0..n).map(|k| matching.get((start + k) % len)).collect()
         }
-        Order::Random => fastrand::choose_multiple(matching, n),
+        Order::Random => fastrand::choose_multiple(0..len, n).into_iter().map(|k| matching.get(k)).collect(),
     };
     Ok(render(&snap, &picked, p.format))
 }

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""API benchmark: `/get-proxy` of `proxy-checker serve` holding 20,000 proxies, next to nginx
+serving a static file of the same size, under wrk, in the same run; then the same load while
+`POST /reload` runs 20 rounds; and the peak RSS of `serve` through a 20k-proxy round.
+
+Usage: python3 bench/api.py [--reps N] [--duration S] [--reload-rounds N]
+Needs wrk and nginx (Debian: apt-get install wrk nginx-light). Prints Markdown, also
+written to bench-out/api.md.
+"""
+import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, threading, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+KEY = "bench-key-0123456789abcdef"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def http(method, url, key=True):
+    req = urllib.request.Request(url, method=method, headers={"X-Api-Key": KEY} if key else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, b""
+
+
+def wait(cond, what, timeout=300):
+    end = time.time() + timeout
+    while not cond():
+        if time.time() > end:
+            sys.exit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def wrk(url, duration, conns=256, threads=2, header=True):
+    cmd = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{duration}s", "--latency", url]
+    if header:
+        cmd[1:1] = ["-H", f"X-Api-Key: {KEY}"]
+    out = subprocess.run(cmd, text=True, capture_output=True, check=True).stdout
+
+    def lat(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        v, u = float(m.group(1)), m.group(2)
+        return v / 1000 if u == "us" else v * 1000 if u == "s" else v
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)) if "Socket errors" in out else 0
+    return {"rps": rps, "p50": lat(50), "p99": lat(99), "total": total, "non2xx": non2xx, "errors": errs}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--reload-rounds", type=int, default=20)
+    a = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=ROOT, check=True, capture_output=True)
+    tmp = tempfile.mkdtemp(prefix="pc-api-bench-")
+    farm = subprocess.Popen([os.path.join(REL, "proxy-farm"), "--working", "20000", "--out", tmp, "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    info = json.loads(farm.stdout.readline())
+    port = free_port()
+    cfg = {
+        "sources": [info["list_url"]],
+        "aggregation": {"interval_secs": 86400},
+        "checker": {"judge_url": info["judge_url"], "allow_private": True, "concurrency_total": 25000},
+        "api": {"listen": f"127.0.0.1:{port}", "api_keys": [KEY], "rate_limit_per_minute": 10000000,
+                "rate_limit_per_ip_per_minute": 10000000},
+        "storage": {"type": "file", "path": os.path.join(tmp, "snap.json")},
+        "log": {"level": "warn", "format": "json"},
+    }
+    cfg_path = os.path.join(tmp, "config.json")
+    json.dump(cfg, open(cfg_path, "w"))
+    serve = subprocess.Popen([os.path.join(REL, "proxy-checker"), "serve", "--config", cfg_path],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    nginx = None
+    try:
+        wait(lambda: http("GET", base + "/ready", key=False)[0] == 200 if serve.poll() is None else sys.exit("serve died"),
+             "the first round")
+        hwm = int(re.search(r"VmHWM:\s+(\d+)", open(f"/proc/{serve.pid}/status").read()).group(1))
+        stat = json.loads(http("GET", base + "/stat")[1])
+        alive = stat["pool"]["alive"]
+        round_ms = stat["last_round"]["duration_ms"]
+        one = http("GET", base + "/get-proxy")[1]
+
+        # nginx serving a static file of the same size as one /get-proxy answer.
+        www = os.path.join(tmp, "www")
+        os.makedirs(www)
+        open(os.path.join(www, "p.txt"), "wb").write(one)
+        # nginx workers drop privileges: let them read the file.
+        for path, mode in ((tmp, 0o755), (www, 0o755), (os.path.join(www, "p.txt"), 0o644)):
+            os.chmod(path, mode)
+        nport = free_port()
+        conf = os.path.join(tmp, "nginx.conf")
+        open(conf, "w").write(f"""
+worker_processes auto; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; server {{ listen 127.0.0.1:{nport}; root {www}; location / {{ default_type text/plain; }} }} }}
+""")
+        nginx = subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait(lambda: http("GET", f"http://127.0.0.1:{nport}/p.txt", key=False)[0] == 200, "nginx")
+        nver = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+        wver = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+
+        api_rows, ngx_rows = [], []
+        for _ in range(a.reps):
+            api_rows.append(wrk(base + "/get-proxy", a.duration))
+            ngx_rows.append(wrk(f"http://127.0.0.1:{nport}/p.txt", a.duration, header=False))
+        med = lambda rows, k: statistics.median(r[k] for r in rows)
+
+        # The same load while POST /reload runs rounds back to back.
+        done = {"rounds": 0}
+
+        def reloader():
+            for _ in range(a.reload_rounds):
+                r = json.loads(http("POST", base + "/reload")[1])
+                rid = r["round_id"]
+                wait(lambda: json.loads(http("GET", base + "/stat")[1])["last_round"]["round_id"] >= rid, "round")
+                done["rounds"] += 1
+        est = int(a.reload_rounds * (round_ms / 1000.0) * 2.5) + 20
+        t = threading.Thread(target=reloader)
+        t.start()
+        under = wrk(base + "/get-proxy", est)
+        t.join()
+    finally:
+        for p in (serve, farm, nginx):
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM if p is not farm else signal.SIGINT)
+                try:
+                    p.wait(15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+    exit_code = serve.returncode
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    out = ["## API results", "",
+           f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+           f"- machine: {os.cpu_count()} CPUs ({cpu}); server, nginx, wrk and the farm share them",
+           f"- {wver}; {nver}; wrk -t2 -c256 -d{a.duration}s --latency, {a.reps} alternating runs each",
+           f"- snapshot: {alive} proxies; `GET /get-proxy` (one proxy, round-robin, text, with X-Api-Key) "
+           f"vs nginx serving a {len(one)}-byte static file", "",
+           "| run | proxy-checker req/s | p50 ms | p99 ms | nginx req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|"]
+    for i in range(a.reps):
+        x, n = api_rows[i], ngx_rows[i]
+        out.append(f"| {i+1} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | {n['rps']:.0f} | {n['p50']:.2f} | {n['p99']:.2f} |")
+    ratio = med(api_rows, "rps") / med(ngx_rows, "rps")
+    bad = sum(r["non2xx"] + r["errors"] for r in api_rows)
+    out += ["", f"Medians: proxy-checker {med(api_rows, 'rps'):.0f} req/s, p99 {med(api_rows, 'p99'):.2f} ms; "
+            f"nginx {med(ngx_rows, 'rps'):.0f} req/s, p99 {med(ngx_rows, 'p99'):.2f} ms. "
+            f"Ratio **{ratio:.2f}** (target ≥ 0.8); p99 target < 10 ms. Failed or non-2xx responses: {bad}.", "",
+            f"### Under reload: {done['rounds']} rounds of {alive} proxies while wrk ran {est}s", "",
+            f"{under['total']} requests, {under['rps']:.0f} req/s, p50 {under['p50']:.2f} ms, p99 {under['p99']:.2f} ms; "
+            f"non-2xx {under['non2xx']}, socket errors {under['errors']} (target: 0 and 0).", "",
+            f"### Memory", "", f"Peak RSS (VmHWM) of `serve` through its first 20,000-proxy round "
+            f"({round_ms} ms): **{hwm/1024:.1f} MiB**. `serve` exited with code {exit_code} on SIGTERM.", ""]
+    text = "\n".join(out) + "\n"
+    os.makedirs(os.path.join(ROOT, "bench-out"), exist_ok=True)
+    open(os.path.join(ROOT, "bench-out", "api.md"), "w").write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
