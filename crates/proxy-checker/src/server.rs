@@ -56,6 +56,8 @@ pub struct Options {
     pub sighup: bool,
     /// How long in-flight requests may take after shutdown starts.
     pub grace: Duration,
+    /// Worker threads of the round runtime (default: one per core).
+    pub checker_threads: Option<usize>,
 }
 
 /// Why the server did not start.
@@ -78,19 +80,32 @@ pub struct Server {
     scheduler: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
+    checker_rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(rt) = self.checker_rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl Server {
     /// Graceful stop: no new connections, in-flight requests get the grace period, the
     /// running round is cancelled (the last complete snapshot is already persisted).
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        let _ = self.api.await;
-        if tokio::time::timeout(Service::SHUTDOWN_GRACE, self.scheduler).await.is_err() {
+        let _ = (&mut self.api).await;
+        if tokio::time::timeout(Service::SHUTDOWN_GRACE, &mut self.scheduler).await.is_err() {
             tracing::warn!("round did not stop within the grace period");
         }
-        for t in self.background {
+        for t in self.background.drain(..) {
             t.abort();
+        }
+        if let Some(rt) = self.checker_rt.take() {
+            rt.shutdown_background();
         }
     }
 
@@ -112,7 +127,16 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
     let shutdown = CancellationToken::new();
     let addr = listener.local_addr()?;
 
-    let scheduler = tokio::spawn(service.clone().run_scheduler(shutdown.clone()));
+    // Rounds run on their own runtime: thousands of check tasks never queue in front of
+    // API requests (the OS shares the cores between the two sets of threads).
+    let checker_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            opts.checker_threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        )
+        .thread_name("checker")
+        .enable_all()
+        .build()?;
+    let scheduler = checker_rt.spawn(service.clone().run_scheduler(shutdown.clone()));
     let mut background = Vec::new();
     let sweeper_state = state.clone();
     background.push(tokio::spawn(async move {
@@ -162,7 +186,7 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
         }
     });
     tracing::info!(%addr, "API listening");
-    Ok(Server { addr, state, shutdown, api, scheduler, background, _watcher: watcher })
+    Ok(Server { addr, state, shutdown, api, scheduler, background, _watcher: watcher, checker_rt: Some(checker_rt) })
 }
 
 /// With auth on and no key anywhere, the service makes one and writes it next to its data

@@ -97,6 +97,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             set_log_level: Some(set_log_level),
             sighup: true,
             grace: Duration::from_secs(args.grace_secs),
+            checker_threads: None,
         };
         let server = match server::start(config, listener, opts).await {
             Ok(s) => s,
