@@ -606,3 +606,17 @@ async fn a_failing_store_never_stops_rounds_or_the_api() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_is_a_judge_the_engine_accepts() {
+    let farm = Farm::start(farm_spec()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(&config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path()), dir.path()).await;
+    let mut cfg = Config::from_json(&config(&farm, vec![], dir.path()).to_string(), "t").unwrap();
+    cfg.checker.settings.judges = vec![format!("{}/judge?from=test", h.base).parse().unwrap()];
+    let tls = proxy_checker::check::engine::tls_config(None).unwrap();
+    let engine = proxy_checker::check::Engine::new(cfg.checker.settings, tls).unwrap();
+    // The same direct probe that guards every run: status 200 and the fresh nonce echoed.
+    let judges = engine.healthy_judges().await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(judges.len(), 1);
+}
