@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod guard;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod report;
 pub mod round;

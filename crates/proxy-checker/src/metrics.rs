@@ -25,6 +25,7 @@ pub struct Metrics {
     pub round_duration_seconds: Histogram,
     pub rounds_total: IntCounterVec,
     pub last_round_timestamp_seconds: Gauge,
+    pub round_interval_seconds: Gauge,
     pub sources_fetched_total: IntCounter,
     pub sources_failed_total: IntCounter,
     pub checks_in_flight: IntGauge,
@@ -108,6 +109,14 @@ impl Metrics {
                 &registry,
                 Gauge::new("proxychecker_last_round_timestamp_seconds", "Unix time the last successful round ended")
                     .expect("valid"),
+            ),
+            round_interval_seconds: reg(
+                &registry,
+                Gauge::new(
+                    "proxychecker_round_interval_seconds",
+                    "Configured time between rounds (aggregation.interval_secs)",
+                )
+                .expect("valid"),
             ),
             sources_fetched_total: reg(
                 &registry,

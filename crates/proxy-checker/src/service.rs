@@ -84,6 +84,8 @@ impl Service {
         };
         let metrics = Arc::new(Metrics::new());
         metrics.alive_proxies.set(snapshot.len() as i64);
+        metrics.last_round_timestamp_seconds.set(snapshot.data.round.finished_at);
+        metrics.round_interval_seconds.set(config.interval.as_secs_f64());
         Arc::new(Self {
             config: ArcSwap::from_pointee(config),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -245,6 +247,7 @@ impl Service {
 
     /// Refreshes the gauges that are read rather than counted.
     pub fn refresh_gauges(&self) {
+        self.metrics.round_interval_seconds.set(self.config.load().interval.as_secs_f64());
         let snap = self.snapshot.load();
         self.metrics.snapshot_age_seconds.set(if snap.data.round.finished_at > 0.0 {
             snap.age().as_secs_f64()

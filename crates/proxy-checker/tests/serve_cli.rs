@@ -104,3 +104,53 @@ async fn serve_refuses_a_bad_config_with_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("storage.type") && err.contains("file, sqlite, redis"), "{err}");
 }
+
+/// systemd's protocol, with a fake notify socket: READY once the API listens, WATCHDOG
+/// pings within the interval systemd asked for, STOPPING on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_speaks_sd_notify_and_pings_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let cfg_path = dir.path().join("c.json");
+    let cfg = serde_json::json!({
+        "sources": [dir.path().join("empty.txt")],
+        "api": {"listen": "127.0.0.1:0", "api_keys": [KEY]},
+        "storage": {"path": dir.path().join("s.json")},
+        "log": {"level": "warn"}
+    });
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    std::fs::write(dir.path().join("empty.txt"), "").unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", cfg_path.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .env_remove("WATCHDOG_PID")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let ready = next();
+    assert!(ready.starts_with("READY=1\nSTATUS=serving on 127.0.0.1:"), "{ready}");
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert_eq!(next(), "WATCHDOG=1");
+    }
+    // Three pings at half the 200 ms interval: well under the time systemd would wait.
+    assert!(started.elapsed() < Duration::from_secs(10));
+    signal(child.id(), "TERM");
+    loop {
+        let m = next();
+        if m == "STOPPING=1" {
+            break;
+        }
+        assert_eq!(m, "WATCHDOG=1");
+    }
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -106,11 +106,30 @@ pub fn main(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // systemd: READY once the API listens; watchdog pings from the API runtime, so a
+        // wedged runtime stops them and systemd restarts the service.
+        let notifier = proxy_checker::notify::Notifier::from_env().map(Arc::new);
+        if let Some(n) = &notifier {
+            n.send(&format!("READY=1\nSTATUS=serving on {}", server.addr));
+            if let Some(every) = proxy_checker::notify::watchdog_interval() {
+                let n = n.clone();
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(every / 2);
+                    loop {
+                        tick.tick().await;
+                        n.send("WATCHDOG=1");
+                    }
+                });
+            }
+        }
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+        if let Some(n) = &notifier {
+            n.send("STOPPING=1");
         }
         server.shutdown().await;
         tracing::info!("stopped");
