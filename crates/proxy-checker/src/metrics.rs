@@ -45,6 +45,12 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
+        let m = Self::register();
+        m.initialise();
+        m
+    }
+
+    fn register() -> Self {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry
@@ -163,6 +169,31 @@ impl Metrics {
                 &["result"],
             ),
             registry,
+        }
+    }
+
+    /// Creates the series alerts and dashboards query, at 0, so that `rate()` and
+    /// `increase()` work from the first scrape (a counter that never appeared cannot rise).
+    fn initialise(&self) {
+        for protocol in crate::proxy::Protocol::ALL {
+            let p = protocol.as_str();
+            self.checks_total.with_label_values(&[p, "alive"]);
+            for r in crate::check::Reason::ALL {
+                self.checks_total.with_label_values(&[p, r.as_str()]);
+            }
+            self.check_duration_seconds.with_label_values(&[p]);
+        }
+        for result in ["ok", "error", "cancelled"] {
+            self.rounds_total.with_label_values(&[result]);
+        }
+        for result in ["ok", "error"] {
+            self.store_writes_total.with_label_values(&[result]);
+        }
+        for result in ["ok", "rejected"] {
+            self.config_reloads_total.with_label_values(&[result]);
+        }
+        for limiter in ["ip", "key"] {
+            self.rate_limited_total.with_label_values(&[limiter]);
         }
     }
 

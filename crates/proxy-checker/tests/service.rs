@@ -537,7 +537,7 @@ async fn config_reload_good_and_bad() {
     bad["api"]["api_keys"] = json!([new_key]);
     std::fs::write(&h.cfg_path, serde_json::to_vec(&bad).unwrap()).unwrap();
     h.until("the bad reload to be rejected", async |h| {
-        h.get("/metrics").await.1.contains("proxychecker_config_reloads_total{result=\"rejected\"}")
+        h.get("/metrics").await.1.contains("proxychecker_config_reloads_total{result=\"rejected\"} 1")
     })
     .await;
     assert_eq!(h.authed("/stat").await.0, 200, "old key still works");

@@ -89,6 +89,24 @@ impl From<Refusal> for ApiError {
     }
 }
 
+/// The OpenAPI document served at `/openapi.json` (kept in sync by `tests/deploy.rs`).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route: method and path (the OpenAPI document must list exactly these).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/ready"),
+    ("GET", "/metrics"),
+    ("GET", "/judge"),
+    ("GET", "/get-proxy"),
+    ("GET", "/stat"),
+    ("POST", "/reload"),
+    ("GET", "/openapi.json"),
+];
+
+/// Query parameters `/get-proxy` accepts.
+pub const GET_PROXY_PARAMS: &[&str] = &["limit", "all", "format", "protocol", "max_latency_ms", "order", "api_key"];
+
 /// Largest request body accepted (the API takes none that matter).
 const BODY_LIMIT: usize = 16 * 1024;
 /// Deadline for handling one request.
@@ -104,6 +122,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/get-proxy", get(routes::get_proxy))
         .route("/stat", get(routes::stat))
         .route("/reload", post(routes::reload))
+        .route("/openapi.json", get(routes::openapi))
         .fallback(routes::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), admit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
@@ -163,7 +182,7 @@ fn presented_key(req: &Request) -> Option<String> {
 /// protected ones.
 async fn admit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let route = route_of(&req);
-    if route == "/health" || route == "/ready" {
+    if route == "/health" || route == "/ready" || route == "/openapi.json" {
         return next.run(req).await;
     }
     let guard = state.guard.load();

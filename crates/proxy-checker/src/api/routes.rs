@@ -28,10 +28,14 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], super::OPENAPI).into_response()
+}
+
 pub async fn not_found() -> Response {
     (
         StatusCode::NOT_FOUND,
-        Json(serde_json::json!({"error": "not_found", "message": "no such endpoint: see /openapi or the README"})),
+        Json(serde_json::json!({"error": "not_found", "message": "no such endpoint: see /openapi.json"})),
     )
         .into_response()
 }
@@ -142,10 +146,7 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
             }
             "api_key" => {}
             other => {
-                return Err(bad(
-                    other,
-                    "unknown parameter (allowed: limit, all, format, protocol, max_latency_ms, order, api_key)",
-                ));
+                return Err(bad(other, format!("unknown parameter (allowed: {})", super::GET_PROXY_PARAMS.join(", "))));
             }
         }
     }
