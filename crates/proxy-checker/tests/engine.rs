@@ -13,7 +13,7 @@ use proxy_checker::source::parse::{ParseOptions, parse_token};
 use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
 use tokio_util::sync::CancellationToken;
 
-const BEHAVIORS: [Behavior; 17] = [
+const BEHAVIORS: [Behavior; 18] = [
     Behavior::Working,
     Behavior::ForwardOnly,
     Behavior::TunnelOnly,
@@ -23,6 +23,7 @@ const BEHAVIORS: [Behavior; 17] = [
     Behavior::CloseAtOnce,
     Behavior::Garbage,
     Behavior::WrongPage,
+    Behavior::PortalWithUrl,
     Behavior::AuthGood,
     Behavior::AuthBad,
     Behavior::TooSlow,

@@ -205,6 +205,11 @@ async fn answer<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
             let _ = s.write_all(&out).await;
         }
         Behavior::WrongPage => http::write_response(s, "200 OK", "text/html", "", PORTAL, Delivery::Normal).await,
+        Behavior::PortalWithUrl => {
+            let page =
+                format!("<html><body><a href=\"/login?redirect={}\">Log in to continue</a></body></html>", req.target);
+            http::write_response(s, "200 OK", "text/html", "", page.as_bytes(), Delivery::Normal).await
+        }
         Behavior::Trickle => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Trickle).await,
         _ => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Normal).await,
     }

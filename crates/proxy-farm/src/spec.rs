@@ -53,6 +53,9 @@ pub enum Behavior {
     Garbage,
     /// Answers every request with its own page, status 200 (a captive portal).
     WrongPage,
+    /// A captive portal whose page repeats the requested URL (nonce included) in a
+    /// `?redirect=` link.
+    PortalWithUrl,
     /// Requires `user{i}`/`pass{i}`; the list carries the right ones.
     AuthGood,
     /// Requires credentials; the list carries a wrong password.
@@ -161,7 +164,7 @@ pub fn expect(protocol: Protocol, behavior: Behavior, full: bool, https_judge: b
         Silent => Expect::dead("proxy_timeout"),
         CloseAtOnce => Expect::dead("proxy_closed"),
         Garbage => Expect::dead("proxy_protocol_error"),
-        WrongPage => Expect::dead("content_mismatch"),
+        WrongPage | PortalWithUrl => Expect::dead("content_mismatch"),
         AuthBad => Expect::dead("proxy_auth_failed"),
         TooSlow | Trickle => Expect::dead("timeout"),
         Mitm if https_judge => Expect::dead("tls_error"),

@@ -80,33 +80,59 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
-/// Reads the body after `head` until `needle` is found (alive), or the body ends without
-/// it ([`Reason::ContentMismatch`]).
+/// What the body of a valid judge answer must contain.
+#[derive(Clone, Copy, Debug)]
+pub enum Expect<'a> {
+    /// This text anywhere.
+    Text(&'a [u8]),
+    /// The query parameter `name` echoed back as a JSON member `"name": "value"`, as echo
+    /// judges (httpbin's `/get`, our `/judge`) print it. A page that merely repeats the
+    /// requested URL (a captive portal's `?redirect=…`) contains `name=value` instead and
+    /// does not pass.
+    Echoed { name: &'a str, value: &'a [u8] },
+}
+
+impl Expect<'_> {
+    pub fn found(&self, body: &[u8]) -> bool {
+        match *self {
+            Expect::Text(t) => memchr::memmem::find(body, t).is_some(),
+            Expect::Echoed { name, value } => memchr::memmem::find_iter(body, value).any(|i| {
+                let before = body[..i].strip_suffix(b"\"").unwrap_or_default();
+                let before = before.trim_ascii_end().strip_suffix(b":").unwrap_or_default();
+                let before = before.trim_ascii_end().strip_suffix(b"\"").unwrap_or_default();
+                before.ends_with(name.as_bytes())
+                    && before[..before.len() - name.len()].ends_with(b"\"")
+                    && body.get(i + value.len()) == Some(&b'"')
+            }),
+        }
+    }
+}
+
+/// Reads the body after `head` until `expect` is satisfied (alive), or the body ends
+/// without it ([`Reason::ContentMismatch`]).
 pub async fn expect_in_body<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     head: Head,
-    needle: &[u8],
+    expect: Expect<'_>,
     deadline: Instant,
 ) -> Result<(), Failure> {
-    let finder = memchr::memmem::Finder::new(needle);
-    let mut searched = head.len;
     loop {
         let body = &buf[head.len..];
         if head.chunked {
             match dechunk(body) {
                 Ok(Some(decoded)) => {
-                    return if finder.find(&decoded).is_some() { Ok(()) } else { Err(Reason::ContentMismatch.into()) };
+                    return if expect.found(&decoded) { Ok(()) } else { Err(Reason::ContentMismatch.into()) };
                 }
                 Ok(None) => {}
                 Err(BadChunk) => return Err(Reason::ProxyProtocolError.into()),
             }
         } else {
-            let from = searched.saturating_sub(needle.len()).max(head.len);
-            if finder.find(&buf[from..]).is_some() {
+            // Bodies are small (a judge echo is ~1 KiB, capped at MAX_BODY): rescanning
+            // after each read is cheaper than keeping match state across reads.
+            if expect.found(body) {
                 return Ok(());
             }
-            searched = buf.len();
             if head.content_length.is_some_and(|cl| body.len() as u64 >= cl) {
                 return Err(Reason::ContentMismatch.into());
             }
@@ -169,6 +195,18 @@ mod tests {
     }
 
     #[test]
+    fn echoed_parameter_must_be_a_json_member() {
+        let e = Expect::Echoed { name: "pc_nonce", value: b"abc123" };
+        assert!(e.found(br#"{"args": {"pc_nonce": "abc123"}, "url": "http://j/get?pc_nonce=abc123"}"#));
+        assert!(e.found(br#"{"args":{"pc_nonce":"abc123"}}"#));
+        // A portal repeating the URL, or the bare value, is not an echo.
+        assert!(!e.found(b"<a href=\"/login?redirect=http://j/get?pc_nonce=abc123\">log in</a>"));
+        assert!(!e.found(b"abc123"));
+        assert!(!e.found(br#"{"x_pc_nonce": "abc123"}"#));
+        assert!(!e.found(br#"{"pc_nonce": "abc1234"}"#));
+    }
+
+    #[test]
     fn chunks() {
         assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), Ok(Some(b"abcde".to_vec())));
         assert_eq!(dechunk(b"3\r\nab"), Ok(None));
@@ -180,16 +218,17 @@ mod tests {
     async fn needle_split_across_reads_and_chunks() {
         let deadline = Instant::now() + std::time::Duration::from_secs(5);
         let body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nxxNO\r\n4\r\nNCEy\r\n0\r\n\r\n";
+        let text = Expect::Text(b"NONCE");
         let mut s = tokio_test_reader(body);
         let mut buf = Vec::with_capacity(8);
         let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
-        expect_in_body(&mut s, &mut buf, head, b"NONCE", deadline).await.unwrap();
+        expect_in_body(&mut s, &mut buf, head, text, deadline).await.unwrap();
 
         let body = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nportal!!!";
         let mut s = tokio_test_reader(body);
         let mut buf = Vec::new();
         let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
-        let err = expect_in_body(&mut s, &mut buf, head, b"NONCE", deadline).await.unwrap_err();
+        let err = expect_in_body(&mut s, &mut buf, head, text, deadline).await.unwrap_err();
         assert!(matches!(err, Failure::Dead(Reason::ContentMismatch)));
     }
 

@@ -15,6 +15,9 @@ use super::probe::{self, Exchange};
 use super::reason::{Failure, Reason};
 use crate::proxy::Credentials;
 
+/// The query parameter carrying the nonce.
+pub const NONCE_PARAM: &str = "pc_nonce";
+
 /// Why a judge cannot be used.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JudgeError {
@@ -101,7 +104,8 @@ impl Judge {
         out.extend_from_slice(self.target.as_bytes());
         if let Some(n) = nonce {
             out.push(if self.target.contains('?') { b'&' } else { b'?' });
-            out.extend_from_slice(b"pc_nonce=");
+            out.extend_from_slice(NONCE_PARAM.as_bytes());
+            out.push(b'=');
             out.extend_from_slice(n.as_bytes());
         }
     }

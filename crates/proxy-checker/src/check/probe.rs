@@ -122,8 +122,13 @@ impl Exchange {
         }
         match &self.validation {
             Validation::None => Ok(()),
-            Validation::Nonce => http1::expect_in_body(s, buf, head, nonce.as_bytes(), deadline).await,
-            Validation::Contains(text) => http1::expect_in_body(s, buf, head, text.as_bytes(), deadline).await,
+            Validation::Nonce => {
+                let expect = http1::Expect::Echoed { name: super::judge::NONCE_PARAM, value: nonce.as_bytes() };
+                http1::expect_in_body(s, buf, head, expect, deadline).await
+            }
+            Validation::Contains(text) => {
+                http1::expect_in_body(s, buf, head, http1::Expect::Text(text.as_bytes()), deadline).await
+            }
         }
     }
 
