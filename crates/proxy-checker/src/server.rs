@@ -58,7 +58,12 @@ pub struct Options {
     pub grace: Duration,
     /// Worker threads of the round runtime (default: one per core).
     pub checker_threads: Option<usize>,
+    /// API connections silent this long either way are closed (default 30 s).
+    pub idle_timeout: Option<Duration>,
 }
+
+/// See [`Options::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -169,8 +174,9 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
     }
 
     let app = api::router(state.clone());
-    let capped = CappedListener { inner: listener, slots: Arc::new(Semaphore::new(opts.max_connections.max(16))) }
-        .tap_io(|_| {});
+    let idle = opts.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(16)));
+    let capped = CappedListener { inner: listener, slots, idle }.tap_io(|_| {});
     let token = shutdown.clone();
     let grace = if opts.grace.is_zero() { Duration::from_secs(10) } else { opts.grace };
     let api = tokio::spawn(async move {
@@ -286,12 +292,46 @@ fn watch(path: PathBuf, reloader: Arc<Reloader>) -> notify::Result<(notify::Reco
 struct CappedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    idle: Duration,
 }
 
-/// An API connection holding its slot.
+/// An API connection holding its slot. It is closed after `idle` without a byte either
+/// way, so idle or stalled clients (keep-alive pools, half-sent headers) cannot hold the
+/// capped slots forever.
 struct Capped {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    idle: Duration,
+    last_activity: std::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Capped {
+    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, idle: Duration) -> Self {
+        Self {
+            stream,
+            _slot: slot,
+            idle,
+            last_activity: std::time::Instant::now(),
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    /// Pending while the connection has been active within `idle`; an error after.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let quiet = self.last_activity.elapsed();
+            if quiet >= self.idle {
+                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "API connection idle"));
+            }
+            // Activity since the timer was set: re-arm for the rest of the window.
+            let at = tokio::time::Instant::now() + (self.idle - quiet);
+            self.timer.as_mut().reset(at);
+        }
+    }
 }
 
 impl axum::serve::Listener for CappedListener {
@@ -304,7 +344,7 @@ impl axum::serve::Listener for CappedListener {
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    return (Capped { stream, _slot: slot }, addr);
+                    return (Capped::new(stream, slot, self.idle), addr);
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "accept failed");
@@ -321,13 +361,25 @@ impl axum::serve::Listener for CappedListener {
 
 impl AsyncRead for Capped {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                self.last_activity = std::time::Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.poll_idle(cx).map(Err),
+        }
     }
 }
 
 impl AsyncWrite for Capped {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match Pin::new(&mut self.stream).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                self.last_activity = std::time::Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.poll_idle(cx).map(Err),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -343,7 +395,13 @@ impl AsyncWrite for Capped {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                self.last_activity = std::time::Instant::now();
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.poll_idle(cx).map(Err),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -620,3 +620,43 @@ async fn the_service_is_a_judge_the_engine_accepts() {
     let judges = engine.healthy_judges().await.unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(judges.len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_stalled_connections_are_closed_and_cannot_hold_every_slot() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let farm = Farm::start(farm_spec()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path());
+    std::fs::write(dir.path().join("c.json"), cfg.to_string()).unwrap();
+    let config = Config::load(&dir.path().join("c.json")).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let opts = Options {
+        fd_budget: 100,
+        max_connections: 16,
+        idle_timeout: Some(Duration::from_millis(300)),
+        ..Options::default()
+    };
+    let server = server::start(config, listener, opts).await.unwrap();
+    // Take every slot: half of them idle, half with a header that never ends.
+    let mut hogs = Vec::new();
+    for i in 0..16 {
+        let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        if i % 2 == 0 {
+            s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        }
+        hogs.push(s);
+    }
+    // A good client still gets an answer once the hogs time out.
+    let http = proxy_checker::source::fetch::client(proxy_checker::check::engine::tls_config(None).unwrap()).unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(20), http.get(format!("http://{}/health", server.addr)).send())
+        .await
+        .expect("served despite 16 hogs")
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    for mut s in hogs {
+        let mut b = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(20), s.read(&mut b)).await.expect("hog closed");
+        assert!(matches!(n, Ok(0) | Err(_)), "a hog got {n:?}");
+    }
+    server.shutdown().await;
+}

@@ -98,6 +98,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             sighup: true,
             grace: Duration::from_secs(args.grace_secs),
             checker_threads: None,
+            idle_timeout: None,
         };
         let server = match server::start(config, listener, opts).await {
             Ok(s) => s,
