@@ -507,7 +507,7 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
 
         let verdict = job.verdict();
         match verdict.outcome {
-            Err(r) if settings.mode == Mode::FullHttp && r.may_be_judge() => self.hold(job.judge, verdict),
+            Err(r) if r.may_be_judge() && job.judge < self.judges.len() => self.hold(job.judge, verdict),
             _ => {
                 self.progress.record(&verdict);
                 sink(verdict);
@@ -516,11 +516,9 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
         }
     }
 
+    /// Holds a judge-shaped failure of judge `j` (an index into `self.judges`).
     fn hold(&mut self, j: usize, verdict: Verdict) -> Result<(), RunError> {
-        let Some(slot) = self.judges.get_mut(j) else {
-            self.progress.record(&verdict);
-            return Ok(());
-        };
+        let slot = &mut self.judges[j];
         if !slot.healthy {
             // The judge died while this check ran: check again elsewhere.
             return self.recheck(verdict.candidate);
