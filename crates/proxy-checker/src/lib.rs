@@ -13,6 +13,7 @@
 pub mod api;
 pub mod check;
 pub mod config;
+pub mod fuzzing;
 pub mod guard;
 pub mod metrics;
 pub mod notify;

@@ -280,11 +280,16 @@ async fn socks4(mut s: TcpStream, judge: &Judge, creds: Option<&Credentials>) ->
     s.write_all(&req).await.map_err(Failure::io)?;
     let mut reply = [0u8; 8];
     s.read_exact(&mut reply).await.map_err(Failure::io)?;
+    socks4_reply(&reply).map(|()| s).map_err(Failure::Dead)
+}
+
+/// Interprets a SOCKS4 reply (version byte 0, or 4 as many servers send).
+pub fn socks4_reply(reply: &[u8; 8]) -> Result<(), Reason> {
     match reply {
-        [0 | 4, 0x5a, ..] => Ok(s),
-        [0 | 4, 0x5b, ..] => Err(Reason::ProxyRejected.into()),
-        [0 | 4, 0x5c | 0x5d, ..] => Err(Reason::ProxyAuthFailed.into()),
-        _ => Err(Reason::ProxyProtocolError.into()),
+        [0 | 4, 0x5a, ..] => Ok(()),
+        [0 | 4, 0x5b, ..] => Err(Reason::ProxyRejected),
+        [0 | 4, 0x5c | 0x5d, ..] => Err(Reason::ProxyAuthFailed),
+        _ => Err(Reason::ProxyProtocolError),
     }
 }
 

@@ -1,0 +1,68 @@
+//! Entry points for the fuzz targets in `fuzz/` and for the test that replays their
+//! corpus: each takes arbitrary bytes and must return without panicking, hanging or
+//! allocating without bound.
+
+use crate::check::http1::{self, Expect};
+use crate::proxy::Protocol;
+use crate::source::parse::{self, ParseOptions};
+
+/// A proxy list in any format.
+pub fn parse_list(data: &[u8]) {
+    for allow_private in [false, true] {
+        let opts = ParseOptions { default_protocol: Protocol::Socks5, allow_private };
+        let mut rejects = 0u64;
+        let (parsed, _) = parse::parse_document(data, opts, &mut |r| {
+            assert!(r.text.len() <= 80);
+            rejects += 1;
+        });
+        assert!(parsed.proxies.len() as u64 + rejects <= parsed.lines.max(1) * 64 + data.len() as u64);
+    }
+}
+
+/// A JSON source (the bytes after a `[`).
+pub fn parse_json(data: &[u8]) {
+    let mut doc = Vec::with_capacity(data.len() + 1);
+    doc.push(b'[');
+    doc.extend_from_slice(data);
+    parse_list(&doc);
+}
+
+/// A config file.
+pub fn config(data: &[u8]) {
+    let _ = crate::config::Config::from_json(&String::from_utf8_lossy(data), "fuzz");
+}
+
+/// What a proxy or judge answers over HTTP: head, chunked body, nonce echo.
+pub fn http_response(data: &[u8]) {
+    if let Ok(Some(head)) = http1::parse_head(data) {
+        assert!(head.len <= data.len());
+        let body = &data[head.len..];
+        let _ = http1::dechunk(body);
+        let _ = Expect::Echoed { name: "pc_nonce", value: b"0123456789abcdef" }.found(body);
+    }
+    let _ = http1::dechunk(data);
+}
+
+/// SOCKS replies: SOCKS4 (our reader) and a SOCKS5 server's whole side of a handshake
+/// (tokio-socks, over an in-memory pipe).
+pub fn socks_reply(data: &[u8]) {
+    if let Some(r) = data.first_chunk::<8>() {
+        let _ = crate::check::probe::socks4_reply(r);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let (client, mut server) = tokio::io::duplex(4096);
+        let reply = data[..data.len().min(2048)].to_vec();
+        let feed = async move {
+            let _ = server.write_all(&reply).await;
+            let _ = server.shutdown().await;
+            // Keep our end open so the client sees the bytes, then EOF.
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            drop(server);
+        };
+        let handshake =
+            tokio_socks::tcp::Socks5Stream::connect_with_password_and_socket(client, ("1.2.3.4", 80), "u", "p");
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async { tokio::join!(feed, handshake) }).await;
+    });
+}
