@@ -268,6 +268,6 @@ impl Service {
         }
     }
 
-    /// How long a round has been allowed to take before shutdown gives up on it.
+    /// How long shutdown waits for the scheduler to stop (the running round is cancelled).
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 }

@@ -186,6 +186,16 @@ impl Selector {
         }
     }
 
+    /// The `protocol=` value that selects it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+            Self::Socks4 => "socks4",
+            Self::Socks5 => "socks5",
+        }
+    }
+
     fn index(self) -> usize {
         self as usize
     }
@@ -251,8 +261,6 @@ pub struct Snapshot {
     pub data: SnapshotData,
     /// Loaded from the store at start and not yet replaced by a fresh round.
     pub loaded: bool,
-    /// When this snapshot was swapped in (its age counts from the round's end).
-    pub built_at: SystemTime,
     by_selector: [Vec<u32>; 4],
     /// `all=1` as text, pre-rendered.
     pub text_all: Bytes,
@@ -273,7 +281,7 @@ impl Snapshot {
             text.push('\n');
         }
         let has_credentials = data.proxies.iter().any(|e| e.username.is_some());
-        Self { data, loaded, built_at: SystemTime::now(), by_selector, text_all: Bytes::from(text), has_credentials }
+        Self { data, loaded, by_selector, text_all: Bytes::from(text), has_credentials }
     }
 
     pub fn empty() -> Self {

@@ -227,16 +227,7 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
     if matching.is_empty() {
         let mut why = Vec::new();
         if !p.selectors.is_empty() {
-            let names: Vec<&str> = p
-                .selectors
-                .iter()
-                .map(|s| match s {
-                    Selector::Http => "http",
-                    Selector::Https => "https",
-                    Selector::Socks4 => "socks4",
-                    Selector::Socks5 => "socks5",
-                })
-                .collect();
+            let names: Vec<&str> = p.selectors.iter().map(|s| s.as_str()).collect();
             why.push(format!("protocol={}", names.join(",")));
         }
         if let Some(m) = p.max_latency_ms {
@@ -285,7 +276,7 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
             "alive": snap.len(),
             "stale": snap.loaded,
             "snapshot_age_secs": if r.finished_at > 0.0 { snap.age().as_secs_f64().round() } else { 0.0 },
-            "by_protocol": Selector::ALL.iter().map(|s| (format!("{s:?}").to_lowercase(), snap.select(&[*s], None).len())).collect::<BTreeMap<_, _>>(),
+            "by_protocol": Selector::ALL.iter().map(|s| (s.as_str(), snap.select(&[*s], None).len())).collect::<BTreeMap<_, _>>(),
         },
         "last_round": {
             "round_id": r.round_id,

@@ -112,10 +112,6 @@ impl Engine {
         Ok(Self { settings, exchange })
     }
 
-    pub fn settings(&self) -> &CheckSettings {
-        &self.settings
-    }
-
     /// Probes the judges directly; the healthy ones (at least one) are used by a run.
     pub async fn healthy_judges(&self) -> Result<Vec<Arc<Judge>>, JudgeError> {
         judge::probe_all(&self.settings.judges, &self.exchange, self.settings.timeout).await

@@ -29,15 +29,20 @@ impl fmt::Display for Location {
     /// URLs are shown without their password, which may be a token.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Location::Url(u) if u.password().is_some() => {
-                let mut u = u.clone();
-                let _ = u.set_password(Some("redacted"));
-                write!(f, "{u}")
-            }
-            Location::Url(u) => write!(f, "{u}"),
+            Location::Url(u) => f.write_str(&redacted(u)),
             Location::File(p) => write!(f, "{}", p.display()),
         }
     }
+}
+
+/// A URL as it may be shown in logs and `/stat`: any password replaced.
+pub fn redacted(u: &url::Url) -> String {
+    if u.password().is_none() {
+        return u.to_string();
+    }
+    let mut u = u.clone();
+    let _ = u.set_password(Some("redacted"));
+    u.to_string()
 }
 
 impl Location {

@@ -53,15 +53,9 @@ impl RedisStore {
     }
 }
 
-/// `redis://user:secret@host` → `redis://user:***@host`.
+/// `redis://user:secret@host` → `redis://user:redacted@host`.
 fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_string(),
-    }
+    url::Url::parse(url).map_or_else(|_| url.to_string(), |u| crate::source::redacted(&u))
 }
 
 impl Store for RedisStore {
