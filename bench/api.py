@@ -73,7 +73,7 @@ def main():
     port = free_port()
     cfg = {
         "sources": [info["list_url"]],
-        "aggregation": {"interval_secs": 86400},
+        "aggregation": {"interval_secs": 86400, "allow_private_sources": True},
         "checker": {"judge_url": info["judge_url"], "allow_private": True, "concurrency_total": 25000},
         "api": {"listen": f"127.0.0.1:{port}", "api_keys": [KEY], "rate_limit_per_minute": 10000000,
                 "rate_limit_per_ip_per_minute": 10000000},

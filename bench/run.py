@@ -128,7 +128,7 @@ def inflight(reps, out):
 
 def scale(reps, out):
     with Farm("--working", "100000", "--refused", "900000") as farm:
-        rows = [check(farm, "--concurrency", "25000") for _ in range(reps)]
+        rows = [check(farm, "--concurrency", "25000", "--max-proxies-per-source", "2000000") for _ in range(reps)]
     out.append("### Scale: 1,000,000 candidates in one run (100,000 working, 900,000 refused)\n")
     out.append("| run | peak RSS (MiB) | run (s) | checks/s | alive |")
     out.append("|---|---|---|---|---|")

@@ -18,7 +18,7 @@ list=$(field list_url); judge=$(field judge_url)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 key=smoke-test-key-0123456789
 cat > "$work/config.json" <<JSON
-{"sources": ["$list"], "checker": {"judge_url": "$judge", "allow_private": true, "timeout_ms": 3000, "connect_timeout_ms": 1000},
+{"sources": ["$list"], "aggregation": {"allow_private_sources": true}, "checker": {"judge_url": "$judge", "allow_private": true, "timeout_ms": 3000, "connect_timeout_ms": 1000},
  "api": {"listen": "127.0.0.1:$port", "api_keys": ["$key"]}, "storage": {"type": "sqlite", "path": "$work/pool.sqlite3"},
  "log": {"level": "info", "format": "json"}}
 JSON

@@ -9,7 +9,7 @@ use crate::source::parse::{self, ParseOptions};
 /// A proxy list in any format.
 pub fn parse_list(data: &[u8]) {
     for allow_private in [false, true] {
-        let opts = ParseOptions { default_protocol: Protocol::Socks5, allow_private };
+        let opts = ParseOptions { default_protocol: Protocol::Socks5, allow_private, max_proxies: 100_000 };
         let mut rejects = 0u64;
         let (parsed, _) = parse::parse_document(data, opts, &mut |r| {
             assert!(r.text.len() <= 80);

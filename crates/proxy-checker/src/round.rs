@@ -198,7 +198,7 @@ impl RoundContext {
     pub fn from_config(config: &crate::config::Config) -> Result<Self, BuildError> {
         let settings = config.checker.settings.clone();
         let tls = crate::check::engine::tls_config(settings.ca_file.as_deref())?;
-        let client = source::fetch::client(tls.clone())?;
+        let client = source::fetch::client(tls.clone(), config.fetch.allow_private)?;
         Ok(Self {
             client,
             engine: Engine::new(settings, tls)?,

@@ -209,12 +209,6 @@ impl Service {
                 let data = Arc::new(SnapshotData::from_report(&report, id, cfg.checker.settings.mode, concurrency));
                 let r = &data.round;
                 let secs = (r.duration_ms as f64 / 1000.0).max(1e-3);
-                tracing::info!(
-                    round_id = id, checked = r.checked, alive = r.alive, dead = r.dead,
-                    dead_by_reason = ?r.dead_by_reason, duration_ms = r.duration_ms,
-                    checks_per_sec = (r.checked as f64 / secs).round(), retries = r.retries,
-                    local_requeues = r.local_requeues, "round finished"
-                );
                 self.metrics.round_duration_seconds.observe(secs);
                 self.metrics.rounds_total.with_label_values(&["ok"]).inc();
                 self.metrics.last_round_timestamp_seconds.set(r.finished_at);
@@ -223,6 +217,13 @@ impl Service {
                 self.ready.store(true, Ordering::Release);
                 *self.last_error.lock().expect("error lock") = None;
                 *self.phase.lock().expect("phase lock") = Phase::Idle;
+                // Logged once the new pool is served: a reader of this line sees it.
+                tracing::info!(
+                    round_id = id, checked = r.checked, alive = r.alive, dead = r.dead,
+                    dead_by_reason = ?r.dead_by_reason, duration_ms = r.duration_ms,
+                    checks_per_sec = (r.checked as f64 / secs).round(), retries = r.retries,
+                    local_requeues = r.local_requeues, "round finished"
+                );
                 self.persist(data).await;
             }
             Err(e) => {

@@ -37,7 +37,7 @@ async fn server(dir: &Path) -> Server {
 }
 
 fn client() -> reqwest::Client {
-    proxy_checker::source::fetch::client(proxy_checker::check::engine::tls_config(None).unwrap()).unwrap()
+    proxy_checker::source::fetch::client(proxy_checker::check::engine::tls_config(None).unwrap(), true).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,7 +62,7 @@ fn settings(mode: Mode, judges: Vec<String>, ca_file: Option<std::path::PathBuf>
 }
 
 fn candidates(farm: &Farm) -> Vec<Candidate> {
-    let opts = ParseOptions { default_protocol: P::Http, allow_private: true };
+    let opts = ParseOptions { default_protocol: P::Http, allow_private: true, max_proxies: usize::MAX };
     farm.proxies()
         .map(|p| Candidate {
             proxy: parse_token(&p.url(), opts).expect("farm URLs parse"),

@@ -7,7 +7,8 @@ use proptest::prelude::*;
 use proxy_checker::proxy::{Host, Protocol};
 use proxy_checker::source::parse::{ParseOptions, parse_document, parse_line};
 
-const OPTS: ParseOptions = ParseOptions { default_protocol: Protocol::Http, allow_private: false };
+const OPTS: ParseOptions =
+    ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
 
 fn protocol() -> impl Strategy<Value = Protocol> {
     prop::sample::select(Protocol::ALL.to_vec())

@@ -15,6 +15,30 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok, "kill -{sig}");
 }
 
+/// A child process killed when the test ends, panics included, so a failed test never
+/// leaves a server running (holding the test harness's output pipe open).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
 async fn get(client: &reqwest::Client, url: &str) -> (u16, String) {
     let r = client.get(url).header("X-Api-Key", KEY).send().await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
@@ -29,7 +53,7 @@ async fn serve_logs_json_reloads_on_sighup_and_exits_zero_on_sigterm() {
     let cfg = |level: &str, interval: u64| {
         serde_json::json!({
             "sources": [list.clone()],
-            "aggregation": {"interval_secs": interval},
+            "aggregation": {"interval_secs": interval, "allow_private_sources": true},
             "checker": {"judge_url": farm.judge_url(), "allow_private": true, "timeout_ms": 2000, "connect_timeout_ms": 1000},
             "api": {"listen": "127.0.0.1:0", "api_keys": [KEY]},
             "storage": {"type": "sqlite", "path": dir.path().join("p.sqlite3")},
@@ -46,6 +70,7 @@ async fn serve_logs_json_reloads_on_sighup_and_exits_zero_on_sigterm() {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
     let stdout = child.stdout.take().unwrap();
@@ -74,7 +99,8 @@ async fn serve_logs_json_reloads_on_sighup_and_exits_zero_on_sigterm() {
     assert_eq!(round["alive"], 5);
     assert!(round["level"] == "INFO" && round["dead_by_reason"].is_string());
 
-    let client = proxy_checker::source::fetch::client(proxy_checker::check::engine::tls_config(None).unwrap()).unwrap();
+    let client =
+        proxy_checker::source::fetch::client(proxy_checker::check::engine::tls_config(None).unwrap(), true).unwrap();
     assert_eq!(get(&client, &format!("{base}/get-proxy?all=1")).await.1.lines().count(), 5);
 
     // SIGHUP re-reads the file (here: a new interval).
@@ -130,6 +156,7 @@ async fn serve_speaks_sd_notify_and_pings_the_watchdog() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(KillOnDrop)
         .unwrap();
     let mut buf = [0u8; 256];
     let mut next = || {

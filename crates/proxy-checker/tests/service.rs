@@ -4,120 +4,18 @@
 //! recovery for each backend, config reloads good and bad, graceful shutdown.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use proxy_checker::config::Config;
-use proxy_checker::server::{self, Options, Server};
-use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol, SourceBody};
+use proxy_checker::server::{self, Options};
+use proxy_farm::{Behavior, Farm, Protocol, SourceBody};
 use serde_json::{Value, json};
 
-const KEY: &str = "test-key-0123456789abcdef";
+mod common;
 
-fn farm_spec() -> FarmSpec {
-    FarmSpec {
-        groups: vec![
-            Group::new(6, Protocol::Http, Behavior::Working),
-            Group::new(4, Protocol::Socks5, Behavior::Working).latency(Duration::from_millis(120)),
-            Group::new(3, Protocol::Http, Behavior::WrongPage),
-            Group::new(3, Protocol::Socks4, Behavior::Refused),
-        ],
-    }
-}
-
-fn config(farm: &Farm, sources: Vec<String>, dir: &Path) -> Value {
-    json!({
-        "sources": sources,
-        "aggregation": {"interval_secs": 3600, "source_timeout_ms": 10000, "source_retries": 0},
-        "checker": {"judge_url": farm.judge_url(), "allow_private": true, "timeout_ms": 1500, "connect_timeout_ms": 500,
-                    "retries": 0, "concurrency_total": 200},
-        "api": {"listen": "127.0.0.1:0", "api_keys": [KEY], "rate_limit_per_minute": 100000, "rate_limit_per_ip_per_minute": 100000},
-        "storage": {"type": "file", "path": dir.join("snap.json")},
-        "log": {"level": "warn"}
-    })
-}
-
-struct H {
-    server: Option<Server>,
-    base: String,
-    http: reqwest::Client,
-    cfg_path: PathBuf,
-}
-
-async fn start(cfg: &Value, dir: &Path) -> H {
-    start_opts(cfg, dir, None).await
-}
-
-async fn start_opts(cfg: &Value, dir: &Path, env_keys: Option<&str>) -> H {
-    let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
-    let config = Config::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let opts = Options {
-        config_path: Some(cfg_path.clone()),
-        env_keys: env_keys.map(str::to_string),
-        fd_budget: 1000,
-        max_connections: 256,
-        grace: Duration::from_secs(2),
-        ..Options::default()
-    };
-    let server = server::start(config, listener, opts).await.unwrap();
-    let base = format!("http://{}", server.addr);
-    let http = proxy_checker::source::fetch::client(proxy_checker::check::engine::tls_config(None).unwrap()).unwrap();
-    H { server: Some(server), base, http, cfg_path }
-}
-
-impl H {
-    async fn get(&self, path: &str) -> (u16, String, reqwest::header::HeaderMap) {
-        let r = self.http.get(format!("{}{path}", self.base)).send().await.unwrap();
-        let (status, headers) = (r.status().as_u16(), r.headers().clone());
-        (status, r.text().await.unwrap(), headers)
-    }
-
-    async fn authed(&self, path: &str) -> (u16, String) {
-        let r = self.http.get(format!("{}{path}", self.base)).header("X-Api-Key", KEY).send().await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    }
-
-    async fn post_reload(&self) -> Value {
-        let r = self.http.post(format!("{}/reload", self.base)).header("X-Api-Key", KEY).send().await.unwrap();
-        assert_eq!(r.status().as_u16(), 202);
-        serde_json::from_str(&r.text().await.unwrap()).unwrap()
-    }
-
-    async fn stat(&self) -> Value {
-        let (s, body) = self.authed("/stat").await;
-        assert_eq!(s, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
-    }
-
-    /// Polls until `cond` holds (no fixed sleeps: a bounded wait for a condition).
-    async fn until<F: AsyncFnMut(&H) -> bool>(&self, what: &str, mut cond: F) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !cond(self).await {
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    async fn wait_round(&self, id: u64) {
-        self.until("the round to finish", async |h| h.stat().await["last_round"]["round_id"].as_u64() >= Some(id))
-            .await;
-    }
-
-    async fn shutdown(&mut self) {
-        self.server.take().unwrap().shutdown().await;
-    }
-}
-
-fn alive_set(farm: &Farm) -> BTreeSet<String> {
-    farm.proxies()
-        .filter(|p| proxy_farm::expect(p.protocol, p.behavior, true, false).alive)
-        .map(|p| format!("{}://{}", p.protocol.scheme(), p.addr()))
-        .collect()
-}
+use common::*;
 
 fn lines(body: &str) -> Vec<String> {
     body.lines().map(str::to_string).collect()
@@ -484,29 +382,6 @@ async fn restart_recovery_sqlite() {
 }
 
 /// The Redis URL tests use: `REDIS_URL`, default the local one.
-fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// Whether Redis answers. In CI (`CI` set) a missing Redis fails the test; elsewhere the
-/// test says so loudly and does not pretend to pass on its own merits.
-async fn redis_available() -> bool {
-    let ok = match redis::Client::open(redis_url()) {
-        Ok(c) => tokio::time::timeout(Duration::from_secs(2), c.get_multiplexed_async_connection())
-            .await
-            .is_ok_and(|r| r.is_ok()),
-        Err(_) => false,
-    };
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "Redis at {} does not answer, and CI requires it", redis_url());
-        eprintln!(
-            "\n!!!!!!!! SKIPPED: Redis at {} does not answer; the Redis store was NOT tested !!!!!!!!\n",
-            redis_url()
-        );
-    }
-    ok
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_recovery_redis() {
     if !redis_available().await {
@@ -647,7 +522,8 @@ async fn idle_and_stalled_connections_are_closed_and_cannot_hold_every_slot() {
         hogs.push(s);
     }
     // A good client still gets an answer once the hogs time out.
-    let http = proxy_checker::source::fetch::client(proxy_checker::check::engine::tls_config(None).unwrap()).unwrap();
+    let http =
+        proxy_checker::source::fetch::client(proxy_checker::check::engine::tls_config(None).unwrap(), true).unwrap();
     let r = tokio::time::timeout(Duration::from_secs(20), http.get(format!("http://{}/health", server.addr)).send())
         .await
         .expect("served despite 16 hogs")

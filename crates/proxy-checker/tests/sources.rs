@@ -13,7 +13,7 @@ use proxy_farm::{Farm, FarmSpec, SourceBody};
 use tokio_util::sync::CancellationToken;
 
 fn client() -> reqwest::Client {
-    source::fetch::client(engine::tls_config(None).unwrap()).unwrap()
+    source::fetch::client(engine::tls_config(None).unwrap(), true).unwrap()
 }
 
 fn spec(url: &str, protocol: Option<Protocol>) -> SourceSpec {
@@ -26,6 +26,8 @@ fn settings() -> FetchSettings {
         max_bytes: 1 << 20,
         retries: 1,
         backoff: Duration::from_millis(10),
+        max_proxies: 1000,
+        allow_private: true,
     }
 }
 

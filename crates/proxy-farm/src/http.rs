@@ -135,14 +135,82 @@ pub struct SourceBody {
     pub delay: Duration,
 }
 
+/// A source that misbehaves on purpose.
+#[derive(Clone, Debug)]
+pub enum HostileSource {
+    /// Declares `len` bytes (Content-Length) and streams `chunk` repeated until then or
+    /// until the client hangs up: a 10 GB list, a 100 MB single line.
+    Huge { len: u64, chunk: Arc<Vec<u8>> },
+    /// Sends the head, then `body` one byte per `every`.
+    Trickle { body: Arc<Vec<u8>>, every: Duration },
+    /// Redirects to itself (with a counter in the query) forever.
+    RedirectLoop,
+    /// Redirects once, to `location`.
+    RedirectTo(String),
+    /// Declares all of `body`, sends the first `sent` bytes, then closes.
+    DieMidBody { body: Arc<Vec<u8>>, sent: usize },
+}
+
+async fn serve_hostile<S: AsyncWrite + Unpin>(s: &mut S, name: &str, target: &str, h: HostileSource) {
+    let head = |len: u64| {
+        format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    };
+    match h {
+        HostileSource::Huge { len, chunk } => {
+            if s.write_all(head(len).as_bytes()).await.is_err() || chunk.is_empty() {
+                return;
+            }
+            let mut left = len;
+            while left > 0 {
+                let n = (chunk.len() as u64).min(left) as usize;
+                if s.write_all(&chunk[..n]).await.is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+        }
+        HostileSource::Trickle { body, every } => {
+            if s.write_all(head(body.len() as u64).as_bytes()).await.is_err() {
+                return;
+            }
+            for b in body.iter() {
+                tokio::time::sleep(every).await;
+                if s.write_all(&[*b]).await.is_err() || s.flush().await.is_err() {
+                    return;
+                }
+            }
+        }
+        HostileSource::RedirectLoop => {
+            let n: u64 = target.rsplit_once("?n=").and_then(|(_, n)| n.parse().ok()).unwrap_or(0);
+            let extra = format!("Location: /sources/{name}?n={}\r\n", n + 1);
+            write_response(s, "302 Found", "text/plain", &extra, b"", Delivery::Normal).await;
+        }
+        HostileSource::RedirectTo(location) => {
+            let extra = format!("Location: {location}\r\n");
+            write_response(s, "302 Found", "text/plain", &extra, b"", Delivery::Normal).await;
+        }
+        HostileSource::DieMidBody { body, sent } => {
+            let _ = s.write_all(head(body.len() as u64).as_bytes()).await;
+            let _ = s.write_all(&body[..sent.min(body.len())]).await;
+        }
+    }
+    let _ = s.flush().await;
+}
+
 /// Serves the judge and the sources on one plain-HTTP listener (and the judge over TLS).
 pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, mut s: S, peer: SocketAddr) {
     let mut buf = Vec::new();
     let Some(req) = read_request(&mut s, &mut buf).await else {
         return;
     };
-    if let Some(name) = req.target.strip_prefix("/sources/") {
+    if let Some(path) = req.target.strip_prefix("/sources/") {
+        let name = path.split_once('?').map_or(path, |(n, _)| n);
         *shared.source_hits.lock().expect("hits").entry(name.to_string()).or_default() += 1;
+        let hostile = shared.hostile.lock().expect("hostile").get(name).cloned();
+        if let Some(h) = hostile {
+            serve_hostile(&mut s, name, &req.target, h).await;
+            return;
+        }
         let src = shared.sources.lock().expect("sources").get(name).cloned();
         match src {
             None => {

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-pub use http::SourceBody;
+pub use http::{HostileSource, SourceBody};
 pub use spec::{Behavior, Expect, FarmSpec, Group, Protocol, expect};
 
 /// Where a tunnel leads, inside the farm.
@@ -49,6 +49,7 @@ pub struct Shared {
     /// Proxy connections accepted.
     pub connections: AtomicU64,
     sources: Mutex<HashMap<String, SourceBody>>,
+    hostile: Mutex<HashMap<String, HostileSource>>,
     source_hits: Mutex<HashMap<String, u64>>,
     tls: tls::FarmTls,
     flaky_seen: Mutex<HashSet<u32>>,
@@ -215,6 +216,7 @@ impl Farm {
             judge_hits: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             sources: Mutex::new(HashMap::new()),
+            hostile: Mutex::new(HashMap::new()),
             source_hits: Mutex::new(HashMap::new()),
             tls: tls::FarmTls::generate()?,
             flaky_seen: Mutex::new(HashSet::new()),
@@ -337,6 +339,12 @@ impl Farm {
     /// Serves `body` at `/sources/NAME`; returns its URL.
     pub fn add_source(&self, name: &str, body: SourceBody) -> String {
         self.shared.sources.lock().expect("sources").insert(name.to_string(), body);
+        format!("http://{}/sources/{name}", self.shared.judge)
+    }
+
+    /// Serves a source that misbehaves (see [`HostileSource`]).
+    pub fn add_hostile_source(&self, name: &str, how: HostileSource) -> String {
+        self.shared.hostile.lock().expect("hostile").insert(name.to_string(), how);
         format!("http://{}/sources/{name}", self.shared.judge)
     }
 

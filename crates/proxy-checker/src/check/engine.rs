@@ -632,7 +632,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             timeout: Duration::from_secs(1),
         });
-        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false };
+        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
         let cand = Candidate {
             proxy: parse_token("1.2.3.4:80", opts).unwrap(),
             addr: "1.2.3.4:80".parse().unwrap(),
@@ -647,7 +647,7 @@ mod tests {
 
     #[test]
     fn the_deepest_failure_explains_a_dead_proxy() {
-        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false };
+        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
         let cand = Candidate {
             proxy: parse_token("1.2.3.4:80", opts).unwrap(),
             addr: "1.2.3.4:80".parse().unwrap(),

@@ -52,6 +52,8 @@ pub struct RawAggregation {
     pub source_timeout_ms: Option<u64>,
     pub source_max_bytes: Option<u64>,
     pub source_retries: Option<u32>,
+    pub source_max_proxies: Option<usize>,
+    pub allow_private_sources: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

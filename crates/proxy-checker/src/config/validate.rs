@@ -60,6 +60,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         )?),
         max_bytes: ranged("aggregation.source_max_bytes", a.source_max_bytes, 32 << 20, 1024, 1 << 30)?,
         retries: ranged("aggregation.source_retries", a.source_retries, 2, 0, 10)?,
+        max_proxies: ranged("aggregation.source_max_proxies", a.source_max_proxies, 500_000, 1, 10_000_000)?,
+        allow_private: a.allow_private_sources.unwrap_or(false),
         ..FetchSettings::default()
     };
 

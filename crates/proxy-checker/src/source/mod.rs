@@ -93,6 +93,15 @@ pub enum SourceError {
     Io(String),
     #[error("HTTP client could not be built: {0}")]
     Client(String),
+    /// The SSRF guard refused the URL, a redirect or every address its host resolves to.
+    #[error("refused: {0}")]
+    Blocked(String),
+    #[error("redirected more than {0} times")]
+    Redirects(usize),
+    #[error("binary content at byte {0}, not a proxy list (a compressed file needs a Content-Encoding header)")]
+    Binary(usize),
+    #[error("lists more than {0} proxies (aggregation.source_max_proxies)")]
+    TooManyProxies(usize),
 }
 
 impl SourceError {
@@ -111,7 +120,12 @@ impl SourceError {
         match self {
             SourceError::Status(s) => *s >= 500 || *s == 429 || *s == 408,
             SourceError::Timeout(_) | SourceError::Connect(_) | SourceError::Io(_) => true,
-            SourceError::TooLarge(_) | SourceError::Client(_) => false,
+            SourceError::TooLarge(_)
+            | SourceError::Client(_)
+            | SourceError::Blocked(_)
+            | SourceError::Redirects(_)
+            | SourceError::Binary(_)
+            | SourceError::TooManyProxies(_) => false,
         }
     }
 
@@ -124,6 +138,10 @@ impl SourceError {
             SourceError::Connect(_) => "connect",
             SourceError::Io(_) => "io",
             SourceError::Client(_) => "client",
+            SourceError::Blocked(_) => "blocked",
+            SourceError::Redirects(_) => "redirects",
+            SourceError::Binary(_) => "binary",
+            SourceError::TooManyProxies(_) => "too_many_proxies",
         }
     }
 }
@@ -212,20 +230,33 @@ pub async fn gather(
     for (i, (spec, (body, duration, at))) in specs.iter().zip(bodies).enumerate() {
         let name = spec.location.to_string();
         let mut st = SourceStats { name: name.clone(), fetched_at: Some(at), duration, ..Default::default() };
-        match body {
+        let parsed = body.and_then(|body| {
+            st.bytes = body.len() as u64;
+            if let Some(at) = fetch::binary_offset(&body) {
+                return Err(SourceError::Binary(at));
+            }
+            let opts = ParseOptions {
+                default_protocol: spec.protocol.unwrap_or(Protocol::Http),
+                allow_private,
+                max_proxies: settings.max_proxies,
+            };
+            let (parsed, format) = parse::parse_document(&body, opts, &mut |r| {
+                tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
+                st.reject(r);
+            });
+            st.format = Some(format);
+            st.lines = parsed.lines;
+            if parsed.truncated {
+                return Err(SourceError::TooManyProxies(settings.max_proxies));
+            }
+            Ok(parsed)
+        });
+        match parsed {
             Err(e) => {
                 tracing::warn!(source = %name, error = %e, "source failed");
                 st.error = Some(e);
             }
-            Ok(body) => {
-                st.bytes = body.len() as u64;
-                let opts = ParseOptions { default_protocol: spec.protocol.unwrap_or(Protocol::Http), allow_private };
-                let (parsed, format) = parse::parse_document(&body, opts, &mut |r| {
-                    tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
-                    st.reject(r);
-                });
-                st.format = Some(format);
-                st.lines = parsed.lines;
+            Ok(parsed) => {
                 let source = u16::try_from(i).unwrap_or(u16::MAX);
                 for (proxy, line) in parsed.proxies {
                     if seen.insert(proxy.dedup_key()) {

@@ -90,6 +90,8 @@ pub struct ParseOptions {
     /// Protocol for lines without a scheme.
     pub default_protocol: Protocol,
     pub allow_private: bool,
+    /// Parsing stops once the document has listed more proxies than this.
+    pub max_proxies: usize,
 }
 
 /// What [`parse_document`] found. Candidates carry their line number.
@@ -98,6 +100,17 @@ pub struct Parsed {
     pub proxies: Vec<(Proxy, u32)>,
     /// Lines that were not blank or comments.
     pub lines: u64,
+    /// Parsing stopped at `max_proxies + 1` proxies.
+    pub truncated: bool,
+}
+
+impl Parsed {
+    /// Keeps a proxy; false once the document has gone over `max`.
+    fn push(&mut self, p: Proxy, line: u32, max: usize) -> bool {
+        self.proxies.push((p, line));
+        self.truncated = self.proxies.len() > max;
+        !self.truncated
+    }
 }
 
 const MAX_REJECT_TEXT: usize = 80;
@@ -147,7 +160,11 @@ fn parse_lines(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)
         }
         out.lines += 1;
         match parse_line(line, opts) {
-            Ok(p) => out.proxies.push((p, line_no(i))),
+            Ok(p) => {
+                if !out.push(p, line_no(i), opts.max_proxies) {
+                    break;
+                }
+            }
             Err(reason) => on_reject(Reject { line: line_no(i), reason, text: cut(line) }),
         }
     }
@@ -306,7 +323,11 @@ fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject))
             let host = c[4].trim_start_matches('[').trim_end_matches(']');
             let creds = c.get(2).map(|u| (u.as_str(), c.get(3).map_or("", |p| p.as_str())));
             match build(protocol, host, &c[5], creds, opts) {
-                Ok(p) => out.proxies.push((p, line_no(i))),
+                Ok(p) => {
+                    if !out.push(p, line_no(i), opts.max_proxies) {
+                        return out;
+                    }
+                }
                 Err(reason) => on_reject(Reject { line: line_no(i), reason, text: cut(&c[0]) }),
             }
         }
@@ -331,7 +352,11 @@ fn parse_json(value: &serde_json::Value, opts: ParseOptions, on_reject: &mut dyn
             _ => Err(RejectReason::Syntax),
         };
         match result {
-            Ok(p) => out.proxies.push((p, line_no(i))),
+            Ok(p) => {
+                if !out.push(p, line_no(i), opts.max_proxies) {
+                    break;
+                }
+            }
             Err(reason) => on_reject(Reject { line: line_no(i), reason, text: cut(&item.to_string()) }),
         }
     }
@@ -369,7 +394,8 @@ fn json_object(o: &serde_json::Map<String, serde_json::Value>, opts: ParseOption
 mod tests {
     use super::*;
 
-    const OPTS: ParseOptions = ParseOptions { default_protocol: Protocol::Http, allow_private: false };
+    const OPTS: ParseOptions =
+        ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
 
     fn ok(line: &str, expect: &str) {
         let p = parse_line(line, OPTS).unwrap_or_else(|e| panic!("{line:?}: {e:?}"));
@@ -426,10 +452,11 @@ mod tests {
 
     fn doc(body: &str, proto: Protocol) -> (Vec<String>, Vec<(u32, RejectReason)>, Format) {
         let mut rejects = vec![];
-        let (parsed, format) =
-            parse_document(body.as_bytes(), ParseOptions { default_protocol: proto, allow_private: false }, &mut |r| {
-                rejects.push((r.line, r.reason))
-            });
+        let (parsed, format) = parse_document(
+            body.as_bytes(),
+            ParseOptions { default_protocol: proto, allow_private: false, max_proxies: usize::MAX },
+            &mut |r| rejects.push((r.line, r.reason)),
+        );
         (parsed.proxies.iter().map(|(p, _)| p.to_string()).collect(), rejects, format)
     }
 

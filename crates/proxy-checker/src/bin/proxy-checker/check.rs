@@ -49,6 +49,10 @@ fn overlay(args: &CheckArgs, raw: &mut raw::RawConfig) -> Result<(), CheckError>
         }
         raw.sources.push(raw::RawSource::Full(raw::RawSourceObject { url, protocol }));
     }
+    if args.allow_private {
+        raw.aggregation.allow_private_sources = Some(true);
+    }
+    raw.aggregation.source_max_proxies = args.max_proxies_per_source.or(raw.aggregation.source_max_proxies);
     let c = &mut raw.checker;
     if args.mode.is_some() {
         c.mode = args.mode.clone();

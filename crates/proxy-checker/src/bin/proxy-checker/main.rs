@@ -66,9 +66,13 @@ pub struct CheckArgs {
     /// Extra attempts after a transient failure.
     #[arg(long)]
     pub retries: Option<u32>,
-    /// Allow loopback, private, CGNAT and link-local targets (tests, labs).
+    /// Allow loopback, private, CGNAT and link-local addresses, as proxies and as source
+    /// URLs (tests, labs).
     #[arg(long)]
     pub allow_private: bool,
+    /// A source listing more proxies than this fails (default 500000).
+    #[arg(long, value_name = "N")]
+    pub max_proxies_per_source: Option<usize>,
     /// Extra PEM roots for an HTTPS judge.
     #[arg(long, value_name = "PEM")]
     pub ca_file: Option<PathBuf>,
