@@ -13,7 +13,7 @@ use proxy_checker::source::parse::{ParseOptions, parse_token};
 use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
 use tokio_util::sync::CancellationToken;
 
-const BEHAVIORS: [Behavior; 18] = [
+const BEHAVIORS: [Behavior; 22] = [
     Behavior::Working,
     Behavior::ForwardOnly,
     Behavior::TunnelOnly,
@@ -32,6 +32,10 @@ const BEHAVIORS: [Behavior; 18] = [
     Behavior::Mitm,
     Behavior::OldStyle,
     Behavior::Chunked,
+    Behavior::EndlessHeader,
+    Behavior::HugeBody,
+    Behavior::BogusSocks,
+    Behavior::TlsGarbage,
 ];
 const PROTOCOLS: [Protocol; 4] = [Protocol::Http, Protocol::Https, Protocol::Socks4, Protocol::Socks5];
 
@@ -238,4 +242,36 @@ async fn a_proxy_that_refuses_or_times_out_is_dialed_once_per_attempt() {
     assert_truth(&farm, &verdicts, true, false);
     // 40 unreachable proxies: one probe each; 20 working: forward and tunnel.
     assert_eq!(progress.probes.load(std::sync::atomic::Ordering::Relaxed), 40 + 2 * 20);
+}
+
+/// Proxies that attack the reader (an endless head, a 4 GB body, a slowloris trickle,
+/// bogus SOCKS replies, TLS garbage) end dead with their own reason, each within the check
+/// timeout (no retries here), and the run does not hang on any of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_proxies_end_dead_with_the_right_reason_within_the_timeout() {
+    let mut groups = Vec::new();
+    for p in PROTOCOLS {
+        for b in [Behavior::EndlessHeader, Behavior::HugeBody, Behavior::Trickle, Behavior::TlsGarbage] {
+            groups.push(Group::new(10, p, b));
+        }
+    }
+    groups.push(Group::new(10, Protocol::Socks4, Behavior::BogusSocks));
+    groups.push(Group::new(10, Protocol::Socks5, Behavior::BogusSocks));
+    let farm = Farm::start(FarmSpec { groups }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, farm.ca_pem()).unwrap();
+    let mut s = settings(Mode::FullHttp, vec![farm.judge_tls_url()], Some(ca));
+    s.retries = 0;
+    // Debug-build TLS on a shared 2-core machine: room for 180 handshakes at once.
+    s.timeout = Duration::from_secs(3);
+    let timeout = s.timeout;
+    let started = std::time::Instant::now();
+    let (verdicts, _) = run(s, candidates(&farm)).await.unwrap();
+    let took = started.elapsed();
+    assert_truth(&farm, &verdicts, true, true);
+    assert!(verdicts.iter().all(|v| v.outcome.is_err() && v.attempts == 1));
+    // All 180 run at once; a reader that ignored its deadline would hang here for the
+    // farm's hour-long streams. The bound is loose on purpose (shared machines).
+    assert!(took < timeout * 10, "took {took:?}");
 }

@@ -182,6 +182,24 @@ async fn answer<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
         _ => tokio::time::sleep(ctx.latency).await,
     }
     match ctx.behavior {
+        Behavior::EndlessHeader => {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\n").await;
+            for i in 0u64.. {
+                let line = format!("X-Filler-{i}: {}\r\n", "a".repeat(64));
+                if s.write_all(line.as_bytes()).await.is_err() {
+                    break;
+                }
+            }
+        }
+        Behavior::HugeBody => {
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4294967296\r\n\r\n").await;
+            let filler = [b'x'; 8192];
+            let mut left: u64 = 1 << 32;
+            while left > 0 && s.write_all(&filler).await.is_ok() {
+                left = left.saturating_sub(filler.len() as u64);
+            }
+        }
         Behavior::OldStyle | Behavior::Chunked if ctx.shared.is_judge_down() => {
             http::write_response(s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await
         }
@@ -218,6 +236,13 @@ async fn answer<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
 /// Serves the judge inside an established tunnel (TLS for the TLS judge).
 async fn tunnel(ctx: &Ctx, s: TcpStream, target: crate::Target) {
     match target {
+        crate::Target::JudgeTls if ctx.behavior == Behavior::TlsGarbage => {
+            let mut s = s;
+            let mut hello = [0u8; 512];
+            let _ = s.read(&mut hello).await;
+            let _ = s.write_all(GARBAGE).await;
+            finish(&mut s).await;
+        }
         crate::Target::JudgeTls => {
             let config =
                 if ctx.behavior == Behavior::Mitm { ctx.shared.tls.mitm.clone() } else { ctx.shared.tls.judge.clone() };
@@ -326,6 +351,11 @@ async fn socks5(ctx: &Ctx, mut s: TcpStream) {
         Some(_) if ctx.shared.is_judge_down() => 5,
         Some(_) => 0,
     };
+    if ctx.behavior == Behavior::BogusSocks {
+        // Address type "domain", length 255, then 8 bytes and a close.
+        let _ = s.write_all(&[5, 0, 0, 3, 255, b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h']).await;
+        return finish(&mut s).await;
+    }
     if s.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await.is_err() {
         return;
     }
@@ -353,6 +383,10 @@ async fn socks4(ctx: &Ctx, mut s: TcpStream) {
     } else {
         ip.to_string()
     };
+    if ctx.behavior == Behavior::BogusSocks {
+        let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+        return finish(&mut s).await;
+    }
     let vn = if ctx.behavior == Behavior::OldStyle { 4 } else { 0 };
     let reply = |code: u8| [vn, code, head[1], head[2], head[3], head[4], head[5], head[6]];
     if needs_auth(ctx) {

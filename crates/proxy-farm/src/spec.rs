@@ -73,6 +73,16 @@ pub enum Behavior {
     OldStyle,
     /// Works; the judge answer comes chunked, in pieces that split the nonce.
     Chunked,
+    /// Answers the judge request with a status line and then header lines forever.
+    EndlessHeader,
+    /// Answers 200 with `Content-Length: 4294967296` and streams filler until hung up on.
+    HugeBody,
+    /// SOCKS5: a reply whose address length (255) runs past what is sent before the
+    /// close. SOCKS4: an HTTP error page where the 8-byte reply belongs. HTTP proxies of
+    /// this behaviour work.
+    BogusSocks,
+    /// Inside a tunnel to the TLS judge, answers the ClientHello with garbage.
+    TlsGarbage,
 }
 
 /// Consecutive proxies with one protocol and behaviour.
@@ -167,7 +177,14 @@ pub fn expect(protocol: Protocol, behavior: Behavior, full: bool, https_judge: b
         WrongPage | PortalWithUrl => Expect::dead("content_mismatch"),
         AuthBad => Expect::dead("proxy_auth_failed"),
         TooSlow | Trickle => Expect::dead("timeout"),
-        Mitm if https_judge => Expect::dead("tls_error"),
-        Mitm => Expect::alive(fwd, true),
+        Mitm | TlsGarbage if https_judge => Expect::dead("tls_error"),
+        Mitm | TlsGarbage => Expect::alive(fwd, true),
+        EndlessHeader => Expect::dead("proxy_protocol_error"),
+        HugeBody => Expect::dead("content_mismatch"),
+        BogusSocks => match protocol {
+            Protocol::Socks5 => Expect::dead("proxy_closed"),
+            Protocol::Socks4 => Expect::dead("proxy_protocol_error"),
+            Protocol::Http | Protocol::Https => Expect::alive(fwd, true),
+        },
     }
 }

@@ -52,7 +52,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reason> {
 /// Reads one more piece into `buf`. `Ok(0)` is end of stream.
 async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, cap: usize) -> Result<usize, Failure> {
     if buf.len() == buf.capacity() {
-        buf.reserve((buf.capacity()).clamp(1024, cap.saturating_sub(buf.len()).max(1)));
+        // Double, at least 1 KiB, never past the cap (and always room for one byte).
+        let room = cap.saturating_sub(buf.len()).max(1);
+        buf.reserve(buf.capacity().max(1024).min(room));
     }
     s.read_buf(buf).await.map_err(Failure::io)
 }
@@ -93,6 +95,15 @@ pub enum Expect<'a> {
 }
 
 impl Expect<'_> {
+    /// How far back from new bytes a match may start: the needle, and for an echoed
+    /// parameter its `"name": "` prefix with some whitespace.
+    fn overlap(&self) -> usize {
+        match *self {
+            Expect::Text(t) => t.len(),
+            Expect::Echoed { name, value } => name.len() + value.len() + 64,
+        }
+    }
+
     pub fn found(&self, body: &[u8]) -> bool {
         match *self {
             Expect::Text(t) => memchr::memmem::find(body, t).is_some(),
@@ -117,35 +128,50 @@ pub async fn expect_in_body<S: AsyncRead + Unpin>(
     expect: Expect<'_>,
     deadline: Instant,
 ) -> Result<(), Failure> {
+    // Each read is scanned once (plus an overlap for a match split across reads), so a
+    // proxy dribbling its body byte by byte costs linear, not quadratic, work.
+    let mut scanned: usize = 0;
     loop {
         let body = &buf[head.len..];
         if head.chunked {
-            match dechunk(body) {
-                Ok(Some(decoded)) => {
-                    return if expect.found(&decoded) { Ok(()) } else { Err(Reason::ContentMismatch.into()) };
-                }
-                Ok(None) => {}
-                Err(BadChunk) => return Err(Reason::ProxyProtocolError.into()),
+            // Decoding is tried when a read brings what can end a chunked body.
+            if memchr::memmem::find(&body[scanned.saturating_sub(3)..], b"\r\n\r\n").is_some()
+                && let Some(done) = chunked_verdict(body, expect)
+            {
+                return done;
             }
         } else {
-            // Bodies are small (a judge echo is ~1 KiB, capped at MAX_BODY): rescanning
-            // after each read is cheaper than keeping match state across reads.
-            if expect.found(body) {
+            if expect.found(&body[scanned.saturating_sub(expect.overlap())..]) {
                 return Ok(());
             }
             if head.content_length.is_some_and(|cl| body.len() as u64 >= cl) {
                 return Err(Reason::ContentMismatch.into());
             }
         }
+        scanned = body.len();
         if body.len() >= MAX_BODY {
-            return Err(Reason::ContentMismatch.into());
+            let verdict = if head.chunked { chunked_verdict(body, expect) } else { None };
+            return verdict.unwrap_or(Err(Reason::ContentMismatch.into()));
         }
         let n = super::probe::within(deadline, Reason::Timeout, read_more(s, buf, head.len + MAX_BODY)).await?;
         if n == 0 {
+            let body = &buf[head.len..];
+            if head.chunked {
+                return chunked_verdict(body, expect).unwrap_or(Err(Reason::ProxyClosed.into()));
+            }
             // A body delimited by close ends here; a declared one was cut short.
-            let delimited_by_close = head.content_length.is_none() && !head.chunked;
+            let delimited_by_close = head.content_length.is_none();
             return Err(if delimited_by_close { Reason::ContentMismatch } else { Reason::ProxyClosed }.into());
         }
+    }
+}
+
+/// The verdict on a chunked body if it is complete or malformed; `None` while incomplete.
+fn chunked_verdict(body: &[u8], expect: Expect<'_>) -> Option<Result<(), Failure>> {
+    match dechunk(body) {
+        Ok(Some(decoded)) => Some(if expect.found(&decoded) { Ok(()) } else { Err(Reason::ContentMismatch.into()) }),
+        Ok(None) => None,
+        Err(BadChunk) => Some(Err(Reason::ProxyProtocolError.into())),
     }
 }
 
@@ -182,6 +208,46 @@ pub fn dechunk(mut input: &[u8]) -> Result<Option<Vec<u8>>, BadChunk> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A head that never ends and a 4 GB body stop at their caps, whatever the read sizes
+    /// and the buffer's starting capacity (growth near the cap once panicked).
+    #[tokio::test]
+    async fn an_endless_head_and_a_huge_body_stop_at_the_caps() {
+        let mut endless = b"HTTP/1.1 200 OK\r\nX-Filler: ".to_vec();
+        endless.resize(4 * MAX_HEAD, b'a');
+        let huge_head = b"HTTP/1.1 200 OK\r\nContent-Length: 4294967296\r\n\r\n";
+        let mut huge = huge_head.to_vec();
+        huge.resize(4 * MAX_BODY, b'x');
+        let expect = Expect::Text(b"nonce");
+        for start in [0, 1000, 3000] {
+            for chunk in [3, 1000, 4096] {
+                let (mut tx, mut rx) = tokio::io::duplex(chunk);
+                let data = endless.clone();
+                let writer = tokio::spawn(async move {
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut tx, &data).await;
+                });
+                let mut buf = Vec::with_capacity(start);
+                let deadline = Instant::now() + std::time::Duration::from_secs(5);
+                let r = read_head(&mut rx, &mut buf, deadline, Reason::ProxyTimeout).await;
+                assert!(matches!(r, Err(Failure::Dead(Reason::ProxyProtocolError))), "{start}/{chunk}: {r:?}");
+                assert!(buf.len() <= MAX_HEAD + chunk, "{start}/{chunk}: {}", buf.len());
+                writer.abort();
+
+                let (mut tx, mut rx) = tokio::io::duplex(chunk);
+                let data = huge.clone();
+                let writer = tokio::spawn(async move {
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut tx, &data).await;
+                });
+                let mut buf = Vec::with_capacity(start);
+                let head = read_head(&mut rx, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
+                assert_eq!(head.content_length, Some(1 << 32));
+                let r = expect_in_body(&mut rx, &mut buf, head, expect, deadline).await;
+                assert!(matches!(r, Err(Failure::Dead(Reason::ContentMismatch))), "{start}/{chunk}: {r:?}");
+                assert!(buf.len() <= huge_head.len() + MAX_BODY + chunk, "{start}/{chunk}: {}", buf.len());
+                writer.abort();
+            }
+        }
+    }
 
     #[test]
     fn heads() {
