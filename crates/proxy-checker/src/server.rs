@@ -7,20 +7,17 @@
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::serve::ListenerExt;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Guard};
 use crate::config::{Config, StorageKind};
+use crate::listener::{CappedListener, Limits};
 use crate::service::Service;
 use crate::store::{self, StoreError};
 
@@ -60,10 +57,14 @@ pub struct Options {
     pub checker_threads: Option<usize>,
     /// API connections silent this long either way are closed (default 30 s).
     pub idle_timeout: Option<Duration>,
+    /// A request must be read and answered within this of its first byte (default 10 s).
+    pub request_timeout: Option<Duration>,
 }
 
 /// See [`Options::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// See [`Options::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the server did not start.
 #[derive(Debug, thiserror::Error)]
@@ -175,8 +176,12 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
 
     let app = api::router(state.clone());
     let idle = opts.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
-    let slots = Arc::new(Semaphore::new(opts.max_connections.max(16)));
-    let capped = CappedListener { inner: listener, slots, idle }.tap_io(|_| {});
+    let limits = Limits {
+        max_connections: opts.max_connections.max(16),
+        idle,
+        request_timeout: opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+    };
+    let capped = CappedListener::new(listener, limits).tap_io(|_| {});
     let token = shutdown.clone();
     let grace = if opts.grace.is_zero() { Duration::from_secs(10) } else { opts.grace };
     let api = tokio::spawn(async move {
@@ -284,127 +289,4 @@ fn watch(path: PathBuf, reloader: Arc<Reloader>) -> notify::Result<(notify::Reco
         }
     });
     Ok((watcher, task))
-}
-
-/// A listener that serves at most N connections at once, so the API can never take the
-/// descriptors the checker and storage need; further clients wait in the backlog. Accept
-/// errors (EMFILE) back off 10 ms instead of axum's 1 s.
-struct CappedListener {
-    inner: TcpListener,
-    slots: Arc<Semaphore>,
-    idle: Duration,
-}
-
-/// An API connection holding its slot. It is closed after `idle` without a byte either
-/// way, so idle or stalled clients (keep-alive pools, half-sent headers) cannot hold the
-/// capped slots forever.
-struct Capped {
-    stream: TcpStream,
-    _slot: OwnedSemaphorePermit,
-    idle: Duration,
-    last_activity: std::time::Instant,
-    timer: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl Capped {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, idle: Duration) -> Self {
-        Self {
-            stream,
-            _slot: slot,
-            idle,
-            last_activity: std::time::Instant::now(),
-            timer: Box::pin(tokio::time::sleep(idle)),
-        }
-    }
-
-    /// Pending while the connection has been active within `idle`; an error after.
-    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
-        loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            let quiet = self.last_activity.elapsed();
-            if quiet >= self.idle {
-                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "API connection idle"));
-            }
-            // Activity since the timer was set: re-arm for the rest of the window.
-            let at = tokio::time::Instant::now() + (self.idle - quiet);
-            self.timer.as_mut().reset(at);
-        }
-    }
-}
-
-impl axum::serve::Listener for CappedListener {
-    type Io = Capped;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let slot = self.slots.clone().acquire_owned().await.expect("never closed");
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (Capped::new(stream, slot, self.idle), addr);
-                }
-                Err(e) => {
-                    tracing::debug!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-impl AsyncRead for Capped {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                self.last_activity = std::time::Instant::now();
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.poll_idle(cx).map(Err),
-        }
-    }
-}
-
-impl AsyncWrite for Capped {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                self.last_activity = std::time::Instant::now();
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.poll_idle(cx).map(Err),
-        }
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                self.last_activity = std::time::Instant::now();
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.poll_idle(cx).map(Err),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }

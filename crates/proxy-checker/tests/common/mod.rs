@@ -48,18 +48,23 @@ pub async fn start(cfg: &Value, dir: &Path) -> H {
 }
 
 pub async fn start_opts(cfg: &Value, dir: &Path, env_keys: Option<&str>) -> H {
-    let cfg_path = dir.join("config.json");
-    std::fs::write(&cfg_path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
-    let config = Config::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let opts = Options {
-        config_path: Some(cfg_path.clone()),
         env_keys: env_keys.map(str::to_string),
         fd_budget: 1000,
         max_connections: 256,
         grace: Duration::from_secs(2),
         ..Options::default()
     };
+    start_with(cfg, dir, opts).await
+}
+
+/// Starts the server on the config written to `dir/config.json` (watched), with `opts`.
+pub async fn start_with(cfg: &Value, dir: &Path, mut opts: Options) -> H {
+    let cfg_path = dir.join("config.json");
+    std::fs::write(&cfg_path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
+    let config = Config::load(&cfg_path).unwrap_or_else(|e| panic!("{e}"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    opts.config_path = Some(cfg_path.clone());
     let server = server::start(config, listener, opts).await.unwrap();
     let base = format!("http://{}", server.addr);
     let http =

@@ -99,6 +99,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             grace: Duration::from_secs(args.grace_secs),
             checker_threads: None,
             idle_timeout: None,
+            request_timeout: None,
         };
         let server = match server::start(config, listener, opts).await {
             Ok(s) => s,
