@@ -3,7 +3,8 @@
 //! reason, route template, status, limiter) — never a proxy address or a raw URL.
 
 use prometheus::{
-    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
     TextEncoder,
 };
 
@@ -33,6 +34,10 @@ pub struct Metrics {
     pub snapshot_age_seconds: Gauge,
     pub rate_limited_total: IntCounterVec,
     pub rate_limiter_clients: IntGauge,
+    /// Tasks alive on each tokio runtime (`api`, `checker`): a leak shows as growth.
+    pub runtime_alive_tasks: IntGaugeVec,
+    /// The runtime rounds run on, read at scrape time for `runtime_alive_tasks`.
+    pub checker_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     pub store_writes_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
 }
@@ -157,6 +162,15 @@ impl Metrics {
                 &registry,
                 IntGauge::new("proxychecker_rate_limiter_clients", "Client IPs tracked by the per-IP limiter")
                     .expect("valid"),
+            ),
+            checker_runtime: std::sync::OnceLock::new(),
+            runtime_alive_tasks: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("proxychecker_runtime_alive_tasks", "Tasks alive on the tokio runtime"),
+                    &["runtime"],
+                )
+                .expect("valid"),
             ),
             store_writes_total: counter_vec(
                 "proxychecker_store_writes_total",

@@ -143,6 +143,7 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
         .enable_all()
         .build()?;
     let scheduler = checker_rt.spawn(service.clone().run_scheduler(shutdown.clone()));
+    let _ = service.metrics.checker_runtime.set(checker_rt.handle().clone());
     let mut background = Vec::new();
     let sweeper_state = state.clone();
     background.push(tokio::spawn(async move {

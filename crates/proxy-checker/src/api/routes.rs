@@ -43,6 +43,12 @@ pub async fn not_found() -> Response {
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     state.service.refresh_gauges();
     state.service.metrics.rate_limiter_clients.set(state.guard.load().tracked_ips() as i64);
+    let m = &state.service.metrics;
+    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    m.runtime_alive_tasks.with_label_values(&["api"]).set(tasks as i64);
+    if let Some(checker) = m.checker_runtime.get() {
+        m.runtime_alive_tasks.with_label_values(&["checker"]).set(checker.metrics().num_alive_tasks() as i64);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.service.metrics.render()).into_response()
 }
 

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Soak: the realistic 20k round (6,000 working, 7,000 refused, 7,000 SYN-dropped) repeated by
+`proxy-checker serve` (interval 5 s) for --minutes while wrk keeps a steady load on
+/get-proxy. Between rounds it records RSS, open fds, threads and live tokio tasks of `serve`;
+at the end it prints the series, the growth from the first rounds to the last ones, and
+wrk's totals (every non-2xx answer and socket error counts as a failure).
+
+Usage: python3 bench/soak.py [--minutes 30] [--rate-conns 8] [--delay-ms 10]
+Needs wrk (Debian: apt-get install wrk). Markdown goes to stdout and bench-out/soak.md.
+"""
+import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+KEY = "soak-key-0123456789abcdef"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def get(url):
+    req = urllib.request.Request(url, headers={"X-Api-Key": KEY})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+    except (urllib.error.URLError, ConnectionError):
+        return 0, b""
+
+
+def proc_sample(pid):
+    status = open(f"/proc/{pid}/status").read()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
+    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return rss, fds, threads
+
+
+def tasks(base):
+    _, body = get(base + "/metrics")
+    out = {}
+    for m in re.finditer(r'^proxychecker_runtime_alive_tasks\{runtime="(\w+)"\} (\d+)', body.decode(), re.M):
+        out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--rate-conns", type=int, default=8)
+    ap.add_argument("--delay-ms", type=int, default=10)
+    a = ap.parse_args()
+    subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=ROOT, check=True, capture_output=True)
+    tmp = tempfile.mkdtemp(prefix="pc-soak-")
+    farm = subprocess.Popen([os.path.join(REL, "proxy-farm"), "--working", "6000", "--refused", "7000",
+                             "--blackhole", "7000", "--latency-ms", "100", "--out", tmp, "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    info = json.loads(farm.stdout.readline())
+    port = free_port()
+    cfg = {
+        "sources": [info["list_url"]],
+        "aggregation": {"interval_secs": 5, "allow_private_sources": True},
+        "checker": {"judge_url": info["judge_url"], "allow_private": True, "concurrency_total": 25000,
+                    "connect_timeout_ms": 3000, "timeout_ms": 5000, "retries": 1},
+        "api": {"listen": f"127.0.0.1:{port}", "api_keys": [KEY], "rate_limit_per_minute": 10000000,
+                "rate_limit_per_ip_per_minute": 10000000},
+        "storage": {"type": "file", "path": os.path.join(tmp, "snap.json")},
+        "log": {"level": "warn", "format": "json"},
+    }
+    cfg_path = os.path.join(tmp, "config.json")
+    json.dump(cfg, open(cfg_path, "w"))
+    log = open(os.path.join(tmp, "serve.log"), "w")
+    serve = subprocess.Popen([os.path.join(REL, "proxy-checker"), "serve", "--config", cfg_path],
+                             stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    lua = os.path.join(tmp, "delay.lua")
+    open(lua, "w").write(f"function delay() return {a.delay_ms} end\n")
+    wrk = None
+    rows = []
+    try:
+        while get(base + "/ready")[0] != 200:
+            if serve.poll() is not None:
+                sys.exit("serve died")
+            time.sleep(0.2)
+        secs = int(a.minutes * 60)
+        wrk = subprocess.Popen(["wrk", "-t1", f"-c{a.rate_conns}", f"-d{secs}s", "--latency", "-s", lua,
+                                "-H", f"X-Api-Key: {KEY}", base + "/get-proxy"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        started = time.time()
+        last = None
+        while wrk.poll() is None:
+            time.sleep(0.5)
+            st = json.loads(get(base + "/stat")[1] or b"{}")
+            rid = st.get("last_round", {}).get("round_id")
+            if rid is not None and rid != last:
+                last = rid
+                rss, fds, threads = proc_sample(serve.pid)
+                t = tasks(base)
+                lr = st["last_round"]
+                rows.append({"round": rid, "min": (time.time() - started) / 60, "rss": rss, "fds": fds,
+                             "threads": threads, "api_tasks": t.get("api"), "checker_tasks": t.get("checker"),
+                             "alive": lr.get("alive"), "dead": lr.get("dead"), "secs": lr.get("duration_ms", 0) / 1000})
+                r = rows[-1]
+                print(f"round {rid} at {r['min']:.1f} min: rss {rss:.1f} MiB, fds {fds}, threads {threads}, "
+                      f"tasks api {r['api_tasks']} checker {r['checker_tasks']}, alive {r['alive']}", file=sys.stderr)
+        out_text = wrk.stdout.read()
+    finally:
+        for p in (wrk, serve):
+            if p and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        farm.send_signal(signal.SIGINT)
+        serve.wait(30)
+    total = int(re.search(r"(\d+) requests in", out_text).group(1))
+    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out_text)) else 0
+    errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out_text)) if "Socket errors" in out_text else 0
+    p99 = re.search(r"^\s+99%\s+(\S+)", out_text, re.M).group(1)
+    p50 = re.search(r"^\s+50%\s+(\S+)", out_text, re.M).group(1)
+
+    out = []
+    host = os.uname()
+    out.append(f"### Soak: {len(rows)} realistic 20k rounds in {a.minutes:g} minutes under steady API load\n")
+    out.append(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {host.nodename} ({os.cpu_count()} cores), "
+               f"`python3 bench/soak.py --minutes {a.minutes:g}`. wrk: {a.rate_conns} connections, "
+               f"{a.delay_ms} ms between requests on each.\n")
+    out.append("| round | minute | RSS (MiB) | fds | threads | tasks api | tasks checker | alive | dead | round (s) |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
+    step = max(1, len(rows) // 40)
+    for r in rows[::step] + ([rows[-1]] if rows and (len(rows) - 1) % step else []):
+        out.append(f"| {r['round']} | {r['min']:.1f} | {r['rss']:.1f} | {r['fds']} | {r['threads']} | "
+                   f"{r['api_tasks']} | {r['checker_tasks']} | {r['alive']} | {r['dead']} | {r['secs']:.1f} |")
+    if len(rows) >= 10:
+        k = max(3, len(rows) // 5)
+        head, tail = rows[1:k + 1], rows[-k:]
+        def med(rs, key):
+            return statistics.median(r[key] for r in rs)
+        out.append(f"\nMedians, rounds 2–{k + 1} vs the last {k}: RSS {med(head, 'rss'):.1f} → {med(tail, 'rss'):.1f} MiB, "
+                   f"fds {med(head, 'fds'):.0f} → {med(tail, 'fds'):.0f}, threads {med(head, 'threads'):.0f} → "
+                   f"{med(tail, 'threads'):.0f}, checker tasks {med(head, 'checker_tasks'):.0f} → "
+                   f"{med(tail, 'checker_tasks'):.0f}, API tasks {med(head, 'api_tasks'):.0f} → {med(tail, 'api_tasks'):.0f}.")
+    out.append(f"\nAPI: {total} requests, **{non2xx} non-2xx, {errs} socket errors**; latency p50 {p50}, p99 {p99}.\n")
+    md = "\n".join(out)
+    print(md)
+    os.makedirs(os.path.join(ROOT, "bench-out"), exist_ok=True)
+    open(os.path.join(ROOT, "bench-out", "soak.md"), "w").write(md + "\n")
+
+
+if __name__ == "__main__":
+    main()
