@@ -1,0 +1,306 @@
+//! Faults: Redis stopped and restarted under the service, a full disk under the file and
+//! SQLite stores, and `kill -9` in the middle of persisting, 100 times per backend.
+//!
+//! Redis here is a `redis-server` of our own on a free port (the shared one must not be
+//! stopped). The disk is a small tmpfs mounted by the test (needs root, as CI runs).
+//! Without `redis-server` or root, these tests fail in CI (`CI` set) and say loudly
+//! that they did not run elsewhere.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use proxy_checker::config::{StorageConfig, StorageKind};
+use proxy_checker::snapshot::{ProxyEntry, RoundSummary, SnapshotData};
+use proxy_checker::store;
+use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
+use serde_json::json;
+
+mod common;
+
+use common::*;
+
+fn unavailable(what: &str) -> bool {
+    assert!(std::env::var_os("CI").is_none(), "{what}, and CI requires it");
+    eprintln!("\n!!!!!!!! SKIPPED: {what}; this fault was NOT tested !!!!!!!!\n");
+    true
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start(port: u16, dir: &Path) -> Option<Self> {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let s = Self { child, port };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn farm_spec() -> FarmSpec {
+    FarmSpec {
+        groups: vec![
+            Group::new(6, Protocol::Http, Behavior::Working),
+            Group::new(3, Protocol::Socks5, Behavior::Working),
+            Group::new(3, Protocol::Http, Behavior::Refused),
+        ],
+    }
+}
+
+fn writes(metrics: &str, result: &str) -> u64 {
+    let key = format!("proxychecker_store_writes_total{{result=\"{result}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(key.as_str())).map_or(0, |v| v.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_and_restarted_under_the_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let Some(redis) = RedisServer::start(port, dir.path()) else {
+        unavailable("redis-server could not be started");
+        return;
+    };
+    let farm = Farm::start(farm_spec()).await.unwrap();
+    let mut cfg = config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path());
+    cfg["storage"] = json!({"type": "redis", "redis_url": redis.url(), "redis_key_prefix": "faults:"});
+    let h = start(&cfg, dir.path()).await;
+    h.wait_round(1).await;
+    h.until("the first write", async |h| writes(&h.get("/metrics").await.1, "ok") >= 1).await;
+    let served = h.authed("/get-proxy?all=1").await.1;
+    assert_eq!(served.lines().count(), 9);
+
+    // Redis goes away while a round runs, which then persists into the void.
+    h.post_reload().await;
+    drop(redis);
+    h.wait_round(2).await;
+    h.until("the failed write", async |h| writes(&h.get("/metrics").await.1, "error") >= 1).await;
+    assert_eq!(h.authed("/get-proxy?all=1").await.1.lines().count(), 9, "the API goes on");
+
+    // Redis comes back (empty: it keeps nothing on disk): the next swap writes again.
+    let redis = RedisServer::start(port, dir.path()).expect("redis restarts on its port");
+    h.post_reload().await;
+    h.wait_round(3).await;
+    h.until("writes to resume", async |h| writes(&h.get("/metrics").await.1, "ok") >= 2).await;
+    let st = StorageConfig {
+        kind: StorageKind::Redis,
+        path: PathBuf::new(),
+        redis_url: Some(redis.url()),
+        redis_prefix: "faults:".into(),
+    };
+    let loaded = store::open(&st).unwrap().load().await.unwrap().expect("a snapshot in the restarted Redis");
+    assert_eq!(loaded.round.round_id, 3);
+    assert_eq!(loaded.proxies.len(), 9);
+}
+
+/// A small tmpfs of our own, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_path_buf()))
+    }
+
+    /// Writes zeros until the filesystem is full.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+async fn disk_full(kind: &str, file: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(&dir.path().join("disk"), "512k") else {
+        unavailable("a tmpfs could not be mounted (needs root)");
+        return;
+    };
+    let farm = Farm::start(farm_spec()).await.unwrap();
+    let mut cfg = config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path());
+    let path = fs.0.join(file);
+    cfg["storage"] = json!({"type": kind, "path": path});
+    let h = start(&cfg, dir.path()).await;
+    h.wait_round(1).await;
+    h.until("the first write", async |h| writes(&h.get("/metrics").await.1, "ok") >= 1).await;
+    let st =
+        StorageConfig { kind: StorageKind::File, path: path.clone(), redis_url: None, redis_prefix: String::new() };
+    let st = StorageConfig { kind: if kind == "sqlite" { StorageKind::Sqlite } else { StorageKind::File }, ..st };
+    let before = store::open(&st).unwrap().load().await.unwrap().expect("round 1 persisted");
+    assert_eq!(before.round.round_id, 1);
+
+    // The disk fills up; the next round cannot be written.
+    let filler = fs.fill();
+    h.post_reload().await;
+    h.wait_round(2).await;
+    h.until("the failed write", async |h| writes(&h.get("/metrics").await.1, "error") >= 1).await;
+    assert_eq!(h.authed("/get-proxy?all=1").await.1.lines().count(), 9, "the API goes on");
+    let after = store::open(&st).unwrap().load().await.unwrap().expect("the old snapshot is still there");
+    assert_eq!(after, before, "the old snapshot is intact");
+
+    // Space again: the next swap writes.
+    std::fs::remove_file(filler).unwrap();
+    h.post_reload().await;
+    h.wait_round(3).await;
+    h.until("writes to resume", async |h| writes(&h.get("/metrics").await.1, "ok") >= 2).await;
+    let resumed = store::open(&st).unwrap().load().await.unwrap().unwrap();
+    assert_eq!(resumed.round.round_id, 3);
+    drop(h);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_file_store_keeps_the_old_snapshot() {
+    disk_full("file", "snap.json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_full_sqlite_store_keeps_the_old_snapshot() {
+    disk_full("sqlite", "pool.sqlite3").await;
+}
+
+// ---- kill -9 during a persist ----
+
+const CHILD_ENV: &str = "PC_FAULTS_PERSIST_CHILD";
+
+/// Snapshot `n`: its size and every entry derive from `n`, so a torn or mixed snapshot
+/// cannot pass [`whole`].
+fn snapshot(n: u64) -> SnapshotData {
+    let count = 2000 + (n % 5) as usize * 700;
+    let proxies = (0..count)
+        .map(|i| ProxyEntry {
+            proxy: format!("http://10.{}.{}.{}:8080", n % 250, i / 250, i % 250),
+            protocol: "http".into(),
+            host: format!("10.{}.{}.{}", n % 250, i / 250, i % 250),
+            port: 8080,
+            username: None,
+            password: None,
+            latency_ms: u32::try_from(n).unwrap_or(u32::MAX),
+            connect_ms: i as u32,
+            forward: true,
+            tunnel: true,
+            source: format!("round-{n}"),
+        })
+        .collect();
+    SnapshotData { version: 1, round: RoundSummary { round_id: n, alive: count as u64, ..Default::default() }, proxies }
+}
+
+fn whole(s: &SnapshotData) -> bool {
+    s.round.round_id > 0 && s == &snapshot(s.round.round_id)
+}
+
+/// Not a test of its own: the child process of `kill_9_during_persist_*`, which runs this
+/// test binary with `CHILD_ENV` set. It persists snapshot after snapshot until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persist_loop_child() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else { return };
+    let (kind, path) = spec.split_once('=').unwrap();
+    let kind = if kind == "sqlite" { StorageKind::Sqlite } else { StorageKind::File };
+    let st = StorageConfig { kind, path: path.into(), redis_url: None, redis_prefix: String::new() };
+    let store = store::open(&st).unwrap();
+    let start = store.load().await.unwrap().map_or(0, |s| s.round.round_id);
+    println!("ready");
+    for n in start + 1.. {
+        store.save(Arc::new(snapshot(n))).await.unwrap();
+    }
+}
+
+async fn kill_9_during_persist(kind: &str, file: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(file);
+    let st = StorageConfig {
+        kind: if kind == "sqlite" { StorageKind::Sqlite } else { StorageKind::File },
+        path: path.clone(),
+        redis_url: None,
+        redis_prefix: String::new(),
+    };
+    let exe = std::env::current_exe().unwrap();
+    let mut last = 0;
+    for i in 0..100u64 {
+        let mut child = Command::new(&exe)
+            .args(["--exact", "persist_loop_child", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, format!("{kind}={}", path.display()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Wait until it writes, then kill it at a varying point of a save.
+        let mut out = child.stdout.take().unwrap();
+        let mut seen = Vec::new();
+        let mut b = [0u8; 64];
+        while !String::from_utf8_lossy(&seen).contains("ready") {
+            let n = std::io::Read::read(&mut out, &mut b).unwrap();
+            assert!(n > 0, "the child exited before writing");
+            seen.extend_from_slice(&b[..n]);
+        }
+        std::thread::sleep(Duration::from_millis(15 + (i * 37) % 90));
+        child.kill().unwrap(); // SIGKILL
+        let _ = child.wait();
+
+        let loaded = store::open(&st).unwrap().load().await.unwrap_or_else(|e| panic!("kill {i}: {e}"));
+        if let Some(s) = loaded {
+            assert!(whole(&s), "kill {i}: a torn snapshot (round {}, {} proxies)", s.round.round_id, s.proxies.len());
+            assert!(s.round.round_id >= last, "kill {i}: went back from {last} to {}", s.round.round_id);
+            last = s.round.round_id;
+        } else {
+            assert_eq!(last, 0, "kill {i}: the stored snapshot vanished");
+        }
+    }
+    assert!(last > 100, "the child wrote only {last} snapshots in 100 runs");
+    eprintln!("{kind}: 100 kills, {last} snapshots written, every restart loaded a whole one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_persist_file() {
+    kill_9_during_persist("file", "snap.json").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_persist_sqlite() {
+    kill_9_during_persist("sqlite", "pool.sqlite3").await;
+}
