@@ -32,7 +32,9 @@ pub fn config(data: &[u8]) {
     let _ = crate::config::Config::from_json(&String::from_utf8_lossy(data), "fuzz");
 }
 
-/// What a proxy or judge answers over HTTP: head, chunked body, nonce echo.
+/// What a proxy or judge answers over HTTP: head, chunked body, nonce echo; then the
+/// same answer through the async readers the probes use, arriving in pieces of the size
+/// the first byte says, into a buffer whose starting capacity the second byte says.
 pub fn http_response(data: &[u8]) {
     if let Ok(Some(head)) = http1::parse_head(data) {
         assert!(head.len <= data.len());
@@ -41,6 +43,33 @@ pub fn http_response(data: &[u8]) {
         let _ = Expect::Echoed { name: "pc_nonce", value: b"0123456789abcdef" }.found(body);
     }
     let _ = http1::dechunk(data);
+    read_in_pieces(data);
+}
+
+fn read_in_pieces(data: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let Some(([piece, capacity], rest)) = data.split_first_chunk::<2>() else { return };
+    let (piece, capacity) = (usize::from(*piece).max(1), usize::from(*capacity) * 64);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    rt.block_on(async {
+        let (mut tx, mut rx) = tokio::io::duplex(piece);
+        let answer = rest.to_vec();
+        // The writer stops when the reader is done and drops its end.
+        let feed = async move {
+            let _ = tx.write_all(&answer).await;
+        };
+        let read = async move {
+            let mut buf = Vec::with_capacity(capacity);
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            let silent = crate::check::Reason::ProxyTimeout;
+            if let Ok(head) = http1::read_head(&mut rx, &mut buf, deadline, silent).await {
+                let expect = Expect::Echoed { name: "pc_nonce", value: b"0123456789abcdef" };
+                let _ = http1::expect_in_body(&mut rx, &mut buf, head, expect, deadline).await;
+            }
+            assert!(buf.len() <= http1::MAX_HEAD + http1::MAX_BODY + piece, "read past the caps: {}", buf.len());
+        };
+        tokio::join!(feed, read);
+    });
 }
 
 /// SOCKS replies: SOCKS4 (our reader) and a SOCKS5 server's whole side of a handshake
