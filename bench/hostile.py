@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Hostile load, release binaries, one run:
 
-1. Hostile proxies at scale: `proxy-checker check` against 12,000 farm proxies that attack
+1. Hostile proxies at scale: `proxy-checker check` against 7,000 farm proxies that attack
    the reader (endless head, 4 GB body, slowloris trickle, bogus SOCKS replies, TLS
    garbage) beside 2,000 working ones, through the HTTPS judge: wall time, peak RSS, and
    the verdicts by reason.
