@@ -7,30 +7,16 @@ Usage: python3 bench/api.py [--reps N] [--duration S] [--reload-rounds N]
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light). Prints Markdown, also
 written to bench-out/api.md.
 """
-import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, threading, time, urllib.request
+import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, threading, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+from common import REL, ROOT, free_port
+import common
+
 KEY = "bench-key-0123456789abcdef"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def http(method, url, key=True):
-    req = urllib.request.Request(url, method=method, headers={"X-Api-Key": KEY} if key else {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (urllib.error.URLError, ConnectionError):
-        return 0, b""
+    return common.http(method, url, KEY if key else None)
 
 
 def wait(cond, what, timeout=300):

@@ -12,29 +12,15 @@
 
 Usage: python3 bench/hostile.py. Needs wrk. Markdown to stdout and bench-out/hostile.md.
 """
-import json, os, re, signal, socket, subprocess, sys, tempfile, threading, time, urllib.request
+import json, os, re, signal, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+from common import REL, ROOT, free_port, http
+
 KEY = "hostile-key-0123456789abcdef"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def get(url):
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers={"X-Api-Key": KEY}), timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (urllib.error.URLError, ConnectionError):
-        return 0, b""
+    return http("GET", url, KEY)
 
 
 def farm(spec, tmp):

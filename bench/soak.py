@@ -8,30 +8,15 @@ wrk's totals (every non-2xx answer and socket error counts as a failure).
 Usage: python3 bench/soak.py [--minutes 30] [--rate-conns 8] [--delay-ms 10]
 Needs wrk (Debian: apt-get install wrk). Markdown goes to stdout and bench-out/soak.md.
 """
-import argparse, json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REL = os.path.join(ROOT, "target", "release")
+from common import REL, ROOT, free_port, http
+
 KEY = "soak-key-0123456789abcdef"
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
 def get(url):
-    req = urllib.request.Request(url, headers={"X-Api-Key": KEY})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (urllib.error.URLError, ConnectionError):
-        return 0, b""
+    return http("GET", url, KEY)
 
 
 def proc_sample(pid):

@@ -160,6 +160,10 @@ pub struct Conn {
     state: Arc<ConnState>,
     registry: Arc<Registry>,
     timer: Pin<Box<tokio::time::Sleep>>,
+    /// When `timer` fires (ms since the listener started). It is moved earlier only when a
+    /// request starts; otherwise it fires and is re-armed lazily, so the hot path does not
+    /// touch the timer wheel on every read.
+    armed: u64,
 }
 
 impl Drop for Conn {
@@ -178,7 +182,9 @@ impl Conn {
         });
         let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
         registry.conns.lock().expect("registry lock").insert(id, state.clone());
-        Self { stream, _slot: slot, limits, id, state, registry, timer: Box::pin(tokio::time::sleep(limits.idle)) }
+        let armed = registry.now_ms().saturating_add(u64::try_from(limits.idle.as_millis()).unwrap_or(u64::MAX));
+        let timer = Box::pin(tokio::time::sleep(limits.idle));
+        Self { stream, _slot: slot, limits, id, state, registry, timer, armed }
     }
 
     fn on_read(&self, n: usize) {
@@ -216,10 +222,16 @@ impl Conn {
                 let what = if end == request_end { "request not complete in time" } else { "API connection idle" };
                 return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, what));
             }
-            self.timer.as_mut().reset(self.registry.started + Duration::from_millis(end));
+            if end < self.armed {
+                self.armed = end;
+                self.timer.as_mut().reset(self.registry.started + Duration::from_millis(end));
+            }
             if self.timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
+            // Fired: re-arm for the current end (activity may have moved it later).
+            self.armed = end;
+            self.timer.as_mut().reset(self.registry.started + Duration::from_millis(end));
         }
     }
 }
