@@ -7,9 +7,9 @@ Usage: python3 bench/api.py [--reps N] [--duration S] [--reload-rounds N]
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light). Prints Markdown, also
 written to bench-out/api.md.
 """
-import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, signal, statistics, subprocess, sys, tempfile, threading, time
 
-from common import REL, ROOT, free_port
+from common import REL, build_release, free_port, proc_status, wrk_summary, write_report
 import common
 
 KEY = "bench-key-0123456789abcdef"
@@ -33,16 +33,7 @@ def wrk(url, duration, conns=256, threads=2, header=True):
         cmd[1:1] = ["-H", f"X-Api-Key: {KEY}"]
     out = subprocess.run(cmd, text=True, capture_output=True, check=True).stdout
 
-    def lat(p):
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-        v, u = float(m.group(1)), m.group(2)
-        return v / 1000 if u == "us" else v * 1000 if u == "s" else v
-
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
-    errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)) if "Socket errors" in out else 0
-    return {"rps": rps, "p50": lat(50), "p99": lat(99), "total": total, "non2xx": non2xx, "errors": errs}
+    return wrk_summary(out)
 
 
 def main():
@@ -51,7 +42,7 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--reload-rounds", type=int, default=20)
     a = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=ROOT, check=True, capture_output=True)
+    build_release()
     tmp = tempfile.mkdtemp(prefix="pc-api-bench-")
     farm = subprocess.Popen([os.path.join(REL, "proxy-farm"), "--working", "20000", "--out", tmp, "--threads", "1"],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -75,7 +66,7 @@ def main():
     try:
         wait(lambda: http("GET", base + "/ready", key=False)[0] == 200 if serve.poll() is None else sys.exit("serve died"),
              "the first round")
-        hwm = int(re.search(r"VmHWM:\s+(\d+)", open(f"/proc/{serve.pid}/status").read()).group(1))
+        hwm = proc_status(serve.pid, "VmHWM")
         stat = json.loads(http("GET", base + "/stat")[1])
         alive = stat["pool"]["alive"]
         round_ms = stat["last_round"]["duration_ms"]
@@ -149,12 +140,9 @@ http {{ access_log off; server {{ listen 127.0.0.1:{nport}; root {www}; location
             f"### Under reload: {done['rounds']} rounds of {alive} proxies while wrk ran {est}s", "",
             f"{under['total']} requests, {under['rps']:.0f} req/s, p50 {under['p50']:.2f} ms, p99 {under['p99']:.2f} ms; "
             f"non-2xx {under['non2xx']}, socket errors {under['errors']} (target: 0 and 0).", "",
-            f"### Memory", "", f"Peak RSS (VmHWM) of `serve` through its first 20,000-proxy round "
-            f"({round_ms} ms): **{hwm/1024:.1f} MiB**. `serve` exited with code {exit_code} on SIGTERM.", ""]
-    text = "\n".join(out) + "\n"
-    os.makedirs(os.path.join(ROOT, "bench-out"), exist_ok=True)
-    open(os.path.join(ROOT, "bench-out", "api.md"), "w").write(text)
-    print(text)
+            "### Memory", "", f"Peak RSS (VmHWM) of `serve` through its first 20,000-proxy round "
+            f"({round_ms} ms): **{hwm:.1f} MiB**. `serve` exited with code {exit_code} on SIGTERM.", ""]
+    write_report("api.md", "\n".join(out))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ Usage: python3 bench/hostile.py. Needs wrk. Markdown to stdout and bench-out/hos
 """
 import json, os, re, signal, subprocess, sys, tempfile, time
 
-from common import REL, ROOT, free_port, http
+from common import REL, build_release, free_port, http, proc_status, wrk_summary, write_report
 
 KEY = "hostile-key-0123456789abcdef"
 
@@ -102,15 +102,14 @@ end
             if serve.poll() is not None:
                 sys.exit("serve exited; run it by hand with the config in " + tmp)
             time.sleep(0.2)
-        rss0 = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{serve.pid}/status").read()).group(1)) / 1024
+        rss0 = proc_status(serve.pid, "VmRSS")
         good = subprocess.Popen(["wrk", "-t1", "-c4", "-d40s", "--latency", "-s", good_lua, "-H", f"X-Api-Key: {KEY}",
                                  "-H", "X-Forwarded-For: 198.51.100.7", base + "/get-proxy"],
                                 stdout=subprocess.PIPE, text=True)
         crowd = subprocess.run(["wrk", "-t1", "-c64", "-d40s", "-s", crowd_lua, base + "/get-proxy"],
                                capture_output=True, text=True).stdout
         good_out = good.communicate()[0]
-        rss1 = int(re.search(r"VmRSS:\s+(\d+)", open(f"/proc/{serve.pid}/status").read()).group(1)) / 1024
-        hwm = int(re.search(r"VmHWM:\s+(\d+)", open(f"/proc/{serve.pid}/status").read()).group(1)) / 1024
+        rss1, hwm = proc_status(serve.pid, "VmRSS"), proc_status(serve.pid, "VmHWM")
         metrics = get(base + "/metrics")[1].decode()
         tracked = re.search(r"^proxychecker_rate_limiter_clients (\d+)", metrics, re.M).group(1)
     finally:
@@ -118,34 +117,25 @@ end
         serve.wait(30)
         proc.send_signal(signal.SIGINT)
         proc.wait(10)
-    sent = int(re.search(r"(\d+) requests in", crowd).group(1))
-    c_bad = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", crowd)) else 0
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", crowd).group(1)
-    g_total = int(re.search(r"(\d+) requests in", good_out).group(1))
-    g_bad = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", good_out)) else 0
-    g_err = "Socket errors" in good_out
-    p50 = re.search(r"^\s+50%\s+(\S+)", good_out, re.M).group(1)
-    p99 = re.search(r"^\s+99%\s+(\S+)", good_out, re.M).group(1)
+    c, g = wrk_summary(crowd), wrk_summary(good_out)
+    sent, c_bad, rps = c["total"], c["non2xx"] + c["errors"], f"{c['rps']:.0f}"
     out.append(f"### A crowd of client addresses: {sent:,} requests from random X-Forwarded-For addresses in 40 s\n")
     out.append(f"wrk -c64 at {rps} req/s, each request from a random address (≈{sent:,} distinct); per-IP limit "
                f"60,000/min. The crowd: {sent - c_bad:,} answered 2xx, {c_bad:,} not. Meanwhile a good "
                f"client (4 connections, 10 ms apart, one address, under its limit):\n")
-    out.append(f"- good client: {g_total} requests, {g_bad} non-2xx, socket errors: {'yes' if g_err else 'none'}; "
-               f"latency p50 {p50}, **p99 {p99}**")
+    out.append(f"- good client: {g['total']} requests, {g['non2xx']} non-2xx, {g['errors']} socket errors; "
+               f"latency p50 {g['p50']:.2f} ms, **p99 {g['p99']:.2f} ms**")
     out.append(f"- serve RSS {rss0:.1f} → {rss1:.1f} MiB (peak {hwm:.1f}); limiter tracks **{tracked}** addresses "
                f"(bound 100,000; beyond it new addresses share one overflow bucket)\n")
 
 
 def main():
-    subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=ROOT, check=True, capture_output=True)
+    build_release()
     out = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.uname().nodename} ({os.cpu_count()} cores), "
            "`python3 bench/hostile.py`\n"]
     hostile_proxies(out)
     million_ips(out)
-    md = "\n".join(out)
-    print(md)
-    os.makedirs(os.path.join(ROOT, "bench-out"), exist_ok=True)
-    open(os.path.join(ROOT, "bench-out", "hostile.md"), "w").write(md + "\n")
+    write_report("hostile.md", "\n".join(out))
 
 
 if __name__ == "__main__":

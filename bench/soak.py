@@ -10,7 +10,7 @@ Needs wrk (Debian: apt-get install wrk). Markdown goes to stdout and bench-out/s
 """
 import argparse, json, os, re, signal, statistics, subprocess, sys, tempfile, time
 
-from common import REL, ROOT, free_port, http
+from common import REL, build_release, free_port, http, proc_status, wrk_summary, write_report
 
 KEY = "soak-key-0123456789abcdef"
 
@@ -20,11 +20,7 @@ def get(url):
 
 
 def proc_sample(pid):
-    status = open(f"/proc/{pid}/status").read()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024
-    threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return rss, fds, threads
+    return proc_status(pid, "VmRSS"), len(os.listdir(f"/proc/{pid}/fd")), proc_status(pid, "Threads")
 
 
 def tasks(base):
@@ -41,7 +37,7 @@ def main():
     ap.add_argument("--rate-conns", type=int, default=8)
     ap.add_argument("--delay-ms", type=int, default=10)
     a = ap.parse_args()
-    subprocess.run(["cargo", "build", "--release", "--workspace"], cwd=ROOT, check=True, capture_output=True)
+    build_release()
     tmp = tempfile.mkdtemp(prefix="pc-soak-")
     farm = subprocess.Popen([os.path.join(REL, "proxy-farm"), "--working", "6000", "--refused", "7000",
                              "--blackhole", "7000", "--latency-ms", "100", "--out", tmp, "--threads", "1"],
@@ -101,11 +97,7 @@ def main():
                 p.send_signal(signal.SIGTERM)
         farm.send_signal(signal.SIGINT)
         serve.wait(30)
-    total = int(re.search(r"(\d+) requests in", out_text).group(1))
-    non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out_text)) else 0
-    errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out_text)) if "Socket errors" in out_text else 0
-    p99 = re.search(r"^\s+99%\s+(\S+)", out_text, re.M).group(1)
-    p50 = re.search(r"^\s+50%\s+(\S+)", out_text, re.M).group(1)
+    w = wrk_summary(out_text)
 
     out = []
     host = os.uname()
@@ -128,11 +120,9 @@ def main():
                    f"fds {med(head, 'fds'):.0f} → {med(tail, 'fds'):.0f}, threads {med(head, 'threads'):.0f} → "
                    f"{med(tail, 'threads'):.0f}, checker tasks {med(head, 'checker_tasks'):.0f} → "
                    f"{med(tail, 'checker_tasks'):.0f}, API tasks {med(head, 'api_tasks'):.0f} → {med(tail, 'api_tasks'):.0f}.")
-    out.append(f"\nAPI: {total} requests, **{non2xx} non-2xx, {errs} socket errors**; latency p50 {p50}, p99 {p99}.\n")
-    md = "\n".join(out)
-    print(md)
-    os.makedirs(os.path.join(ROOT, "bench-out"), exist_ok=True)
-    open(os.path.join(ROOT, "bench-out", "soak.md"), "w").write(md + "\n")
+    out.append(f"\nAPI: {w['total']} requests, **{w['non2xx']} non-2xx, {w['errors']} socket errors**; "
+               f"latency p50 {w['p50']:.2f} ms, p99 {w['p99']:.2f} ms.\n")
+    write_report("soak.md", "\n".join(out))
 
 
 if __name__ == "__main__":

@@ -78,6 +78,12 @@ fn farm_spec() -> FarmSpec {
     }
 }
 
+/// The file or SQLite store at `path` (`kind` as in the config: `file` or `sqlite`).
+fn local_store(kind: &str, path: &Path) -> StorageConfig {
+    let kind = if kind == "sqlite" { StorageKind::Sqlite } else { StorageKind::File };
+    StorageConfig { kind, path: path.to_path_buf(), redis_url: None, redis_prefix: String::new() }
+}
+
 fn writes(metrics: &str, result: &str) -> u64 {
     let key = format!("proxychecker_store_writes_total{{result=\"{result}\"}} ");
     metrics.lines().find_map(|l| l.strip_prefix(key.as_str())).map_or(0, |v| v.parse().unwrap())
@@ -169,9 +175,7 @@ async fn disk_full(kind: &str, file: &str) {
     let h = start(&cfg, dir.path()).await;
     h.wait_round(1).await;
     h.until("the first write", async |h| writes(&h.get("/metrics").await.1, "ok") >= 1).await;
-    let st =
-        StorageConfig { kind: StorageKind::File, path: path.clone(), redis_url: None, redis_prefix: String::new() };
-    let st = StorageConfig { kind: if kind == "sqlite" { StorageKind::Sqlite } else { StorageKind::File }, ..st };
+    let st = local_store(kind, &path);
     let before = store::open(&st).unwrap().load().await.unwrap().expect("round 1 persisted");
     assert_eq!(before.round.round_id, 1);
 
@@ -240,9 +244,7 @@ fn whole(s: &SnapshotData) -> bool {
 async fn persist_loop_child() {
     let Ok(spec) = std::env::var(CHILD_ENV) else { return };
     let (kind, path) = spec.split_once('=').unwrap();
-    let kind = if kind == "sqlite" { StorageKind::Sqlite } else { StorageKind::File };
-    let st = StorageConfig { kind, path: path.into(), redis_url: None, redis_prefix: String::new() };
-    let store = store::open(&st).unwrap();
+    let store = store::open(&local_store(kind, Path::new(path))).unwrap();
     let start = store.load().await.unwrap().map_or(0, |s| s.round.round_id);
     println!("ready");
     for n in start + 1.. {
@@ -253,12 +255,7 @@ async fn persist_loop_child() {
 async fn kill_9_during_persist(kind: &str, file: &str) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join(file);
-    let st = StorageConfig {
-        kind: if kind == "sqlite" { StorageKind::Sqlite } else { StorageKind::File },
-        path: path.clone(),
-        redis_url: None,
-        redis_prefix: String::new(),
-    };
+    let st = local_store(kind, &path);
     let exe = std::env::current_exe().unwrap();
     let mut last = 0;
     for i in 0..100u64 {

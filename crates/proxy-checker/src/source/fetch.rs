@@ -6,7 +6,8 @@
 //! The SSRF guard: unless `allow_private` is set, a URL source may not reach loopback,
 //! private, link-local or unroutable addresses — not by an IP literal, not by a hostname
 //! that resolves there (the client's resolver drops such addresses), not by a redirect.
-//! Redirects are followed at most [`MAX_REDIRECTS`] times, and only to http(s).
+//! Redirects are followed at most [`MAX_REDIRECTS`] times (reqwest itself never follows one
+//! to a scheme other than http(s): the redirect answer is returned, an error status).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -57,10 +58,6 @@ pub fn client(tls: Arc<rustls::ClientConfig>, allow_private: bool) -> Result<req
     let redirects = reqwest::redirect::Policy::custom(move |attempt| {
         if attempt.previous().len() > MAX_REDIRECTS {
             return attempt.error(TooManyRedirects);
-        }
-        if !matches!(attempt.url().scheme(), "http" | "https") {
-            let scheme = attempt.url().scheme().to_string();
-            return attempt.error(BlockedTarget(format!("redirect to a `{scheme}:` URL")));
         }
         match literal_blocked(attempt.url(), allow_private) {
             Some(e) => attempt.error(e),
