@@ -2,7 +2,7 @@
 //! corpus: each takes arbitrary bytes and must return without panicking, hanging or
 //! allocating without bound.
 
-use crate::check::http1::{self, Expect};
+use crate::check::http1::{self, BodyReader, Expect};
 use crate::proxy::Protocol;
 use crate::source::parse::{self, ParseOptions};
 
@@ -32,24 +32,52 @@ pub fn config(data: &[u8]) {
     let _ = crate::config::Config::from_json(&String::from_utf8_lossy(data), "fuzz");
 }
 
-/// What a proxy or judge answers over HTTP: head, chunked body, nonce echo; then the
+/// What a proxy or judge answers over HTTP: head, body framing, nonce echo; then the
 /// same answer through the async readers the probes use, arriving in pieces of the size
 /// the first byte says, into a buffer whose starting capacity the second byte says.
 pub fn http_response(data: &[u8]) {
     if let Ok(Some(head)) = http1::parse_head(data) {
-        assert!(head.len <= data.len());
-        let body = &data[head.len..];
-        let _ = http1::dechunk(body);
+        let body = data.get(head.len..).expect("a head ends inside what was parsed");
+        let mut out = Vec::new();
+        let _ = BodyReader::new(head.framing).take(body, &mut out);
+        assert!(out.len() <= body.len(), "decoding never grows a body");
         let _ = Expect::Echoed { name: "pc_nonce", value: b"0123456789abcdef" }.found(body);
     }
-    let _ = http1::dechunk(data);
-    read_in_pieces(data);
+    read_in_pieces(data, true);
 }
 
-fn read_in_pieces(data: &[u8]) {
+/// The head reader alone, fed in pieces (see [`http_response`]): 1xx answers, framing
+/// headers, caps.
+pub fn http_head(data: &[u8]) {
+    let _ = http1::parse_head(data);
+    read_in_pieces(data, false);
+}
+
+/// The chunked decoder: in one piece and in pieces of the size the first byte says, the
+/// outcome is the same, and the output is never longer than the input.
+pub fn chunked(data: &[u8]) {
+    let Some((&piece, rest)) = data.split_first() else { return };
+    let whole = http1::dechunk(rest);
+    if let Ok(Some(out)) = &whole {
+        assert!(out.len() <= rest.len());
+    }
+    let mut d = http1::Dechunker::default();
+    let mut out = Vec::new();
+    let mut pieces = Ok(false);
+    for p in rest.chunks(usize::from(piece).max(1)) {
+        pieces = d.decode(p, &mut out);
+        if !matches!(pieces, Ok(false)) {
+            break;
+        }
+    }
+    let pieces = pieces.map(|done| done.then_some(out));
+    assert_eq!(whole, pieces, "decoding depends on how the bytes arrive");
+}
+
+fn read_in_pieces(data: &[u8], body: bool) {
     use tokio::io::AsyncWriteExt;
     let Some(([piece, capacity], rest)) = data.split_first_chunk::<2>() else { return };
-    let (piece, capacity) = (usize::from(*piece).max(1), usize::from(*capacity) * 64);
+    let (piece, capacity) = (usize::from(*piece).max(1), usize::from(*capacity).saturating_mul(64));
     let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
     rt.block_on(async {
         let (mut tx, mut rx) = tokio::io::duplex(piece);
@@ -62,11 +90,13 @@ fn read_in_pieces(data: &[u8]) {
             let mut buf = Vec::with_capacity(capacity);
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
             let silent = crate::check::Reason::ProxyTimeout;
-            if let Ok(head) = http1::read_head(&mut rx, &mut buf, deadline, silent).await {
+            if let Ok(head) = http1::read_head(&mut rx, &mut buf, deadline, silent).await
+                && body
+            {
                 let expect = Expect::Echoed { name: "pc_nonce", value: b"0123456789abcdef" };
                 let _ = http1::expect_in_body(&mut rx, &mut buf, head, expect, deadline).await;
             }
-            assert!(buf.len() <= http1::MAX_HEAD + http1::MAX_BODY + piece, "read past the caps: {}", buf.len());
+            assert!(buf.capacity() <= http1::MAX_HEAD.max(capacity), "buffer past its cap: {}", buf.capacity());
         };
         tokio::join!(feed, read);
     });
@@ -82,7 +112,7 @@ pub fn socks_reply(data: &[u8]) {
     rt.block_on(async {
         use tokio::io::AsyncWriteExt;
         let (client, mut server) = tokio::io::duplex(4096);
-        let reply = data[..data.len().min(2048)].to_vec();
+        let reply = data.get(..2048).unwrap_or(data).to_vec();
         let feed = async move {
             let _ = server.write_all(&reply).await;
             let _ = server.shutdown().await;

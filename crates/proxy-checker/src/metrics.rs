@@ -25,7 +25,13 @@ pub struct Metrics {
     pub round_duration_seconds: Histogram,
     pub rounds_total: IntCounterVec,
     pub last_round_timestamp_seconds: Gauge,
+    /// When the last round ended, successful or not: a scheduler that stopped shows here.
+    pub last_round_finished_timestamp_seconds: Gauge,
     pub round_interval_seconds: Gauge,
+    /// 1 while the service is healthy (`/health` 200), 0 with a fault.
+    pub healthy: IntGauge,
+    /// Checks that panicked (each also counted in `checks_total{result="internal_error"}`).
+    pub check_internal_errors_total: IntCounter,
     pub sources_fetched_total: IntCounter,
     pub sources_failed_total: IntCounter,
     pub checks_in_flight: IntGauge,
@@ -120,6 +126,27 @@ impl Metrics {
                 Gauge::new("proxychecker_last_round_timestamp_seconds", "Unix time the last successful round ended")
                     .expect("valid"),
             ),
+            last_round_finished_timestamp_seconds: reg(
+                &registry,
+                Gauge::new(
+                    "proxychecker_last_round_finished_timestamp_seconds",
+                    "Unix time the last round ended, whatever its result",
+                )
+                .expect("valid"),
+            ),
+            healthy: reg(
+                &registry,
+                IntGauge::new("proxychecker_healthy", "1 while /health answers 200; 0 once a fault is seen")
+                    .expect("valid"),
+            ),
+            check_internal_errors_total: reg(
+                &registry,
+                IntCounter::new(
+                    "proxychecker_check_internal_errors_total",
+                    "Checks that panicked: each is a dead verdict with internal_error and a bug to report",
+                )
+                .expect("valid"),
+            ),
             round_interval_seconds: reg(
                 &registry,
                 Gauge::new(
@@ -188,6 +215,7 @@ impl Metrics {
     /// Creates the series alerts and dashboards query, at 0, so that `rate()` and
     /// `increase()` work from the first scrape (a counter that never appeared cannot rise).
     fn initialise(&self) {
+        self.healthy.set(1);
         for protocol in crate::proxy::Protocol::ALL {
             let p = protocol.as_str();
             self.checks_total.with_label_values(&[p, "alive"]);
@@ -218,7 +246,12 @@ impl Metrics {
                 self.checks_total.with_label_values(&[protocol, "alive"]).inc();
                 self.check_duration_seconds.with_label_values(&[protocol]).observe(a.latency.as_secs_f64());
             }
-            Err(r) => self.checks_total.with_label_values(&[protocol, r.as_str()]).inc(),
+            Err(r) => {
+                self.checks_total.with_label_values(&[protocol, r.as_str()]).inc();
+                if *r == crate::check::Reason::InternalError {
+                    self.check_internal_errors_total.inc();
+                }
+            }
         }
     }
 

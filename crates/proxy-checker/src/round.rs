@@ -1,19 +1,25 @@
-//! One round: fetch every source → parse → dedupe → resolve hostnames and guard them →
-//! check → report. Used by the one-shot `check` command and by the service.
+//! One round: every source fetched and parsed at once; each source's proxies, deduped
+//! and guarded (hostnames resolved under a deadline and a budget), enter the check
+//! engine as soon as that source is parsed, so a slow or hanging source delays only its
+//! own proxies. Used by the one-shot `check` command and by the service.
+//!
+//! Everything a round starts is a future inside [`RoundContext::run`] (or a task the
+//! engine owns): dropping or cancelling the round stops all of it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::check::{Candidate, Engine, Progress, RunError, RunStats, Verdict};
 use crate::guard;
-use crate::proxy::Host;
-use crate::source::{self, FetchSettings, Reject, RejectReason, SourceSpec, SourceStats};
+use crate::proxy::{Host, Proxy};
+use crate::source::{self, Dedupe, FetchSettings, Reject, RejectReason, SourceSpec, SourceStats};
 
 /// Why a round produced no verdicts.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +50,13 @@ pub struct RoundReport {
 /// A callback that sees every verdict of a round.
 pub type VerdictObserver = Arc<dyn Fn(&Verdict) + Send + Sync>;
 
+/// One hostname's lookup may take this long; then it is `unresolvable` for this round.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Distinct hostnames looked up per round at most; the rest are `resolve_budget`.
+pub const RESOLVE_BUDGET: usize = 10_000;
+/// Candidates parsed but not yet taken by the engine, at most (backpressure on sources).
+const QUEUE: usize = 4096;
+
 /// Inputs of a round that do not change between rounds.
 pub struct RoundContext {
     pub client: reqwest::Client,
@@ -51,93 +64,173 @@ pub struct RoundContext {
     pub sources: Vec<SourceSpec>,
     pub fetch: FetchSettings,
     pub allow_private: bool,
-    /// Hostnames resolved concurrently.
+    /// Hostnames resolved concurrently (across sources).
     pub resolve_concurrency: usize,
     /// Sees every verdict (metrics).
     pub observer: Option<VerdictObserver>,
 }
 
+/// What the sources of one round share: the dedupe set and the resolver's cache, slots
+/// and budget.
+struct Feed<'a> {
+    seen: Dedupe,
+    resolved: Mutex<HashMap<Arc<str>, Result<IpAddr, RejectReason>>>,
+    resolving: Semaphore,
+    names_left: AtomicUsize,
+    progress: &'a Progress,
+}
+
 impl RoundContext {
     pub async fn run(&self, progress: Arc<Progress>, cancel: CancellationToken) -> Result<RoundReport, RoundError> {
         let started = SystemTime::now();
-        let mut gathered = tokio::select! {
-            g = source::gather(&self.client, &self.sources, &self.fetch, self.allow_private) => g,
-            _ = cancel.cancelled() => return Err(RunError::Cancelled.into()),
+        let (tx, mut rx) = mpsc::channel::<Candidate>(QUEUE);
+        let feed = Feed {
+            seen: Dedupe::default(),
+            resolved: Mutex::new(HashMap::new()),
+            resolving: Semaphore::new(self.resolve_concurrency.max(1)),
+            names_left: AtomicUsize::new(RESOLVE_BUDGET),
+            progress: &progress,
         };
-        let scraped = gathered.scraped();
-        if gathered.found.is_empty() {
-            return Err(no_usable_source(&gathered.stats));
-        }
-
-        let resolved = resolve_names(&gathered.found, self.resolve_concurrency).await;
-        let allow_private = self.allow_private;
-        let stats = &mut gathered.stats;
-        gathered.found.retain(|f| match &f.proxy.host {
-            Host::Ip(_) => true,
-            Host::Name(n) => {
-                let verdict = match resolved.get(n.as_ref()) {
-                    Some(Ok(ips)) => {
-                        ips.iter().try_for_each(|ip| guard::check(*ip, allow_private)).map_err(RejectReason::from)
-                    }
-                    _ => Err(RejectReason::Unresolvable),
-                };
-                if let Err(reason) = verdict {
-                    let st = &mut stats[usize::from(f.source)];
-                    st.valid -= 1;
-                    *st.rejected.entry(reason).or_default() += 1;
-                    if st.samples.len() < 20 {
-                        st.samples.push(Reject { line: 0, reason, text: n.to_string() });
-                    }
-                }
-                verdict.is_ok()
-            }
-        });
-        if gathered.found.is_empty() {
-            return Err(no_usable_source(&gathered.stats));
-        }
-        let unique = gathered.found.len() as u64;
-        progress.total.store(unique, Ordering::Relaxed);
-
-        let candidates = gathered.found.into_iter().map(|f| {
-            let ip = match &f.proxy.host {
-                Host::Ip(ip) => *ip,
-                Host::Name(n) => resolved
-                    .get(n.as_ref())
-                    .and_then(|r| r.as_ref().ok())
-                    .and_then(|v| v.first().copied())
-                    .expect("kept only resolved names"),
-            };
-            Candidate { addr: SocketAddr::new(ip, f.proxy.port), proxy: f.proxy, source: f.source }
-        });
+        let feeding = async {
+            let tx = tx;
+            let each = self.sources.iter().enumerate().map(|(i, spec)| self.feed_source(i, spec, &feed, &tx));
+            futures_util::future::join_all(each).await
+        };
 
         let mut alive = Vec::new();
         let mut alive_per_source = vec![0u64; self.sources.len()];
-        let run = self
-            .engine
-            .run(candidates, progress, cancel, &mut |v: Verdict| {
-                if let Some(observe) = &self.observer {
-                    observe(&v);
+        let mut sink = |v: Verdict| {
+            if let Some(observe) = &self.observer {
+                observe(&v);
+            }
+            if v.is_alive() {
+                if let Some(n) = alive_per_source.get_mut(usize::from(v.candidate.source)) {
+                    *n = n.saturating_add(1);
                 }
-                if v.is_alive() {
-                    if let Some(n) = alive_per_source.get_mut(usize::from(v.candidate.source)) {
-                        *n += 1;
-                    }
-                    alive.push(v);
-                }
-            })
-            .await?;
+                alive.push(v);
+            }
+        };
+        let input = futures_util::stream::poll_fn(|cx| rx.poll_recv(cx));
+        let checking = self.engine.run(input, progress.clone(), cancel.clone(), &mut sink);
+        let (sources, run) = tokio::select! {
+            both = async { tokio::join!(feeding, checking) } => both,
+            _ = cancel.cancelled() => return Err(RunError::Cancelled.into()),
+        };
+
+        let unique: u64 = sources.iter().map(|s| s.valid).sum();
+        if unique == 0 {
+            return Err(no_usable_source(&sources));
+        }
+        let run = run?;
         alive.sort_by_key(|v| v.outcome.as_ref().map(|a| a.latency).unwrap_or_default());
         Ok(RoundReport {
             started,
             finished: SystemTime::now(),
-            sources: gathered.stats,
+            scraped: sources.iter().map(|s| s.lines).sum(),
+            sources,
             alive_per_source,
-            scraped,
             unique,
             alive,
             run,
         })
     }
+
+    /// Collects one source and sends its new proxies to the engine: IP addresses at once,
+    /// hostnames as they resolve. Stops early if the engine stopped taking candidates.
+    async fn feed_source(
+        &self,
+        i: usize,
+        spec: &SourceSpec,
+        feed: &Feed<'_>,
+        tx: &mpsc::Sender<Candidate>,
+    ) -> SourceStats {
+        let (proxies, mut st) = source::collect(&self.client, spec, &self.fetch, self.allow_private).await;
+        let source = u16::try_from(i).unwrap_or(u16::MAX);
+        let mut named = Vec::new();
+        let mut ready = Vec::new();
+        for (proxy, line) in proxies {
+            if !feed.seen.admit(&proxy) {
+                st.duplicates = st.duplicates.saturating_add(1);
+                st.reject(Reject { line, reason: RejectReason::Duplicate, text: String::new() });
+                continue;
+            }
+            match proxy.host {
+                Host::Ip(ip) => ready.push(Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source }),
+                Host::Name(_) => named.push(proxy),
+            }
+        }
+        if !send_all(ready, &mut st, feed.progress, tx).await {
+            return st;
+        }
+        let lookups = named.into_iter().map(|proxy| async move {
+            let verdict = self.resolve(&proxy, feed).await;
+            (proxy, verdict)
+        });
+        let mut lookups = futures_util::stream::iter(lookups).buffer_unordered(self.resolve_concurrency.max(1));
+        while let Some((proxy, verdict)) = lookups.next().await {
+            match verdict {
+                Ok(ip) => {
+                    let c = Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source };
+                    if !send_all(vec![c], &mut st, feed.progress, tx).await {
+                        return st;
+                    }
+                }
+                Err(reason) => {
+                    let text = match &proxy.host {
+                        Host::Name(n) => n.to_string(),
+                        Host::Ip(ip) => ip.to_string(),
+                    };
+                    st.reject(Reject { line: 0, reason, text });
+                }
+            }
+        }
+        st
+    }
+
+    /// The address to dial for a hostname proxy: looked up once per round (with a
+    /// deadline, within the round's budget), every address it resolves to guarded.
+    async fn resolve(&self, proxy: &Proxy, feed: &Feed<'_>) -> Result<IpAddr, RejectReason> {
+        let Host::Name(name) = &proxy.host else { return Err(RejectReason::Syntax) };
+        let cached = feed.resolved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).copied();
+        if let Some(r) = cached {
+            return r;
+        }
+        let within_budget = feed.names_left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let verdict = if within_budget.is_err() {
+            Err(RejectReason::ResolveBudget)
+        } else {
+            let _slot = feed.resolving.acquire().await;
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name.as_ref(), 0))).await {
+                Ok(Ok(addrs)) => {
+                    let ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+                    match ips.iter().try_for_each(|ip| guard::check(*ip, self.allow_private)) {
+                        Err(refused) => Err(RejectReason::from(refused)),
+                        Ok(()) => ips.first().copied().ok_or(RejectReason::Unresolvable),
+                    }
+                }
+                Ok(Err(_)) | Err(_) => Err(RejectReason::Unresolvable),
+            }
+        };
+        feed.resolved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), verdict);
+        verdict
+    }
+}
+
+/// Sends candidates to the engine, counting them as valid. `false`: the engine is gone.
+async fn send_all(
+    cands: Vec<Candidate>,
+    st: &mut SourceStats,
+    progress: &Progress,
+    tx: &mpsc::Sender<Candidate>,
+) -> bool {
+    for c in cands {
+        if tx.send(c).await.is_err() {
+            return false;
+        }
+        st.valid = st.valid.saturating_add(1);
+        progress.total.fetch_add(1, Ordering::Relaxed);
+    }
+    true
 }
 
 /// Says, per source, why nothing could be checked.
@@ -153,34 +246,6 @@ fn no_usable_source(stats: &[SourceStats]) -> RoundError {
         })
         .collect();
     RoundError::NoUsableSource(if why.is_empty() { "no sources configured".into() } else { why.join("; ") })
-}
-
-/// Resolves every distinct hostname once, concurrently.
-async fn resolve_names(found: &[source::Found], concurrency: usize) -> HashMap<String, Result<Vec<IpAddr>, String>> {
-    let mut names: Vec<&str> = found
-        .iter()
-        .filter_map(|f| match &f.proxy.host {
-            Host::Name(n) => Some(n.as_ref()),
-            Host::Ip(_) => None,
-        })
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    let names: Vec<String> = names.into_iter().map(str::to_string).collect();
-    futures_util::stream::iter(names)
-        .map(|name: String| async move {
-            let r = match tokio::net::lookup_host((name.as_str(), 0)).await {
-                Ok(addrs) => {
-                    let ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-                    if ips.is_empty() { Err("no addresses".to_string()) } else { Ok(ips) }
-                }
-                Err(e) => Err(e.to_string()),
-            };
-            (name, r)
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await
 }
 
 /// Why a round context could not be built from a config.

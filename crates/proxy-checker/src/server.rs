@@ -59,6 +59,9 @@ pub struct Options {
     pub idle_timeout: Option<Duration>,
     /// A request must be read and answered within this of its first byte (default 10 s).
     pub request_timeout: Option<Duration>,
+    /// A round whose counters stay still this long is a fault (default: from the config,
+    /// see [`Service::stall_limit`]).
+    pub stall_limit: Option<Duration>,
 }
 
 /// See [`Options::idle_timeout`].
@@ -99,6 +102,11 @@ impl Drop for Server {
 }
 
 impl Server {
+    /// Whether the service is healthy (what `/health` says; the watchdog follows it).
+    pub fn is_healthy(&self) -> bool {
+        self.state.service.fault().is_none()
+    }
+
     /// Graceful stop: no new connections, in-flight requests get the grace period, the
     /// running round is cancelled (the last complete snapshot is already persisted).
     pub async fn shutdown(mut self) {
@@ -142,9 +150,18 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
         .thread_name("checker")
         .enable_all()
         .build()?;
-    let scheduler = checker_rt.spawn(service.clone().run_scheduler(shutdown.clone()));
+    let scheduler = checker_rt.spawn(supervise_scheduler(service.clone(), shutdown.clone()));
     let _ = service.metrics.checker_runtime.set(checker_rt.handle().clone());
     let mut background = Vec::new();
+    let watched = service.clone();
+    let stall_limit = opts.stall_limit;
+    background.push(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            watched.watch_progress(stall_limit.unwrap_or_else(|| watched.stall_limit()));
+        }
+    }));
     let sweeper_state = state.clone();
     background.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -199,6 +216,32 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
     });
     tracing::info!(%addr, "API listening");
     Ok(Server { addr, state, shutdown, api, scheduler, background, _watcher: watcher, checker_rt: Some(checker_rt) })
+}
+
+/// Runs the scheduler as its own task and watches it: if it ever ends while the service
+/// is not shutting down (a panic outside any round, or a bug), the service records a
+/// [`crate::service::Fault`] so `/health` fails and the watchdog stops, and systemd
+/// restarts the process. Rounds themselves cannot end it: each is guarded.
+async fn supervise_scheduler(service: Arc<Service>, shutdown: CancellationToken) {
+    let scheduler = tokio::spawn(service.clone().run_scheduler(shutdown.clone()));
+    let ended = scheduler.await;
+    if shutdown.is_cancelled() {
+        return;
+    }
+    let why = match ended {
+        Ok(()) => "it returned".to_string(),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let text = payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "non-text panic payload".into());
+            format!("it panicked: {text}")
+        }
+        Err(e) => format!("its task ended: {e}"),
+    };
+    service.scheduler_stopped(why);
 }
 
 /// With auth on and no key anywhere, the service makes one and writes it next to its data

@@ -2,12 +2,19 @@
 //! API reads (`/stat`, `/ready`, `POST /reload`).
 //!
 //! Rounds run one at a time: fetch → check → build a snapshot off to the side → swap it in
-//! whole → persist it. A failed round (no usable source, judge down, cancelled) keeps the
-//! old snapshot. The API never waits on a round: it reads `ArcSwap`s and atomics.
+//! whole → persist it. A failed round (no usable source, judge down, cancelled, a panic)
+//! keeps the old snapshot, returns the phase to idle, says why in `last_error`, and the
+//! next round is scheduled as usual. A scheduler that stops, or a round that makes no
+//! progress for [`Service::stall_limit`], is a [`Fault`]: `/health` and `/ready` answer
+//! 503 naming it and the systemd watchdog is no longer fed. The API never waits on a
+//! round: it reads `ArcSwap`s and atomics.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
 
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
@@ -34,6 +41,42 @@ pub enum Phase {
     },
 }
 
+/// Why the service is unhealthy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The round scheduler ended (a panic outside any round, or a bug): no round will
+    /// ever run again in this process.
+    SchedulerStopped(String),
+    /// The running round's counters did not move for longer than the stall limit.
+    RoundStalled { round_id: u64, secs: u64 },
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::SchedulerStopped(why) => write!(f, "the round scheduler stopped: {why}"),
+            Fault::RoundStalled { round_id, secs } => {
+                write!(f, "round {round_id} made no progress for {secs} s")
+            }
+        }
+    }
+}
+
+/// How the last round (successful or not) ended.
+#[derive(Clone, Debug)]
+pub struct RoundEnd {
+    pub round_id: u64,
+    pub finished_at: SystemTime,
+    /// `ok`, `error` or `cancelled` (the `rounds_total` label).
+    pub result: &'static str,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (every critical
+/// section here is a single assignment or clone).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Shared service state. Cheap to read from any thread.
 pub struct Service {
     pub config: ArcSwap<Config>,
@@ -48,6 +91,10 @@ pub struct Service {
     ready: AtomicBool,
     last_error: Mutex<Option<String>>,
     next_round_at: Mutex<Option<SystemTime>>,
+    last_round_end: Mutex<Option<RoundEnd>>,
+    fault: Mutex<Option<Fault>>,
+    /// (round id, progress counters' sum, when they last moved), for stall detection.
+    progress_seen: Mutex<(u64, u64, Instant)>,
 }
 
 /// What `POST /reload` did.
@@ -98,7 +145,84 @@ impl Service {
             ready: AtomicBool::new(ready),
             last_error: Mutex::new(None),
             next_round_at: Mutex::new(None),
+            last_round_end: Mutex::new(None),
+            fault: Mutex::new(None),
+            progress_seen: Mutex::new((0, 0, Instant::now())),
         })
+    }
+
+    /// Why the service is unhealthy, if it is.
+    pub fn fault(&self) -> Option<Fault> {
+        lock(&self.fault).clone()
+    }
+
+    /// Records that the scheduler ended. Called by its supervisor (see `server`).
+    pub fn scheduler_stopped(&self, why: String) {
+        tracing::error!(reason = %why, "the round scheduler stopped: /health now answers 503 and the watchdog is no longer fed");
+        self.metrics.healthy.set(0);
+        *lock(&self.fault) = Some(Fault::SchedulerStopped(why));
+    }
+
+    /// How long a round may go without any counter moving before it counts as stalled:
+    /// long enough for every source's attempts and a judge outage, never under 10 min.
+    pub fn stall_limit(&self) -> Duration {
+        let c = self.config.load();
+        let attempts = c.fetch.retries.saturating_add(1);
+        let sources = c
+            .fetch
+            .timeout
+            .saturating_mul(attempts)
+            .saturating_add(c.fetch.backoff.saturating_mul(1 << attempts.min(10)));
+        let checks = c.checker.settings.timeout.saturating_mul(20);
+        sources.saturating_mul(2).saturating_add(checks).max(Duration::from_secs(600))
+    }
+
+    /// Compares the running round's counters with the last look; a round whose counters
+    /// stayed still for longer than `limit` is a fault until they move again.
+    pub fn watch_progress(&self, limit: Duration) {
+        let now = Instant::now();
+        let (id, sum) = match self.phase() {
+            Phase::Running { id, progress, .. } => {
+                let p = &progress;
+                let sum = [&p.total, &p.checked, &p.probes, &p.local_requeues, &p.retries]
+                    .iter()
+                    .fold(0u64, |a, c| a.wrapping_add(c.load(Ordering::Relaxed)));
+                (id, sum)
+            }
+            _ => (0, 0),
+        };
+        let mut seen = lock(&self.progress_seen);
+        if seen.0 != id || seen.1 != sum {
+            *seen = (id, sum, now);
+        }
+        let still = now.saturating_duration_since(seen.2);
+        drop(seen);
+        let mut fault = lock(&self.fault);
+        match &*fault {
+            Some(Fault::SchedulerStopped(_)) => {}
+            _ if id != 0 && still > limit => {
+                if fault.is_none() {
+                    tracing::error!(
+                        round_id = id,
+                        secs = still.as_secs(),
+                        "the round makes no progress: /health answers 503"
+                    );
+                }
+                self.metrics.healthy.set(0);
+                *fault = Some(Fault::RoundStalled { round_id: id, secs: still.as_secs() });
+            }
+            Some(Fault::RoundStalled { .. }) => {
+                tracing::info!(round_id = id, "the round makes progress again");
+                self.metrics.healthy.set(1);
+                *fault = None;
+            }
+            None => {}
+        }
+    }
+
+    /// How the last round ended (successful or not).
+    pub fn last_round_end(&self) -> Option<RoundEnd> {
+        lock(&self.last_round_end).clone()
     }
 
     /// A snapshot (loaded or fresh) is being served.
@@ -107,20 +231,20 @@ impl Service {
     }
 
     pub fn phase(&self) -> Phase {
-        self.phase.lock().expect("phase lock").clone()
+        lock(&self.phase).clone()
     }
 
     pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("error lock").clone()
+        lock(&self.last_error).clone()
     }
 
     pub fn next_round_at(&self) -> Option<SystemTime> {
-        *self.next_round_at.lock().expect("next lock")
+        *lock(&self.next_round_at)
     }
 
     /// `POST /reload`: start a round now unless one is running or already requested.
     pub fn request_round(&self) -> ReloadOutcome {
-        let mut phase = self.phase.lock().expect("phase lock");
+        let mut phase = lock(&self.phase);
         match &*phase {
             Phase::Running { id, .. } | Phase::Requested(id) => ReloadOutcome::AlreadyRunning(*id),
             Phase::Idle => {
@@ -159,8 +283,7 @@ impl Service {
         loop {
             let interval = self.config.load().interval;
             let due = last_end.map_or_else(Instant::now, |t| t + interval);
-            *self.next_round_at.lock().expect("next lock") =
-                Some(SystemTime::now() + due.saturating_duration_since(Instant::now()));
+            *lock(&self.next_round_at) = Some(SystemTime::now() + due.saturating_duration_since(Instant::now()));
             let requested = matches!(self.phase(), Phase::Requested(_));
             if !requested && due > Instant::now() {
                 tokio::select! {
@@ -172,21 +295,50 @@ impl Service {
             if cancel.is_cancelled() {
                 return;
             }
-            let id = self.last_id.fetch_add(1, Ordering::AcqRel) + 1;
-            self.run_round(id, &cancel).await;
+            let id = self.last_id.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+            // A round that panics is a round that failed: the scheduler goes on.
+            let result = match AssertUnwindSafe(self.run_round(id, &cancel)).catch_unwind().await {
+                Ok(result) => result,
+                Err(payload) => {
+                    let what = payload
+                        .downcast_ref::<&str>()
+                        .copied()
+                        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                        .unwrap_or("non-text panic payload");
+                    tracing::error!(round_id = id, panic = what, "round panicked (a bug; please report it)");
+                    self.round_failed(id, format!("round {id} panicked: {what}"), "error");
+                    "error"
+                }
+            };
+            *lock(&self.last_round_end) = Some(RoundEnd { round_id: id, finished_at: SystemTime::now(), result });
+            self.metrics.last_round_finished_timestamp_seconds.set(crate::snapshot::unix(SystemTime::now()));
             last_end = Some(Instant::now());
         }
     }
 
-    async fn run_round(&self, id: u64, cancel: &CancellationToken) {
+    /// A round ended without a new pool: the phase returns to idle and `last_error` says why.
+    fn round_failed(&self, id: u64, error: String, label: &'static str) {
+        let served = self.snapshot.load().len();
+        if served > 0 || self.is_ready() {
+            tracing::warn!(round_id = id, error = %error, served, "round failed; the previous snapshot stays served");
+        } else {
+            tracing::warn!(round_id = id, error = %error, "round failed; no pool is served yet");
+        }
+        self.metrics.rounds_total.with_label_values(&[label]).inc();
+        *lock(&self.last_error) = Some(error);
+        *lock(&self.phase) = Phase::Idle;
+    }
+
+    /// One round, start to end; returns its `rounds_total` label.
+    async fn run_round(&self, id: u64, cancel: &CancellationToken) -> &'static str {
         let config = self.config.load_full();
         let mut cfg = (*config).clone();
         let concurrency = cfg.checker.concurrency_requested.min(self.fd_budget).max(1);
         cfg.checker.settings.concurrency = concurrency;
         let progress = Arc::new(Progress::default());
         let started = SystemTime::now();
-        *self.phase.lock().expect("phase lock") = Phase::Running { id, started, progress: progress.clone() };
-        *self.next_round_at.lock().expect("next lock") = None;
+        *lock(&self.phase) = Phase::Running { id, started, progress: progress.clone() };
+        *lock(&self.next_round_at) = None;
         tracing::info!(round_id = id, sources = cfg.sources.len(), concurrency, "round started");
 
         let result = match RoundContext::from_config(&cfg) {
@@ -215,8 +367,8 @@ impl Service {
                 self.metrics.alive_proxies.set(data.proxies.len() as i64);
                 self.snapshot.store(Arc::new(Snapshot::new((*data).clone(), false)));
                 self.ready.store(true, Ordering::Release);
-                *self.last_error.lock().expect("error lock") = None;
-                *self.phase.lock().expect("phase lock") = Phase::Idle;
+                *lock(&self.last_error) = None;
+                *lock(&self.phase) = Phase::Idle;
                 // Logged once the new pool is served: a reader of this line sees it.
                 tracing::info!(
                     round_id = id, checked = r.checked, alive = r.alive, dead = r.dead,
@@ -225,13 +377,12 @@ impl Service {
                     local_requeues = r.local_requeues, "round finished"
                 );
                 self.persist(data).await;
+                "ok"
             }
             Err(e) => {
-                tracing::warn!(round_id = id, error = %e, "round failed; the previous snapshot stays served");
                 let label = if cancel.is_cancelled() { "cancelled" } else { "error" };
-                self.metrics.rounds_total.with_label_values(&[label]).inc();
-                *self.last_error.lock().expect("error lock") = Some(e);
-                *self.phase.lock().expect("phase lock") = Phase::Idle;
+                self.round_failed(id, e, label);
+                label
             }
         }
     }

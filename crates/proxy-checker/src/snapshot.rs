@@ -49,6 +49,9 @@ pub struct SourceSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// Fetch attempts made (1 + retries used); 0 in snapshots from before it was kept.
+    #[serde(default)]
+    pub attempts: u32,
     pub bytes: u64,
     pub lines: u64,
     pub valid: u64,
@@ -128,6 +131,7 @@ impl SnapshotData {
                 ok: s.error.is_none(),
                 error: s.error.as_ref().map(|e| e.to_string()),
                 duration_ms: s.duration.as_millis() as u64,
+                attempts: s.attempts,
                 bytes: s.bytes,
                 lines: s.lines,
                 valid: s.valid,

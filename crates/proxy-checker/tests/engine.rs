@@ -81,7 +81,9 @@ async fn run(settings: CheckSettings, cands: Vec<Candidate>) -> Result<(Vec<Verd
     let engine = Engine::new(settings, tls).unwrap();
     let progress = Arc::new(Progress::default());
     let mut out = Vec::new();
-    engine.run(cands, progress.clone(), CancellationToken::new(), &mut |v| out.push(v)).await?;
+    engine
+        .run(futures_util::stream::iter(cands), progress.clone(), CancellationToken::new(), &mut |v| out.push(v))
+        .await?;
     Ok((out, progress))
 }
 
@@ -186,10 +188,15 @@ async fn judge_down_mid_run_marks_no_proxy_dead() {
     let mut dead = Vec::new();
     let mut alive = 0;
     let result = engine
-        .run(candidates(&farm), Arc::new(Progress::default()), CancellationToken::new(), &mut |v| match v.outcome {
-            Ok(_) => alive += 1,
-            Err(r) => dead.push(r),
-        })
+        .run(
+            futures_util::stream::iter(candidates(&farm)),
+            Arc::new(Progress::default()),
+            CancellationToken::new(),
+            &mut |v| match v.outcome {
+                Ok(_) => alive += 1,
+                Err(r) => dead.push(r),
+            },
+        )
         .await;
     flip.await.unwrap();
     assert!(matches!(result, Err(RunError::JudgeDown(_))), "{result:?}");

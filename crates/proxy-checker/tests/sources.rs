@@ -92,7 +92,10 @@ async fn stats_dedupe_and_files() {
     );
     assert_eq!(s[0].samples.iter().find(|r| r.reason == RejectReason::Private).unwrap().line, 4);
     assert_eq!((s[1].lines, s[1].valid, s[1].duplicates), (3, 1, 2), "file source, socks5 default, deduped");
-    assert!(matches!(s[2].error, Some(SourceError::Io(_))));
+    // A missing file is an error of its own, tried once: no retry can make it appear.
+    assert!(matches!(s[2].error, Some(SourceError::File(_))), "{:?}", s[2].error);
+    assert_eq!(s[2].attempts, 1);
+    assert_eq!((s[0].attempts, s[1].attempts), (1, 1));
     assert!(s[2].name.ends_with("missing.txt"));
     assert_eq!(g.found.len(), 3);
     assert_eq!(g.scraped(), 10);

@@ -12,6 +12,7 @@
 //!
 //! Non-loopback peers are dropped at once: the wildcard listener serves loopback only.
 
+pub mod hostile;
 pub mod http;
 pub mod proxy;
 pub mod spec;

@@ -9,6 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::Shared;
+use crate::hostile;
 use crate::http::{self, Delivery, Request};
 use crate::spec::{Behavior, Protocol};
 
@@ -120,6 +121,9 @@ async fn http_proxy(ctx: &Ctx, mut s: TcpStream, first: u8) {
     let Some(req) = http::read_request(&mut s, &mut buf).await else {
         return;
     };
+    if ctx.behavior == Behavior::ResetAfterRequest {
+        return hostile::reset(s);
+    }
     if needs_auth(ctx) && !basic_ok(ctx, &req) {
         let extra = "Proxy-Authenticate: Basic realm=\"farm\"\r\n";
         http::write_response(
@@ -148,13 +152,15 @@ async fn http_proxy(ctx: &Ctx, mut s: TcpStream, first: u8) {
             http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await;
             return finish(&mut s).await;
         }
-        let established: &[u8] = if ctx.behavior == Behavior::OldStyle {
-            b"HTTP/1.0 200 Connection established\r\n\r\n"
-        } else {
-            b"HTTP/1.1 200 Connection established\r\n\r\n"
+        let established = match ctx.behavior {
+            Behavior::OldStyle => b"HTTP/1.0 200 Connection established\r\n\r\n".as_slice(),
+            b => hostile::established(b).unwrap_or(b"HTTP/1.1 200 Connection established\r\n\r\n"),
         };
         if s.write_all(established).await.is_err() {
             return;
+        }
+        if ctx.behavior == Behavior::CloseAfterHandshake {
+            return finish(&mut s).await;
         }
         return tunnel(ctx, s, target).await;
     }
@@ -171,15 +177,24 @@ async fn http_proxy(ctx: &Ctx, mut s: TcpStream, first: u8) {
         http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await;
         return finish(&mut s).await;
     }
+    match ctx.behavior {
+        Behavior::CloseAfterHandshake => return finish(&mut s).await,
+        Behavior::Banner if s.write_all(hostile::BANNER).await.is_err() => return,
+        _ => {}
+    }
     answer(ctx, &mut s, &req).await;
     finish(&mut s).await;
 }
 
 /// The judge's answer as this proxy delivers it.
-async fn answer<S: AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
     match ctx.behavior {
         Behavior::TooSlow => tokio::time::sleep(Duration::from_secs(3600)).await,
         _ => tokio::time::sleep(ctx.latency).await,
+    }
+    if let Some(reply) = hostile::reply(ctx.behavior, req, &ctx.origin) {
+        ctx.shared.judge_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return hostile::send(s, reply).await;
     }
     match ctx.behavior {
         Behavior::EndlessHeader => {
@@ -277,6 +292,10 @@ async fn socks5(ctx: &Ctx, mut s: TcpStream) {
     if s.read_exact(&mut methods).await.is_err() {
         return;
     }
+    if let Some(reply) = hostile::socks5_method(ctx.behavior) {
+        hostile::send(&mut s, reply).await;
+        return finish(&mut s).await;
+    }
     if needs_auth(ctx) {
         if !methods.contains(&2) {
             let _ = s.write_all(&[5, 0xff]).await;
@@ -351,18 +370,40 @@ async fn socks5(ctx: &Ctx, mut s: TcpStream) {
         Some(_) if ctx.shared.is_judge_down() => 5,
         Some(_) => 0,
     };
+    if ctx.behavior == Behavior::ResetAfterRequest {
+        return hostile::reset(s);
+    }
     if ctx.behavior == Behavior::BogusSocks {
         // Address type "domain", length 255, then 8 bytes and a close.
         let _ = s.write_all(&[5, 0, 0, 3, 255, b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h']).await;
         return finish(&mut s).await;
     }
-    if s.write_all(&[5, code, 0, 1, 0, 0, 0, 0, 0, 0]).await.is_err() {
+    if let Some(reply) = hostile::socks5_failure(ctx.behavior) {
+        let _ = s.write_all(reply).await;
+        return finish(&mut s).await;
+    }
+    let usual = [5, code, 0, 1, 0, 0, 0, 0, 0, 0];
+    let reply = match hostile::socks5_success(ctx.behavior) {
+        Some(odd) if code == 0 => odd,
+        _ => &usual,
+    };
+    if s.write_all(reply).await.is_err() {
         return;
     }
     match target {
-        Some(t) if code == 0 => tunnel(ctx, s, t).await,
+        Some(t) if code == 0 => after_reply(ctx, s, t).await,
         _ => finish(&mut s).await,
     }
+}
+
+/// Enters the tunnel after a successful SOCKS reply, unless the behaviour spoils it first.
+async fn after_reply(ctx: &Ctx, mut s: TcpStream, target: crate::Target) {
+    match ctx.behavior {
+        Behavior::CloseAfterHandshake => return finish(&mut s).await,
+        Behavior::Banner if s.write_all(hostile::BANNER).await.is_err() => return,
+        _ => {}
+    }
+    tunnel(ctx, s, target).await
 }
 
 async fn socks4(ctx: &Ctx, mut s: TcpStream) {
@@ -383,8 +424,15 @@ async fn socks4(ctx: &Ctx, mut s: TcpStream) {
     } else {
         ip.to_string()
     };
+    if ctx.behavior == Behavior::ResetAfterRequest {
+        return hostile::reset(s);
+    }
     if ctx.behavior == Behavior::BogusSocks {
         let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n").await;
+        return finish(&mut s).await;
+    }
+    if let Some(reply) = hostile::socks4_failure(ctx.behavior) {
+        let _ = s.write_all(reply).await;
         return finish(&mut s).await;
     }
     let vn = if ctx.behavior == Behavior::OldStyle { 4 } else { 0 };
@@ -402,7 +450,7 @@ async fn socks4(ctx: &Ctx, mut s: TcpStream) {
             if s.write_all(&reply(0x5a)).await.is_err() {
                 return;
             }
-            tunnel(ctx, s, t).await
+            after_reply(ctx, s, t).await
         }
         _ => {
             let _ = s.write_all(&reply(0x5b)).await;

@@ -83,6 +83,215 @@ pub enum Behavior {
     BogusSocks,
     /// Inside a tunnel to the TLS judge, answers the ClientHello with garbage.
     TlsGarbage,
+
+    // Hostile answers ([`Behavior::HOSTILE`]). Unless said otherwise the judge's answer is
+    // corrupted wherever it is given: forwarded, inside a CONNECT tunnel and inside a SOCKS
+    // tunnel, plain or TLS.
+    //
+    // Chunked framing.
+    /// Chunk size `ffffffffffffffff` (u64::MAX), then filler without the nonce, forever.
+    ChunkSizeMax,
+    /// The judge answer in one chunk whose size has 17 hex digits: 2^64 + the real size,
+    /// so a reader that wraps around reads the right chunk.
+    ChunkSizeTooLong,
+    /// The judge answer in one chunk whose size is written `0x…`.
+    ChunkSizePrefixed,
+    /// The judge answer in one chunk whose size is written `+…`.
+    ChunkSizeSigned,
+    /// The judge answer in one chunk whose size line carries 100 KB of extensions.
+    ChunkExtensionFlood,
+    /// The judge answer in one chunk not followed by CRLF.
+    ChunkMissingCrlf,
+    /// Well-formed 1 KiB chunks of filler, forever, never the nonce nor a last chunk.
+    EndlessChunks,
+    /// Declares a 2 GiB chunk, sends 1 KiB of filler and closes.
+    HugeChunkThenClose,
+    /// Works: chunked with chunk extensions and trailer fields (odd but valid).
+    ChunkedTrailers,
+    // Content-Length.
+    /// `Content-Length: 99999999999999999999999` (past u64).
+    ContentLengthOverflow,
+    /// `Content-Length: -1`.
+    ContentLengthNegative,
+    /// `Content-Length: +N`.
+    ContentLengthSigned,
+    /// Two different Content-Lengths.
+    ContentLengthConflict,
+    /// `Content-Length: 2`: the judge answer comes after the declared end.
+    ContentLengthShort,
+    /// Declares 4 KiB more than it sends (no nonce in what it sends), then closes.
+    ContentLengthLong,
+    /// Content-Length and `Transfer-Encoding: chunked` together (a smuggling shape).
+    ContentLengthAndChunked,
+    /// Works: the same Content-Length twice (odd but valid).
+    ContentLengthTwice,
+    // Transfer-Encoding.
+    /// `Transfer-Encoding: gzip`, the answer gzip-compressed and delimited by close.
+    TransferEncodingGzip,
+    /// `Transfer-Encoding: xchunkedx` over a chunked answer: not chunked, so the framing
+    /// stays in the body and splits the nonce.
+    TransferEncodingUnknown,
+    // Interim answers.
+    /// `100 Continue`, forever.
+    ContinueFlood,
+    /// Works: one `100 Continue` before the 200 (odd but valid).
+    OneContinue,
+    /// Works: `102 Processing` and `103 Early Hints` with a `Link` before the 200.
+    EarlyHints,
+    /// `101 Switching Protocols`, then the judge answer.
+    SwitchingProtocols,
+    // The head.
+    /// A NUL byte in a header value.
+    NulInHead,
+    /// Status code `2000`.
+    StatusFourDigits,
+    /// `HTTP/9.9 200 OK`.
+    HttpVersion99,
+    /// HTTP/0.9: the judge's body with no status line at all.
+    Http09,
+    /// The HTTP/2 connection preface and a SETTINGS frame.
+    Http2Preface,
+    /// 1000 short headers (12 KB: under the head-size limit, over the header count).
+    ThousandHeaders,
+    /// Works: 60 headers (odd but valid).
+    SixtyHeaders,
+    /// One header whose value is 1 MB.
+    HugeHeaderValue,
+    /// Works: every line ends in a bare LF (odd but valid).
+    BareLf,
+    // Timing and connection handling.
+    /// A head that never ends, one byte every 100 ms.
+    SlowlorisHead,
+    /// 200 delimited by close, then 16 bytes of filler every 100 ms, forever.
+    EndlessSlowBody,
+    /// The whole head, then silence with the connection open.
+    StallAfterHead,
+    /// Resets the connection (SO_LINGER 0) right after reading the request (HTTP request,
+    /// CONNECT or SOCKS request).
+    ResetAfterRequest,
+    /// Part of the status line and a header, then a half-close (FIN, still reading).
+    HalfCloseMidHead,
+    // Content.
+    /// A cached judge answer: the echo of an earlier request, with its stale nonce.
+    StaleNonce,
+    /// Sends our own request back as the "response".
+    EchoRequest,
+    /// `302 Found` to a login page.
+    RedirectLogin,
+    /// A 200 portal form carrying each query value in a hidden `<input value="…">`.
+    NonceInAttribute,
+    /// A 200 JSON page with each query value under other keys (`x_K`, `K_seen`, `value`).
+    NonceUnderOtherKey,
+    // Handshakes.
+    /// A banner line right after the CONNECT 200 or SOCKS reply (before we send), and
+    /// ahead of a forwarded answer's status line.
+    Banner,
+    /// Completes the CONNECT (200) or SOCKS handshake, then closes; a forwarded request
+    /// is closed on unanswered.
+    CloseAfterHandshake,
+    /// Works: HTTP family, CONNECT answered 200 with headers (`Proxy-Agent`,
+    /// `Content-Length: 0`, which a client must ignore).
+    ChattyConnect,
+    /// SOCKS5: method reply with version byte 4.
+    Socks5WrongVersion,
+    /// SOCKS5: picks username/password although only "no auth" was offered.
+    Socks5UnofferedAuth,
+    /// SOCKS5: method 0xFF, no acceptable methods.
+    Socks5NoMethods,
+    /// SOCKS5: connect reply with address type 0x09.
+    Socks5BadAddressType,
+    /// SOCKS5: connect reply REP=1, general failure.
+    Socks5Failure,
+    /// SOCKS5: an HTTP error page where the method reply belongs.
+    Socks5HttpReply,
+    /// SOCKS5: one byte of the method reply, then silence.
+    Socks5OneByte,
+    /// Works: SOCKS5 connect reply with a domain address of length 0 (the bound address
+    /// is informational; the reply is well framed).
+    Socks5EmptyDomain,
+    /// SOCKS4: 4 of the 8 reply bytes, then a close.
+    Socks4ShortReply,
+    /// SOCKS4: reply 0x5b, request rejected.
+    Socks4Rejected,
+}
+
+impl Behavior {
+    /// The behaviours that attack a checker's reader: malformed and adversarial answers,
+    /// and odd-but-valid ones a checker must not kill a working proxy for.
+    pub const HOSTILE: [Behavior; 55] = {
+        use Behavior::*;
+        [
+            ChunkSizeMax,
+            ChunkSizeTooLong,
+            ChunkSizePrefixed,
+            ChunkSizeSigned,
+            ChunkExtensionFlood,
+            ChunkMissingCrlf,
+            EndlessChunks,
+            HugeChunkThenClose,
+            ChunkedTrailers,
+            ContentLengthOverflow,
+            ContentLengthNegative,
+            ContentLengthSigned,
+            ContentLengthConflict,
+            ContentLengthShort,
+            ContentLengthLong,
+            ContentLengthAndChunked,
+            ContentLengthTwice,
+            TransferEncodingGzip,
+            TransferEncodingUnknown,
+            ContinueFlood,
+            OneContinue,
+            EarlyHints,
+            SwitchingProtocols,
+            NulInHead,
+            StatusFourDigits,
+            HttpVersion99,
+            Http09,
+            Http2Preface,
+            ThousandHeaders,
+            SixtyHeaders,
+            HugeHeaderValue,
+            BareLf,
+            SlowlorisHead,
+            EndlessSlowBody,
+            StallAfterHead,
+            ResetAfterRequest,
+            HalfCloseMidHead,
+            StaleNonce,
+            EchoRequest,
+            RedirectLogin,
+            NonceInAttribute,
+            NonceUnderOtherKey,
+            Banner,
+            CloseAfterHandshake,
+            ChattyConnect,
+            Socks5WrongVersion,
+            Socks5UnofferedAuth,
+            Socks5NoMethods,
+            Socks5BadAddressType,
+            Socks5Failure,
+            Socks5HttpReply,
+            Socks5OneByte,
+            Socks5EmptyDomain,
+            Socks4ShortReply,
+            Socks4Rejected,
+        ]
+    };
+
+    /// Whether a proxy of `protocol` shows this behaviour at all; where it does not (a
+    /// SOCKS-only fault on an HTTP proxy, CONNECT-only on SOCKS) the proxy works.
+    pub fn applies_to(self, protocol: Protocol) -> bool {
+        use Behavior::*;
+        match self {
+            ForwardOnly | TunnelOnly | ChattyConnect => protocol.is_http(),
+            BogusSocks => !protocol.is_http(),
+            Socks5WrongVersion | Socks5UnofferedAuth | Socks5NoMethods | Socks5BadAddressType | Socks5Failure
+            | Socks5HttpReply | Socks5OneByte | Socks5EmptyDomain => protocol == Protocol::Socks5,
+            Socks4ShortReply | Socks4Rejected => protocol == Protocol::Socks4,
+            _ => true,
+        }
+    }
 }
 
 /// Consecutive proxies with one protocol and behaviour.
@@ -176,6 +385,9 @@ pub fn expect(protocol: Protocol, behavior: Behavior, full: bool, https_judge: b
         Garbage => Expect::dead("proxy_protocol_error"),
         WrongPage | PortalWithUrl => Expect::dead("content_mismatch"),
         AuthBad => Expect::dead("proxy_auth_failed"),
+        // Forwarding is tried first: the proxy stays silent until the deadline, which the
+        // check's one deadline then leaves no time of for the tunnel test.
+        TooSlow if fwd => Expect::dead("proxy_timeout"),
         TooSlow | Trickle => Expect::dead("timeout"),
         Mitm | TlsGarbage if https_judge => Expect::dead("tls_error"),
         Mitm | TlsGarbage => Expect::alive(fwd, true),
@@ -186,5 +398,46 @@ pub fn expect(protocol: Protocol, behavior: Behavior, full: bool, https_judge: b
             Protocol::Socks4 => Expect::dead("proxy_protocol_error"),
             Protocol::Http | Protocol::Https => Expect::alive(fwd, true),
         },
+        // The hostile behaviours. An HTTP proxy fails both its tests the same way, so the
+        // deepest failure and a timeout shared by both tests give the same reason.
+        ChunkedTrailers | ContentLengthTwice | OneContinue | EarlyHints | SixtyHeaders | BareLf | ChattyConnect
+        | Socks5EmptyDomain => Expect::alive(fwd, true),
+        b if !b.applies_to(protocol) => Expect::alive(fwd, true),
+        ChunkSizeTooLong | ChunkSizePrefixed | ChunkSizeSigned | ChunkExtensionFlood | ChunkMissingCrlf => {
+            Expect::dead("proxy_protocol_error")
+        }
+        ContentLengthOverflow
+        | ContentLengthNegative
+        | ContentLengthSigned
+        | ContentLengthConflict
+        | ContentLengthAndChunked => Expect::dead("proxy_protocol_error"),
+        // More than 8 interim answers.
+        ContinueFlood => Expect::dead("proxy_protocol_error"),
+        NulInHead | StatusFourDigits | HttpVersion99 | Http09 | Http2Preface | ThousandHeaders | HugeHeaderValue
+        | EchoRequest => Expect::dead("proxy_protocol_error"),
+        // Bytes before the request through a tunnel: after a CONNECT 200 the checker sees
+        // them first; through SOCKS they land where the TLS ServerHello belongs.
+        Banner if https_judge && !http => Expect::dead("tls_error"),
+        Banner => Expect::dead("proxy_protocol_error"),
+        // 64 KiB of body scanned without the nonce; an unreadable (gzip) or mis-framed body.
+        ChunkSizeMax | EndlessChunks | ContentLengthShort | TransferEncodingGzip | TransferEncodingUnknown => {
+            Expect::dead("content_mismatch")
+        }
+        StaleNonce | NonceInAttribute | NonceUnderOtherKey => Expect::dead("content_mismatch"),
+        // 101 is not an interim answer to skip: the judge was not reached.
+        SwitchingProtocols | RedirectLogin => Expect::dead("bad_status"),
+        HugeChunkThenClose | ContentLengthLong | HalfCloseMidHead | ResetAfterRequest | CloseAfterHandshake => {
+            Expect::dead("proxy_closed")
+        }
+        SlowlorisHead | EndlessSlowBody | StallAfterHead => Expect::dead("timeout"),
+        // The proxy started answering, then fell silent: `timeout`, not `proxy_timeout`
+        // (which the contract keeps for a proxy silent from the start).
+        Socks5OneByte => Expect::dead("timeout"),
+        Socks5WrongVersion | Socks5BadAddressType | Socks5HttpReply => Expect::dead("proxy_protocol_error"),
+        // The proxy wants credentials we do not have (it picked user/pass unasked, or
+        // accepts none of "no auth"): an auth failure rather than a protocol error.
+        Socks5UnofferedAuth | Socks5NoMethods => Expect::dead("proxy_auth_failed"),
+        Socks5Failure | Socks4Rejected => Expect::dead("proxy_rejected"),
+        Socks4ShortReply => Expect::dead("proxy_closed"),
     }
 }

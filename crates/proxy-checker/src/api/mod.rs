@@ -41,11 +41,19 @@ impl AppState {
 /// Every error the API returns. 4xx bodies say what to fix; 5xx bodies are generic.
 #[derive(Debug)]
 pub enum ApiError {
-    BadParam { param: String, message: String },
+    BadParam {
+        param: String,
+        message: String,
+    },
     Unauthorized,
-    RateLimited { limiter: &'static str, retry_after: Duration },
+    RateLimited {
+        limiter: &'static str,
+        retry_after: Duration,
+    },
     NoProxy(String),
     NotReady,
+    /// The service has a fault (scheduler stopped, round stalled): `/health`, `/ready`.
+    Unhealthy(crate::service::Fault),
 }
 
 impl IntoResponse for ApiError {
@@ -66,6 +74,10 @@ impl IntoResponse for ApiError {
             ApiError::NoProxy(message) => {
                 (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "no_proxy", "message": message}))
             }
+            ApiError::Unhealthy(fault) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"error": "unhealthy", "message": fault.to_string()}),
+            ),
             ApiError::NotReady => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"error": "not_ready", "message": "no snapshot yet: the first round has not finished and none was persisted"}),

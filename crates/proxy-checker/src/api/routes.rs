@@ -16,15 +16,20 @@ use super::{ApiError, AppState};
 use crate::service::{Phase, ReloadOutcome};
 use crate::snapshot::{ProxyEntry, Selector, Snapshot, unix};
 
-pub async fn health() -> &'static str {
-    "ok"
+/// 200 `ok` unless the service has a fault (the scheduler stopped, a round stalled).
+pub async fn health(State(state): State<Arc<AppState>>) -> Response {
+    match state.service.fault() {
+        None => "ok".into_response(),
+        Some(fault) => ApiError::Unhealthy(fault).into_response(),
+    }
 }
 
+/// 200 once a snapshot is served and while the service is healthy.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
-    if state.service.is_ready() {
-        (StatusCode::OK, "ready").into_response()
-    } else {
-        ApiError::NotReady.into_response()
+    match state.service.fault() {
+        Some(fault) => ApiError::Unhealthy(fault).into_response(),
+        None if state.service.is_ready() => (StatusCode::OK, "ready").into_response(),
+        None => ApiError::NotReady.into_response(),
     }
 }
 
@@ -303,6 +308,10 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
             "sources": r.sources,
         },
         "round_in_progress": progress,
+        "last_round_ended": svc.last_round_end().map(|e| serde_json::json!({
+            "round_id": e.round_id, "finished_at": unix(e.finished_at), "result": e.result,
+        })),
+        "health": svc.fault().map_or_else(|| "ok".to_string(), |f| f.to_string()),
         "last_error": svc.last_error(),
         "next_round_at": svc.next_round_at().map(unix),
         "effective_concurrency": cfg.checker.concurrency_requested.min(svc.fd_budget),

@@ -9,22 +9,27 @@
 //!   rechecked on another judge, and with no judge left the run fails and marks no
 //!   proxy dead;
 //! - memory grows only with the small descriptors of candidates, never with the input:
-//!   the iterator is pulled only when a slot is free.
+//!   the input stream is pulled only when a slot is free;
+//! - a check can never take the run down: a panic inside one becomes that proxy's dead
+//!   verdict with [`Reason::InternalError`], logged and counted;
+//! - one attempt costs at most the check timeout, both capabilities of an HTTP proxy
+//!   included: they share one deadline;
+//! - every task the run starts (checks, judge probes) is owned by it and aborted with it.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::io;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use futures_util::{FutureExt, Stream, StreamExt};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
-use super::judge::{self, Judge, JudgeError};
+use super::judge::{Judge, JudgeError};
 use super::limit::AdaptiveLimit;
 use super::probe::{self, Exchange, Success};
 use super::reason::Failure;
@@ -107,28 +112,30 @@ impl Engine {
             expect_status: settings.expect_status,
             validation: settings.validation.clone(),
             connect_timeout: settings.connect_timeout,
-            timeout: settings.timeout,
         });
         Ok(Self { settings, exchange })
     }
 
     /// Probes the judges directly; the healthy ones (at least one) are used by a run.
     pub async fn healthy_judges(&self) -> Result<Vec<Arc<Judge>>, JudgeError> {
-        judge::probe_all(&self.settings.judges, &self.exchange, self.settings.timeout).await
+        probe::probe_all(&self.settings.judges, &self.exchange, self.settings.timeout).await
     }
 
     /// Checks every candidate; verdicts go to `sink` as they become final. On error the
     /// caller must discard what the sink received if it wants all-or-nothing.
-    pub async fn run<I>(
+    ///
+    /// `candidates` may arrive over time (sources parsed one by one); the run ends when
+    /// the stream ends and every candidate has its verdict. `progress.total` is the
+    /// caller's to keep.
+    pub async fn run<S>(
         &self,
-        candidates: I,
+        candidates: S,
         progress: Arc<Progress>,
         cancel: CancellationToken,
         sink: &mut (dyn FnMut(Verdict) + Send),
     ) -> Result<RunStats, RunError>
     where
-        I: IntoIterator<Item = Candidate>,
-        I::IntoIter: Send,
+        S: Stream<Item = Candidate> + Send + Unpin,
     {
         let started = Instant::now();
         let judges = match self.settings.mode {
@@ -138,9 +145,10 @@ impl Engine {
                 _ = cancel.cancelled() => return Err(RunError::Cancelled),
             },
         };
-        let mut run = Run::new(self, judges, progress, candidates.into_iter());
+        let mut run = Run::new(self, judges, progress, candidates);
         let result = run.drive(&cancel, sink).await;
         run.tasks.abort_all();
+        run.judge_probes.abort_all();
         result?;
         let p = &run.progress;
         Ok(RunStats {
@@ -202,6 +210,15 @@ impl Job {
         self.tests.iter().flatten().map(|(_, s)| *s)
     }
 
+    /// Every test without a result fails with `reason`.
+    fn fail_unfinished(&mut self, reason: Reason) {
+        for (_, s) in self.tests.iter_mut().flatten() {
+            if !matches!(s, State::Ok(_)) {
+                *s = State::Failed(reason);
+            }
+        }
+    }
+
     fn verdict(&self) -> Verdict {
         let mut best: Option<Success> = None;
         let (mut forward, mut tunnel) = (false, false);
@@ -241,39 +258,45 @@ fn depth(r: Reason) -> u8 {
         Reason::TlsError | Reason::ProxyAuthFailed => 4,
         Reason::BadStatus => 5,
         Reason::ContentMismatch => 6,
+        Reason::InternalError => 7,
     }
 }
 
-/// Runs the pending probes of a job, in order, on one socket at a time.
-async fn run_job(ex: Arc<Exchange>, judge: Option<Arc<Judge>>, mut job: Job, progress: &Progress) -> Job {
+/// Runs the pending probes of a job, in order, on one socket at a time, all within one
+/// deadline: an attempt costs at most `timeout`, however many capabilities it tests.
+async fn run_job(ex: &Exchange, judge: Option<&Judge>, job: &mut Job, progress: &Progress, timeout: Duration) {
+    let deadline = tokio::time::Instant::now() + timeout;
     let addr = job.cand.addr;
-    let creds = job.cand.proxy.credentials.clone();
-    let creds = creds.as_deref();
-    let mut unreachable: Option<Reason> = None;
-    for slot in job.tests.iter_mut().flatten() {
-        let (test, state) = slot;
+    let creds = job.cand.proxy.credentials.as_deref();
+    // Set once the attempt cannot go on: the proxy refused, or the deadline is spent.
+    let mut spent: Option<Reason> = None;
+    for (test, state) in job.tests.iter_mut().flatten() {
         if !matches!(state, State::Pending) {
             continue;
         }
-        if let Some(r) = unreachable {
-            // A proxy that timed out or refused is not dialed twice in one attempt.
+        if spent.is_none() && tokio::time::Instant::now() >= deadline {
+            spent = Some(Reason::Timeout);
+        }
+        if let Some(r) = spent {
+            // Not dialed again in this attempt: it failed already, or no time is left.
             *state = State::Failed(r);
             continue;
         }
         progress.probes.fetch_add(1, Ordering::Relaxed);
-        let result = match (*test, judge.as_deref()) {
-            (Test::Connect, _) => probe::connect_only(addr, &ex).await,
-            (Test::Forward, Some(j)) => ex.forward(addr, creds, j).await,
-            (Test::Tunnel, Some(j)) => ex.tunnel(addr, creds, j).await,
-            (Test::Socks4, Some(j)) => ex.socks(addr, false, creds, j).await,
-            (Test::Socks5, Some(j)) => ex.socks(addr, true, creds, j).await,
-            (_, None) => Err(Failure::Local(super::reason::Local(io::Error::other("no judge")))),
+        let result = match (*test, judge) {
+            (Test::Connect, _) => probe::connect_only(addr, ex, deadline).await,
+            (Test::Forward, Some(j)) => ex.forward(addr, creds, j, deadline).await,
+            (Test::Tunnel, Some(j)) => ex.tunnel(addr, creds, j, deadline).await,
+            (Test::Socks4, Some(j)) => ex.socks(addr, false, creds, j, deadline).await,
+            (Test::Socks5, Some(j)) => ex.socks(addr, true, creds, j, deadline).await,
+            // Unreachable by construction (full-http runs have judges); never a requeue loop.
+            (_, None) => Err(Failure::Dead(Reason::InternalError)),
         };
         *state = match result {
             Ok(s) => State::Ok(s),
             Err(Failure::Dead(r)) => {
-                if r.is_connect_failure() {
-                    unreachable = Some(r);
+                if r.is_connect_failure() || r.spent_the_deadline() {
+                    spent = Some(r);
                 }
                 State::Failed(r)
             }
@@ -283,8 +306,19 @@ async fn run_job(ex: Arc<Exchange>, judge: Option<Arc<Judge>>, mut job: Job, pro
             }
         };
     }
-    job
 }
+
+/// The text of a panic payload, for the log.
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-text panic payload")
+}
+
+/// Panics logged per run at `error` level; the rest are counted only.
+const PANICS_LOGGED: u64 = 20;
 
 struct JudgeSlot {
     judge: Arc<Judge>,
@@ -315,17 +349,16 @@ struct Run<'e, It> {
     ready: VecDeque<Job>,
     delayed: DelayQueue<Job>,
     tasks: JoinSet<Job>,
+    /// Direct judge probes: (judge index, held verdicts covered, result).
+    judge_probes: JoinSet<(usize, usize, Result<Duration, JudgeError>)>,
     limit: Arc<AdaptiveLimit>,
     min_limit: usize,
-    probes_tx: mpsc::UnboundedSender<(usize, usize, Result<Duration, JudgeError>)>,
-    probes_rx: mpsc::UnboundedReceiver<(usize, usize, Result<Duration, JudgeError>)>,
 }
 
-impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
+impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
     fn new(engine: &'e Engine, judges: Vec<Arc<Judge>>, progress: Arc<Progress>, input: It) -> Self {
         let limit = AdaptiveLimit::new(engine.settings.concurrency, engine.settings.adaptive);
         progress.limit.store(limit.current(), Ordering::Relaxed);
-        let (probes_tx, probes_rx) = mpsc::unbounded_channel();
         Self {
             engine,
             judges: judges
@@ -347,9 +380,8 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
             ready: VecDeque::new(),
             delayed: DelayQueue::new(),
             tasks: JoinSet::new(),
+            judge_probes: JoinSet::new(),
             limit,
-            probes_tx,
-            probes_rx,
         }
     }
 
@@ -372,6 +404,7 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
         Job::new(cand, mode, judge, https)
     }
 
+    /// The next job to start: a requeued one, else a candidate the input has ready now.
     fn next_job(&mut self) -> Option<Job> {
         if let Some(j) = self.ready.pop_front() {
             return Some(j);
@@ -379,7 +412,8 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
         if self.input_done {
             return None;
         }
-        match self.input.next() {
+        // Only what is ready now: a pending input is awaited in `drive`'s select.
+        match self.input.next().now_or_never()? {
             Some(c) => Some(self.new_job(c)),
             None => {
                 self.input_done = true;
@@ -397,6 +431,11 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
             && self.tasks.is_empty()
             && self.delayed.is_empty()
             && self.judges.iter().all(|j| j.held.is_empty() && !j.probing)
+    }
+
+    /// Whether the input should be awaited: a slot is free and nothing requeued waits.
+    fn wants_input(&self) -> bool {
+        !self.input_done && self.ready.is_empty() && self.limit.available() > 0
     }
 
     async fn drive(
@@ -426,31 +465,60 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => {
                     match done {
                         Ok(job) => self.finish(job, sink)?,
-                        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                        // Checks catch their own panics; this is a task that could not
+                        // even report one. Its candidate is lost, the run goes on.
+                        Err(e) if e.is_panic() => {
+                            tracing::error!(panic = panic_text(&*e.into_panic()), "a check task panicked outside its guard");
+                        }
                         Err(_) => return Err(RunError::Cancelled),
                     }
                 }
-                Some((j, covered, result)) = self.probes_rx.recv() => self.probed(j, covered, result, sink)?,
+                Some(done) = self.judge_probes.join_next(), if !self.judge_probes.is_empty() => {
+                    let (j, covered, result) = done.unwrap_or_else(|e| {
+                        // A probe that panicked is a failed probe of a judge we cannot name.
+                        let why = JudgeError::Down { url: String::new(), reason: format!("probe failed: {e}") };
+                        (self.judges.iter().position(|j| j.probing).unwrap_or(0), 0, Err(why))
+                    });
+                    self.probed(j, covered, result, sink)?;
+                }
                 Some(exp) = poll_fn(|cx| self.delayed.poll_expired(cx)), if !self.delayed.is_empty() => {
                     self.ready.push_back(exp.into_inner());
                 }
-                slot = self.limit.acquire(), if self.has_work() => {
+                slot = self.limit.acquire(), if !self.ready.is_empty() => {
                     if let Some(job) = self.next_job() {
                         self.spawn(job, slot);
                     }
                 }
+                next = self.input.next(), if self.wants_input() => match next {
+                    Some(c) => {
+                        let job = self.new_job(c);
+                        self.ready.push_back(job);
+                    }
+                    None => self.input_done = true,
+                },
                 _ = tick.tick() => self.probe_held(false),
             }
         }
     }
 
-    fn spawn(&mut self, job: Job, slot: super::limit::Slot) {
+    fn spawn(&mut self, mut job: Job, slot: super::limit::Slot) {
         let ex = self.engine.exchange.clone();
         let judge = self.judges.get(job.judge).map(|j| j.judge.clone());
         let progress = self.progress.clone();
+        let timeout = self.engine.settings.timeout;
         progress.in_flight.fetch_add(1, Ordering::Relaxed);
         self.tasks.spawn(async move {
-            let job = run_job(ex, judge, job, &progress).await;
+            let check = run_job(&ex, judge.as_deref(), &mut job, &progress, timeout);
+            if let Err(payload) = AssertUnwindSafe(check).catch_unwind().await {
+                job.fail_unfinished(Reason::InternalError);
+                let n = progress.internal_errors.fetch_add(1, Ordering::Relaxed);
+                if n < PANICS_LOGGED {
+                    tracing::error!(
+                        proxy = %job.cand.proxy, panic = panic_text(&*payload),
+                        "a check panicked: the proxy is dead with internal_error (a bug; please report it)"
+                    );
+                }
+            }
             drop(slot);
             progress.in_flight.fetch_sub(1, Ordering::Relaxed);
             job
@@ -571,11 +639,7 @@ impl<'e, It: Iterator<Item = Candidate>> Run<'e, It> {
         let judge = slot.judge.clone();
         let ex = self.engine.exchange.clone();
         let timeout = self.engine.settings.timeout;
-        let tx = self.probes_tx.clone();
-        tokio::spawn(async move {
-            let r = judge::probe_direct(&judge, &ex, timeout).await;
-            let _ = tx.send((j, covered, r));
-        });
+        self.judge_probes.spawn(async move { (j, covered, probe::probe_direct(&judge, &ex, timeout).await) });
     }
 
     fn probed(
@@ -630,7 +694,6 @@ mod tests {
             expect_status: 200,
             validation: super::super::Validation::Nonce,
             connect_timeout: Duration::from_secs(1),
-            timeout: Duration::from_secs(1),
         });
         let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
         let cand = Candidate {
@@ -639,7 +702,8 @@ mod tests {
             source: 0,
         };
         let progress = Progress::default();
-        let task = run_job(ex, None, Job::new(cand, Mode::FullHttp, 0, false), &progress);
+        let mut job = Job::new(cand, Mode::FullHttp, 0, false);
+        let task = run_job(&ex, None, &mut job, &progress, Duration::from_secs(1));
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3072, "a check task's future is {size} bytes");
         assert!(std::mem::size_of::<Job>() <= 192);

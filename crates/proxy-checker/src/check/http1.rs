@@ -1,19 +1,43 @@
 //! The check engine's HTTP/1.1 response reader: the hot path, hand-written over httparse.
 //!
-//! One growable buffer per check (1 KiB to start, capped), no per-response allocation
-//! beyond it. Reads the head, then only as much body as validation needs: with a needle
-//! it stops as soon as the needle is seen.
+//! One buffer per check, [`MAX_HEAD`] at most (1 KiB to start): the head must fit in it
+//! whole; the body then streams through it one read at a time, is de-framed
+//! (`Content-Length`, chunked, or until close) by a state machine that keeps no more than
+//! its current line's counters, and is scanned through a small window that keeps only the
+//! tail a split match needs. Every byte is looked at a bounded number of times, whatever
+//! the read sizes; nothing a peer sends sizes an allocation or an index unchecked.
+
+// Bytes from the network and from lists meet no unchecked arithmetic or indexing here.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
+use super::deadline::within;
 use super::reason::{Failure, Reason};
 
 /// Largest response head accepted; an endless header is a protocol error, not a hang.
 pub const MAX_HEAD: usize = 16 * 1024;
-/// Largest body read while looking for the judge's answer. A judge echo is about 1 KiB.
-pub const MAX_BODY: usize = 64 * 1024;
-const MAX_HEADERS: usize = 48;
+/// Most (decoded) body bytes scanned for the judge's answer. A judge echo is about 1 KiB.
+pub const MAX_BODY: u64 = 64 * 1024;
+/// Most raw body bytes read (framing included): tiny chunks cannot stretch the scan.
+pub const MAX_RAW_BODY: u64 = 4 * MAX_BODY;
+/// Most header fields in one head.
+pub const MAX_HEADERS: usize = 64;
+/// Most interim (1xx) answers skipped before the final one.
+pub const MAX_INTERIM: u8 = 8;
+/// Longest chunk-size line (extensions included) and longest trailer section.
+pub const MAX_CHUNK_LINE: usize = 1024;
+const MAX_TRAILERS: usize = 8 * 1024;
+
+/// How the body after a head is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the connection closes.
+    Close,
+}
 
 /// A parsed response head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,61 +45,95 @@ pub struct Head {
     pub status: u16,
     /// Offset of the first body byte in the buffer.
     pub len: usize,
-    pub content_length: Option<u64>,
-    pub chunked: bool,
+    pub framing: Framing,
 }
 
-/// Parses a head from `buf`. `Ok(None)`: incomplete.
+/// Parses a head from `buf`. `Ok(None)`: incomplete. Conflicting or malformed framing
+/// (two different lengths, a length that is not digits, a length beside a
+/// transfer-coding) is a protocol error: such answers are how smuggling starts.
 pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reason> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    match resp.parse(buf) {
-        Ok(httparse::Status::Partial) => Ok(None),
-        Ok(httparse::Status::Complete(len)) => {
-            let status = resp.code.ok_or(Reason::ProxyProtocolError)?;
-            let mut content_length = None;
-            let mut chunked = false;
-            for h in resp.headers.iter() {
-                if h.name.eq_ignore_ascii_case("content-length") {
-                    let v = std::str::from_utf8(h.value).map_err(|_| Reason::ProxyProtocolError)?;
-                    content_length = Some(v.trim().parse::<u64>().map_err(|_| Reason::ProxyProtocolError)?);
-                } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                    chunked = h.value.windows(7).any(|w| w.eq_ignore_ascii_case(b"chunked"));
+    let len = match resp.parse(buf) {
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(_) => return Err(Reason::ProxyProtocolError),
+    };
+    let status = resp.code.ok_or(Reason::ProxyProtocolError)?;
+    let mut length: Option<u64> = None;
+    let mut last_coding: Option<&[u8]> = None;
+    for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            for item in h.value.split(|&b| b == b',') {
+                let n = content_length(item.trim_ascii())?;
+                if length.is_some_and(|l| l != n) {
+                    return Err(Reason::ProxyProtocolError);
                 }
+                length = Some(n);
             }
-            Ok(Some(Head { status, len, content_length, chunked }))
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            for coding in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|c| !c.is_empty()) {
+                last_coding = Some(coding);
+            }
         }
-        Err(_) => Err(Reason::ProxyProtocolError),
     }
+    let framing = match (last_coding, length) {
+        (Some(_), Some(_)) => return Err(Reason::ProxyProtocolError),
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => Framing::Chunked,
+        (Some(_), None) => Framing::Close,
+        (None, Some(n)) => Framing::Length(n),
+        (None, None) => Framing::Close,
+    };
+    Ok(Some(Head { status, len, framing }))
 }
 
-/// Reads one more piece into `buf`. `Ok(0)` is end of stream.
+/// `1*DIGIT`, fitting in a `u64`.
+fn content_length(v: &[u8]) -> Result<u64, Reason> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return Err(Reason::ProxyProtocolError);
+    }
+    v.iter()
+        .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d.wrapping_sub(b'0'))))
+        .ok_or(Reason::ProxyProtocolError)
+}
+
+/// Reads one more piece into `buf`, growing it (doubling, at least 1 KiB) only up to
+/// `cap`, and always leaving room for at least one byte. `Ok(0)` is end of stream.
 async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, cap: usize) -> Result<usize, Failure> {
     if buf.len() == buf.capacity() {
-        // Double, at least 1 KiB, never past the cap (and always room for one byte).
         let room = cap.saturating_sub(buf.len()).max(1);
-        buf.reserve(buf.capacity().max(1024).min(room));
+        buf.reserve_exact(buf.capacity().max(1024).min(room));
     }
     s.read_buf(buf).await.map_err(Failure::io)
 }
 
-/// Reads until a complete head is in `buf`. Silence until the deadline is `silent`
-/// (the proxy never answered); a partial answer is [`Reason::Timeout`].
+/// Reads until a complete final head is in `buf`, skipping up to [`MAX_INTERIM`]
+/// interim (1xx) answers. Silence until the deadline is `silent` (the proxy never
+/// answered); a partial answer is [`Reason::Timeout`].
 pub async fn read_head<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     deadline: Instant,
     silent: Reason,
 ) -> Result<Head, Failure> {
+    let mut interim: u8 = 0;
     loop {
         if let Some(head) = parse_head(buf)? {
-            return Ok(head);
+            if !(100..200).contains(&head.status) || head.status == 101 {
+                return Ok(head);
+            }
+            interim = interim.saturating_add(1);
+            if interim > MAX_INTERIM {
+                return Err(Reason::ProxyProtocolError.into());
+            }
+            buf.drain(..head.len.min(buf.len()));
+            continue;
         }
         if buf.len() >= MAX_HEAD {
             return Err(Reason::ProxyProtocolError.into());
         }
-        let on_timeout = if buf.is_empty() { silent } else { Reason::Timeout };
-        let n = super::probe::within(deadline, on_timeout, read_more(s, buf, MAX_HEAD)).await?;
+        let on_timeout = if buf.is_empty() && interim == 0 { silent } else { Reason::Timeout };
+        let n = within(deadline, on_timeout, read_more(s, buf, MAX_HEAD)).await?;
         if n == 0 {
             return Err(Reason::ProxyClosed.into());
         }
@@ -95,12 +153,12 @@ pub enum Expect<'a> {
 }
 
 impl Expect<'_> {
-    /// How far back from new bytes a match may start: the needle, and for an echoed
-    /// parameter its `"name": "` prefix with some whitespace.
+    /// How many trailing bytes of scanned body a match may still start in: the needle,
+    /// and for an echoed parameter its `"name": "` prefix with some whitespace.
     fn overlap(&self) -> usize {
         match *self {
             Expect::Text(t) => t.len(),
-            Expect::Echoed { name, value } => name.len() + value.len() + 64,
+            Expect::Echoed { name, value } => name.len().saturating_add(value.len()).saturating_add(64),
         }
     }
 
@@ -108,19 +166,25 @@ impl Expect<'_> {
         match *self {
             Expect::Text(t) => memchr::memmem::find(body, t).is_some(),
             Expect::Echoed { name, value } => memchr::memmem::find_iter(body, value).any(|i| {
-                let before = body[..i].strip_suffix(b"\"").unwrap_or_default();
-                let before = before.trim_ascii_end().strip_suffix(b":").unwrap_or_default();
-                let before = before.trim_ascii_end().strip_suffix(b"\"").unwrap_or_default();
-                before.ends_with(name.as_bytes())
-                    && before[..before.len() - name.len()].ends_with(b"\"")
-                    && body.get(i + value.len()) == Some(&b'"')
+                let (before, after) = body.split_at(i);
+                let member = before
+                    .strip_suffix(b"\"")
+                    .map(<[u8]>::trim_ascii_end)
+                    .and_then(|b| b.strip_suffix(b":"))
+                    .map(<[u8]>::trim_ascii_end)
+                    .and_then(|b| b.strip_suffix(b"\""))
+                    .and_then(|b| b.strip_suffix(name.as_bytes()))
+                    .is_some_and(|b| b.ends_with(b"\""));
+                member && after.get(value.len()) == Some(&b'"')
             }),
         }
     }
 }
 
-/// Reads the body after `head` until `expect` is satisfied (alive), or the body ends
-/// without it ([`Reason::ContentMismatch`]).
+/// Reads the body after `head` (its first bytes already in `buf`) until `expect` is
+/// satisfied (alive), or the body ends without it ([`Reason::ContentMismatch`]), or
+/// [`MAX_BODY`] bytes were scanned in vain (also a mismatch). A body cut short is
+/// [`Reason::ProxyClosed`]; broken chunked framing is [`Reason::ProxyProtocolError`].
 pub async fn expect_in_body<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
@@ -128,50 +192,68 @@ pub async fn expect_in_body<S: AsyncRead + Unpin>(
     expect: Expect<'_>,
     deadline: Instant,
 ) -> Result<(), Failure> {
-    // Each read is scanned once (plus an overlap for a match split across reads), so a
-    // proxy dribbling its body byte by byte costs linear, not quadratic, work.
-    let mut scanned: usize = 0;
+    buf.drain(..head.len.min(buf.len()));
+    let mut body = BodyReader::new(head.framing);
+    let mut window = Vec::with_capacity(buf.len().clamp(256, 4096));
+    let keep = expect.overlap();
     loop {
-        let body = &buf[head.len..];
-        if head.chunked {
-            // Decoding is tried when a read brings what can end a chunked body.
-            if memchr::memmem::find(&body[scanned.saturating_sub(3)..], b"\r\n\r\n").is_some()
-                && let Some(done) = chunked_verdict(body, expect)
-            {
-                return done;
-            }
-        } else {
-            if expect.found(&body[scanned.saturating_sub(expect.overlap())..]) {
-                return Ok(());
-            }
-            if head.content_length.is_some_and(|cl| body.len() as u64 >= cl) {
-                return Err(Reason::ContentMismatch.into());
-            }
+        let end = body.take(buf, &mut window).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
+        buf.clear();
+        if expect.found(&window) {
+            return Ok(());
         }
-        scanned = body.len();
-        if body.len() >= MAX_BODY {
-            let verdict = if head.chunked { chunked_verdict(body, expect) } else { None };
-            return verdict.unwrap_or(Err(Reason::ContentMismatch.into()));
+        if end || body.decoded >= MAX_BODY || body.raw >= MAX_RAW_BODY {
+            return Err(Reason::ContentMismatch.into());
         }
-        let n = super::probe::within(deadline, Reason::Timeout, read_more(s, buf, head.len + MAX_BODY)).await?;
+        // Only the tail a split match can start in is kept: the window stays small.
+        window.drain(..window.len().saturating_sub(keep));
+        let n = within(deadline, Reason::Timeout, read_more(s, buf, MAX_HEAD)).await?;
         if n == 0 {
-            let body = &buf[head.len..];
-            if head.chunked {
-                return chunked_verdict(body, expect).unwrap_or(Err(Reason::ProxyClosed.into()));
+            return Err(match body.framing {
+                Framing::Close => Reason::ContentMismatch,
+                Framing::Length(_) | Framing::Chunked => Reason::ProxyClosed,
             }
-            // A body delimited by close ends here; a declared one was cut short.
-            let delimited_by_close = head.content_length.is_none();
-            return Err(if delimited_by_close { Reason::ContentMismatch } else { Reason::ProxyClosed }.into());
+            .into());
         }
     }
 }
 
-/// The verdict on a chunked body if it is complete or malformed; `None` while incomplete.
-fn chunked_verdict(body: &[u8], expect: Expect<'_>) -> Option<Result<(), Failure>> {
-    match dechunk(body) {
-        Ok(Some(decoded)) => Some(if expect.found(&decoded) { Ok(()) } else { Err(Reason::ContentMismatch.into()) }),
-        Ok(None) => None,
-        Err(BadChunk) => Some(Err(Reason::ProxyProtocolError.into())),
+/// De-frames a body as its raw bytes arrive.
+#[derive(Debug)]
+pub struct BodyReader {
+    framing: Framing,
+    chunks: Dechunker,
+    /// Body bytes decoded so far.
+    pub decoded: u64,
+    /// Raw body bytes seen so far (framing included).
+    pub raw: u64,
+}
+
+impl BodyReader {
+    pub fn new(framing: Framing) -> Self {
+        Self { framing, chunks: Dechunker::default(), decoded: 0, raw: 0 }
+    }
+
+    /// Appends the body bytes in `raw` to `out`. `Ok(true)`: the body is complete (bytes
+    /// past its end are ignored).
+    pub fn take(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<bool, BadChunk> {
+        self.raw = self.raw.saturating_add(raw.len() as u64);
+        let before = out.len();
+        let end = match &mut self.framing {
+            Framing::Close => {
+                out.extend_from_slice(raw);
+                false
+            }
+            Framing::Length(left) => {
+                let n = usize::try_from(*left).unwrap_or(usize::MAX).min(raw.len());
+                out.extend_from_slice(raw.get(..n).unwrap_or_default());
+                *left = left.saturating_sub(n as u64);
+                *left == 0
+            }
+            Framing::Chunked => self.chunks.decode(raw, out)?,
+        };
+        self.decoded = self.decoded.saturating_add(out.len().saturating_sub(before) as u64);
+        Ok(end)
     }
 }
 
@@ -179,33 +261,137 @@ fn chunked_verdict(body: &[u8], expect: Expect<'_>) -> Option<Result<(), Failure
 #[derive(Debug, PartialEq, Eq)]
 pub struct BadChunk;
 
-/// Decodes a chunked body. `Ok(None)`: incomplete; `Err`: malformed.
-pub fn dechunk(mut input: &[u8]) -> Result<Option<Vec<u8>>, BadChunk> {
-    let mut out = Vec::with_capacity(input.len());
-    loop {
-        let Some(eol) = memchr::memmem::find(input, b"\r\n") else {
-            return if input.len() > 64 { Err(BadChunk) } else { Ok(None) };
-        };
-        let size_field = &input[..eol];
-        let size_hex = size_field.split(|&b| b == b';').next().unwrap_or_default();
-        let size_str = std::str::from_utf8(size_hex).map_err(|_| BadChunk)?.trim();
-        let size = usize::from_str_radix(size_str, 16).map_err(|_| BadChunk)?;
-        input = &input[eol + 2..];
-        if size == 0 {
-            return Ok(Some(out));
+/// Where the chunked decoder is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum ChunkState {
+    /// In a chunk-size line: the size so far, its digits, and whether an extension (or
+    /// whitespace) began.
+    #[default]
+    SizeStart,
+    Size {
+        value: u64,
+        digits: u8,
+        ext: bool,
+    },
+    /// A CR ended the size line; LF must follow.
+    SizeLf {
+        value: u64,
+    },
+    Data {
+        left: u64,
+    },
+    /// After a chunk's data: CRLF (or a bare LF) must follow.
+    DataCr,
+    DataLf,
+    /// In the trailer section; `empty` while the current line has no byte yet.
+    Trailer {
+        empty: bool,
+    },
+    TrailerLf {
+        empty: bool,
+    },
+    Done,
+}
+
+/// An incremental chunked decoder: feed it the raw bytes as they come, in any pieces;
+/// it is linear in the bytes fed and keeps only counters between calls.
+#[derive(Clone, Debug, Default)]
+pub struct Dechunker {
+    state: ChunkState,
+    /// Bytes in the current size line, and in the trailer section.
+    line: usize,
+    trailers: usize,
+}
+
+impl Dechunker {
+    /// Decodes `input`, appending chunk data to `out`. `Ok(true)` once the last chunk and
+    /// the trailer section ended (later bytes are ignored).
+    pub fn decode(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<bool, BadChunk> {
+        loop {
+            if self.state == ChunkState::Done {
+                return Ok(true);
+            }
+            if input.is_empty() {
+                return Ok(false);
+            }
+            if let ChunkState::Data { left } = self.state {
+                let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
+                let (data, rest) = input.split_at(n);
+                out.extend_from_slice(data);
+                input = rest;
+                let left = left.saturating_sub(n as u64);
+                self.state = if left == 0 { ChunkState::DataCr } else { ChunkState::Data { left } };
+                continue;
+            }
+            let Some((&b, rest)) = input.split_first() else { return Ok(false) };
+            input = rest;
+            self.state = self.step(b)?;
         }
-        if input.len() < size + 2 {
-            return Ok(None);
-        }
-        out.extend_from_slice(&input[..size]);
-        if &input[size..size + 2] != b"\r\n" {
-            return Err(BadChunk);
-        }
-        input = &input[size + 2..];
+    }
+
+    /// One framing byte.
+    fn step(&mut self, b: u8) -> Result<ChunkState, BadChunk> {
+        use ChunkState as S;
+        Ok(match self.state {
+            S::SizeStart | S::Size { .. } => {
+                self.line = self.line.saturating_add(1);
+                if self.line > MAX_CHUNK_LINE {
+                    return Err(BadChunk);
+                }
+                let (value, digits, ext) = match self.state {
+                    S::Size { value, digits, ext } => (value, digits, ext),
+                    _ => (0, 0, false),
+                };
+                match (b, ext) {
+                    (b'\r', _) if digits > 0 => S::SizeLf { value },
+                    (b'\n', _) if digits > 0 => self.chunk(value),
+                    (b';' | b' ' | b'\t', _) if digits > 0 => S::Size { value, digits, ext: true },
+                    (_, true) if b != b'\r' && b != b'\n' => S::Size { value, digits, ext },
+                    (_, false) => {
+                        let d = (b as char).to_digit(16).ok_or(BadChunk)?;
+                        // 16 hex digits fill a u64; more is an overflow, not a size.
+                        let digits = digits.checked_add(1).filter(|d| *d <= 16).ok_or(BadChunk)?;
+                        let value = value.checked_mul(16).and_then(|v| v.checked_add(u64::from(d))).ok_or(BadChunk)?;
+                        S::Size { value, digits, ext }
+                    }
+                    _ => return Err(BadChunk),
+                }
+            }
+            S::SizeLf { value } if b == b'\n' => self.chunk(value),
+            S::DataCr if b == b'\r' => S::DataLf,
+            S::DataCr | S::DataLf if b == b'\n' => S::SizeStart,
+            S::Trailer { empty } | S::TrailerLf { empty } => {
+                self.trailers = self.trailers.saturating_add(1);
+                if self.trailers > MAX_TRAILERS {
+                    return Err(BadChunk);
+                }
+                match (b, self.state) {
+                    (b'\n', _) if empty => S::Done,
+                    (b'\n', _) => S::Trailer { empty: true },
+                    (b'\r', S::Trailer { .. }) => S::TrailerLf { empty },
+                    (_, S::Trailer { .. }) => S::Trailer { empty: false },
+                    _ => return Err(BadChunk),
+                }
+            }
+            S::SizeLf { .. } | S::DataCr | S::DataLf | S::Data { .. } | S::Done => return Err(BadChunk),
+        })
+    }
+
+    /// The size line ended: data follows, or the trailer section after the last chunk.
+    fn chunk(&mut self, size: u64) -> ChunkState {
+        self.line = 0;
+        if size == 0 { ChunkState::Trailer { empty: true } } else { ChunkState::Data { left: size } }
     }
 }
 
+/// Decodes a whole chunked body. `Ok(None)`: incomplete; `Err`: malformed.
+pub fn dechunk(input: &[u8]) -> Result<Option<Vec<u8>>, BadChunk> {
+    let mut out = Vec::new();
+    Ok(Dechunker::default().decode(input, &mut out)?.then_some(out))
+}
+
 #[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
 
@@ -217,47 +403,85 @@ mod tests {
         endless.resize(4 * MAX_HEAD, b'a');
         let huge_head = b"HTTP/1.1 200 OK\r\nContent-Length: 4294967296\r\n\r\n";
         let mut huge = huge_head.to_vec();
-        huge.resize(4 * MAX_BODY, b'x');
+        huge.resize(4 * MAX_BODY as usize, b'x');
         let expect = Expect::Text(b"nonce");
         for start in [0, 1000, 3000] {
             for chunk in [3, 1000, 4096] {
-                let (mut tx, mut rx) = tokio::io::duplex(chunk);
-                let data = endless.clone();
-                let writer = tokio::spawn(async move {
-                    let _ = tokio::io::AsyncWriteExt::write_all(&mut tx, &data).await;
-                });
+                let deadline = Instant::now() + std::time::Duration::from_secs(30);
+                let mut rx = feed(endless.clone(), chunk);
                 let mut buf = Vec::with_capacity(start);
-                let deadline = Instant::now() + std::time::Duration::from_secs(5);
                 let r = read_head(&mut rx, &mut buf, deadline, Reason::ProxyTimeout).await;
                 assert!(matches!(r, Err(Failure::Dead(Reason::ProxyProtocolError))), "{start}/{chunk}: {r:?}");
-                assert!(buf.len() <= MAX_HEAD + chunk, "{start}/{chunk}: {}", buf.len());
-                writer.abort();
+                assert!(buf.capacity() <= MAX_HEAD.max(start), "{start}/{chunk}: {}", buf.capacity());
 
-                let (mut tx, mut rx) = tokio::io::duplex(chunk);
-                let data = huge.clone();
-                let writer = tokio::spawn(async move {
-                    let _ = tokio::io::AsyncWriteExt::write_all(&mut tx, &data).await;
-                });
+                let mut rx = feed(huge.clone(), chunk);
                 let mut buf = Vec::with_capacity(start);
                 let head = read_head(&mut rx, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
-                assert_eq!(head.content_length, Some(1 << 32));
+                assert_eq!(head.framing, Framing::Length(1 << 32));
                 let r = expect_in_body(&mut rx, &mut buf, head, expect, deadline).await;
                 assert!(matches!(r, Err(Failure::Dead(Reason::ContentMismatch))), "{start}/{chunk}: {r:?}");
-                assert!(buf.len() <= huge_head.len() + MAX_BODY + chunk, "{start}/{chunk}: {}", buf.len());
-                writer.abort();
+                assert!(buf.capacity() <= MAX_HEAD.max(start), "{start}/{chunk}: {}", buf.capacity());
             }
         }
+    }
+
+    /// Writes `data` into a pipe of `chunk`-byte pieces from a task; the reader's end.
+    fn feed(data: Vec<u8>, chunk: usize) -> tokio::io::DuplexStream {
+        let (mut tx, rx) = tokio::io::duplex(chunk);
+        tokio::spawn(async move {
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut tx, &data).await;
+        });
+        rx
     }
 
     #[test]
     fn heads() {
         let h = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").unwrap().unwrap();
-        assert_eq!((h.status, h.len, h.content_length, h.chunked), (200, 38, Some(5), false));
+        assert_eq!((h.status, h.len, h.framing), (200, 38, Framing::Length(5)));
         assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Le").unwrap(), None);
-        assert_eq!(parse_head(b"\x05\x00garbage"), Err(Reason::ProxyProtocolError));
-        assert_eq!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n"), Err(Reason::ProxyProtocolError));
         let h = parse_head(b"HTTP/1.0 407 Auth\r\nTransfer-Encoding: Chunked\r\n\r\n").unwrap().unwrap();
-        assert!(h.chunked && h.status == 407);
+        assert!(h.framing == Framing::Chunked && h.status == 407);
+        let h = parse_head(b"HTTP/1.1 200 OK\nContent-Length: 3, 3\nContent-Length: 3\n\n").unwrap().unwrap();
+        assert_eq!(h.framing, Framing::Length(3), "bare LF and equal duplicates are fine");
+        let h = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.framing, Framing::Close, "not chunked last: delimited by close");
+        let h = parse_head(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: xchunkedx\r\n\r\n").unwrap().unwrap();
+        assert_eq!(h.framing, Framing::Close);
+        for bad in [
+            &b"\x05\x00garbage"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/9.9 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\x00b\r\n\r\n",
+        ] {
+            assert_eq!(parse_head(bad), Err(Reason::ProxyProtocolError), "{}", String::from_utf8_lossy(bad));
+        }
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            many.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(parse_head(&many), Err(Reason::ProxyProtocolError));
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_up_to_a_limit() {
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let ok = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+        let mut buf = Vec::new();
+        let head = read_head(&mut trickle(ok), &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
+        assert_eq!(head.status, 200);
+        let flood: &'static [u8] = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(usize::from(MAX_INTERIM) + 1).leak();
+        let r = read_head(&mut trickle(flood), &mut Vec::new(), deadline, Reason::ProxyTimeout).await;
+        assert!(matches!(r, Err(Failure::Dead(Reason::ProxyProtocolError))), "{r:?}");
+        let switching = b"HTTP/1.1 101 Switching Protocols\r\n\r\n";
+        let head = read_head(&mut trickle(switching), &mut Vec::new(), deadline, Reason::ProxyTimeout).await.unwrap();
+        assert_eq!(head.status, 101);
     }
 
     #[test]
@@ -268,6 +492,7 @@ mod tests {
         // A portal repeating the URL, or the bare value, is not an echo.
         assert!(!e.found(b"<a href=\"/login?redirect=http://j/get?pc_nonce=abc123\">log in</a>"));
         assert!(!e.found(b"abc123"));
+        assert!(!e.found(b"\"abc123\""));
         assert!(!e.found(br#"{"x_pc_nonce": "abc123"}"#));
         assert!(!e.found(br#"{"pc_nonce": "abc1234"}"#));
     }
@@ -275,31 +500,66 @@ mod tests {
     #[test]
     fn chunks() {
         assert_eq!(dechunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"), Ok(Some(b"abcde".to_vec())));
+        assert_eq!(dechunk(b"3\nabc\n0\nTrailer: t\r\n\r\n"), Ok(Some(b"abc".to_vec())), "bare LF, trailers");
         assert_eq!(dechunk(b"3\r\nab"), Ok(None));
+        assert_eq!(dechunk(b"0\r\n"), Ok(None), "trailer section not ended yet");
         assert_eq!(dechunk(b"zz\r\n"), Err(BadChunk));
+        assert_eq!(dechunk(b"\r\n"), Err(BadChunk), "no size");
         assert_eq!(dechunk(b"3\r\nabcXX0\r\n\r\n"), Err(BadChunk));
+        // The size that once overflowed `size + 2` and panicked.
+        assert_eq!(dechunk(b"ffffffffffffffff\r\nabc"), Ok(None));
+        assert_eq!(dechunk(b"10000000000000000\r\n"), Err(BadChunk), "17 hex digits");
+        let mut long_ext = b"5;".to_vec();
+        long_ext.resize(MAX_CHUNK_LINE + 1, b'x');
+        assert_eq!(dechunk(&long_ext), Err(BadChunk));
+    }
+
+    /// Decoding in any pieces gives what decoding at once gives.
+    #[test]
+    fn chunked_decoding_does_not_depend_on_piece_sizes() {
+        let body = b"4\r\nxxNO\r\n4;ext\r\nNCEy\r\n1a\r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nT: 1\r\n\r\nafter";
+        let whole = dechunk(body).unwrap().unwrap();
+        assert_eq!(whole, b"xxNONCEyabcdefghijklmnopqrstuvwxyz");
+        for piece in 1..body.len() {
+            let mut d = Dechunker::default();
+            let mut out = Vec::new();
+            let mut done = false;
+            for p in body.chunks(piece) {
+                done = d.decode(p, &mut out).unwrap();
+            }
+            assert!(done && out == whole, "piece {piece}");
+        }
     }
 
     #[tokio::test]
     async fn needle_split_across_reads_and_chunks() {
-        let deadline = Instant::now() + std::time::Duration::from_secs(5);
-        let body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nxxNO\r\n4\r\nNCEy\r\n0\r\n\r\n";
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
         let text = Expect::Text(b"NONCE");
-        let mut s = tokio_test_reader(body);
-        let mut buf = Vec::with_capacity(8);
-        let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
-        expect_in_body(&mut s, &mut buf, head, text, deadline).await.unwrap();
+        let body = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nxxNO\r\n4\r\nNCEy\r\n0\r\n\r\n";
+        check_body(body, text, deadline).await.unwrap();
+        let cases: [(&'static [u8], Reason); 5] = [
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nportal!!!", Reason::ContentMismatch),
+            // Past the declared length is not the body.
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabcNONCE", Reason::ContentMismatch),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\nabc", Reason::ProxyClosed),
+            (b"HTTP/1.1 200 OK\r\n\r\nabc", Reason::ContentMismatch),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXX", Reason::ProxyProtocolError),
+        ];
+        for (answer, reason) in cases {
+            let err = check_body(answer, text, deadline).await.unwrap_err();
+            assert!(matches!(err, Failure::Dead(r) if r == reason), "{}: {err:?}", String::from_utf8_lossy(answer));
+        }
+    }
 
-        let body = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nportal!!!";
-        let mut s = tokio_test_reader(body);
-        let mut buf = Vec::new();
-        let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
-        let err = expect_in_body(&mut s, &mut buf, head, text, deadline).await.unwrap_err();
-        assert!(matches!(err, Failure::Dead(Reason::ContentMismatch)));
+    async fn check_body(answer: &'static [u8], expect: Expect<'_>, deadline: Instant) -> Result<(), Failure> {
+        let mut s = trickle(answer);
+        let mut buf = Vec::with_capacity(8);
+        let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await?;
+        expect_in_body(&mut s, &mut buf, head, expect, deadline).await
     }
 
     /// A reader that hands out 3 bytes per read.
-    fn tokio_test_reader(data: &'static [u8]) -> impl AsyncRead + Unpin {
+    fn trickle(data: &'static [u8]) -> impl AsyncRead + Unpin {
         struct Trickle(&'static [u8]);
         impl AsyncRead for Trickle {
             fn poll_read(

@@ -1,18 +1,11 @@
-//! Judges: the URLs fetched through each proxy, resolved once per run, and their direct
-//! health probe (no proxy) that tells a dead judge from dead proxies.
+//! Judges: the URLs fetched through each proxy, resolved once per run, and the request
+//! bytes sent to them (with a fresh nonce). The direct health probe lives in `probe`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine as _;
 use rustls::pki_types::ServerName;
-use tokio::io::AsyncWriteExt;
-use tokio::time::Instant;
 
-use super::http1;
-use super::probe::{self, Exchange};
-use super::reason::{Failure, Reason};
 use crate::proxy::Credentials;
 
 /// The query parameter carrying the nonce.
@@ -160,114 +153,17 @@ impl Judge {
     }
 }
 
+/// A fresh, unguessable token for the judge URL.
+pub fn nonce() -> String {
+    format!("{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
+}
+
 fn push_proxy_auth(out: &mut Vec<u8>, creds: Option<&Credentials>) {
     if let Some(c) = creds {
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
         out.extend_from_slice(b"Proxy-Authorization: Basic ");
         out.extend_from_slice(token.as_bytes());
         out.extend_from_slice(b"\r\n");
-    }
-}
-
-/// Fetches the judge directly and validates its answer like a check would. A local
-/// failure (no free fd or port) is retried: it says nothing about the judge.
-pub async fn probe_direct(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Duration, JudgeError> {
-    let mut tries = 0;
-    loop {
-        match probe_once(judge, ex, timeout).await {
-            Err(Probe::Local(e)) if tries < 50 => {
-                tracing::debug!(judge = %judge.url, error = %e, "local failure probing the judge; retrying");
-                tries += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(Probe::Local(e)) => {
-                return Err(JudgeError::Down { url: judge.url.to_string(), reason: format!("local error: {e}") });
-            }
-            Err(Probe::Down(e)) => return Err(e),
-            Ok(d) => return Ok(d),
-        }
-    }
-}
-
-enum Probe {
-    Local(std::io::Error),
-    Down(JudgeError),
-}
-
-async fn probe_once(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Duration, Probe> {
-    let down = |reason: String| Probe::Down(JudgeError::Down { url: judge.url.to_string(), reason });
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let stream = match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(judge.addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) if super::reason::is_local(&e) => return Err(Probe::Local(e)),
-        Ok(Err(e)) => return Err(down(format!("connect: {e}"))),
-        Err(_) => return Err(down(format!("connect timed out after {timeout:?}"))),
-    };
-    let result = if judge.https {
-        match tokio::time::timeout_at(deadline, ex.tls.connect(judge.server_name(), stream)).await {
-            Ok(Ok(mut tls)) => ex.fetch(&mut tls, judge, deadline).await,
-            Ok(Err(e)) => return Err(down(format!("TLS: {e}"))),
-            Err(_) => return Err(down("TLS handshake timed out".into())),
-        }
-    } else {
-        let mut s = stream;
-        let r = ex.fetch(&mut s, judge, deadline).await;
-        let _ = s.shutdown().await;
-        r
-    };
-    match result {
-        Ok(()) => Ok(start.elapsed()),
-        Err(Failure::Dead(r)) => Err(down(describe(r, ex))),
-        Err(Failure::Local(l)) => Err(Probe::Local(l.0)),
-    }
-}
-
-fn describe(r: Reason, ex: &Exchange) -> String {
-    match r {
-        Reason::BadStatus => format!("status is not {}", ex.expect_status),
-        Reason::ContentMismatch => "answer does not contain the nonce or expected text".into(),
-        other => other.as_str().to_string(),
-    }
-}
-
-/// The healthy judges of a run, probed up front.
-pub async fn probe_all(urls: &[url::Url], ex: &Exchange, timeout: Duration) -> Result<Vec<Arc<Judge>>, JudgeError> {
-    let mut healthy = Vec::new();
-    let mut last_err = None;
-    for url in urls {
-        let judge = Judge::resolve(url).await;
-        let result = match judge {
-            Ok(j) => probe_direct(&j, ex, timeout).await.map(|_| j),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(j) => healthy.push(Arc::new(j)),
-            Err(e) => {
-                tracing::warn!(judge = %url, error = %e, "judge skipped for this run");
-                last_err = Some(e);
-            }
-        }
-    }
-    match (healthy.is_empty(), last_err) {
-        (true, Some(e)) => Err(e),
-        (true, None) => Err(JudgeError::Down { url: String::new(), reason: "no judge configured".into() }),
-        _ => Ok(healthy),
-    }
-}
-
-impl Exchange {
-    /// Writes the origin-form request and validates the answer (status and body).
-    pub(crate) async fn fetch<S>(&self, s: &mut S, judge: &Judge, deadline: Instant) -> Result<(), Failure>
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
-        let nonce = probe::nonce();
-        let req = judge.origin_request(Some(&nonce));
-        probe::within(deadline, Reason::Timeout, async { s.write_all(&req).await.map_err(Failure::io) }).await?;
-        let mut buf = Vec::with_capacity(1024);
-        let head = http1::read_head(s, &mut buf, deadline, Reason::Timeout).await?;
-        self.validate(s, &mut buf, head, &nonce, deadline).await
     }
 }
 

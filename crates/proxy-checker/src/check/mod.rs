@@ -8,6 +8,7 @@
 //!
 //! The engine knows nothing of configuration files, JSON, the API or storage.
 
+pub mod deadline;
 pub mod engine;
 pub mod fdbudget;
 pub mod http1;
@@ -64,7 +65,7 @@ pub struct CheckSettings {
     pub expect_status: u16,
     pub validation: Validation,
     pub connect_timeout: Duration,
-    /// Whole-check deadline for one probe, connect included.
+    /// Deadline of one attempt at a proxy: connect, handshakes, both HTTP capabilities.
     pub timeout: Duration,
     /// Extra attempts after a transient failure.
     pub retries: u32,
@@ -127,6 +128,8 @@ pub struct Progress {
     pub retries: AtomicU64,
     /// Checks put back because we, not the proxy, failed.
     pub local_requeues: AtomicU64,
+    /// Checks that panicked (each also a dead verdict with `internal_error`).
+    pub internal_errors: AtomicU64,
     /// The engine's current concurrency limit.
     pub limit: AtomicUsize,
     dead: [AtomicU64; Reason::ALL.len()],

@@ -5,8 +5,13 @@
 //! SOCKS handshakes use tokio-socks on our own connected socket, so the connect timeout
 //! and the latency stay ours.
 
-use std::future::Future;
+// Bytes from the network and from lists meet no unchecked arithmetic or indexing here.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -15,14 +20,11 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use super::Validation;
+use super::deadline::{expired, within};
 use super::http1::{self, Head};
-use super::judge::Judge;
+use super::judge::{Judge, JudgeError, nonce};
 use super::reason::{Failure, Local, Reason};
 use crate::proxy::Credentials;
-
-/// A timer that fires this much after its deadline means our runtime is starved: the
-/// timeout says nothing about the proxy.
-const LATE_TIMER: Duration = Duration::from_millis(500);
 
 /// What a probe measured on success.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,43 +41,20 @@ pub struct Exchange {
     pub expect_status: u16,
     pub validation: Validation,
     pub connect_timeout: Duration,
-    pub timeout: Duration,
 }
 
-/// Runs `fut` until `deadline`; on expiry fails with `on_timeout`, or with a local
-/// failure if the timer fired late (an overloaded runtime, not a slow proxy).
-pub async fn within<T>(
+/// Opens a TCP connection within the connect timeout (and the check's `deadline`).
+/// Socket creation failures (EMFILE…) are local, never a verdict.
+pub async fn tcp_connect(
+    addr: SocketAddr,
+    ex: &Exchange,
+    start: Instant,
     deadline: Instant,
-    on_timeout: Reason,
-    fut: impl Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
-    match tokio::time::timeout_at(deadline, fut).await {
-        Ok(r) => r,
-        Err(_) => Err(expired(deadline, on_timeout)),
-    }
-}
-
-fn expired(deadline: Instant, reason: Reason) -> Failure {
-    let late = Instant::now().saturating_duration_since(deadline);
-    if late > LATE_TIMER {
-        Failure::Local(Local(std::io::Error::other(format!("timer fired {late:?} late: runtime overloaded"))))
-    } else {
-        Failure::Dead(reason)
-    }
-}
-
-/// A fresh, unguessable token for the judge URL.
-pub fn nonce() -> String {
-    format!("{:016x}{:08x}", fastrand::u64(..), fastrand::u32(..))
-}
-
-/// Opens a TCP connection with its own timeout. Socket creation failures (EMFILE…) are
-/// local, never a verdict.
-pub async fn tcp_connect(addr: SocketAddr, ex: &Exchange, start: Instant) -> Result<(TcpStream, Duration), Failure> {
+) -> Result<(TcpStream, Duration), Failure> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     let socket = socket.map_err(|e| Failure::Local(Local(e)))?;
     let _ = socket.set_nodelay(true);
-    let deadline = start + ex.connect_timeout.min(ex.timeout);
+    let deadline = start.checked_add(ex.connect_timeout).map_or(deadline, |d| d.min(deadline));
     let stream =
         within(deadline, Reason::ConnectTimeout, async { socket.connect(addr).await.map_err(Failure::connect) })
             .await?;
@@ -83,9 +62,9 @@ pub async fn tcp_connect(addr: SocketAddr, ex: &Exchange, start: Instant) -> Res
 }
 
 /// `connect-only`: alive when the TCP connect completes.
-pub async fn connect_only(addr: SocketAddr, ex: &Exchange) -> Result<Success, Failure> {
+pub async fn connect_only(addr: SocketAddr, ex: &Exchange, deadline: Instant) -> Result<Success, Failure> {
     let start = Instant::now();
-    let (_s, connect) = tcp_connect(addr, ex, start).await?;
+    let (_s, connect) = tcp_connect(addr, ex, start, deadline).await?;
     Ok(Success { latency: connect, connect })
 }
 
@@ -138,10 +117,10 @@ impl Exchange {
         addr: SocketAddr,
         creds: Option<&Credentials>,
         judge: &Judge,
+        deadline: Instant,
     ) -> Result<Success, Failure> {
         let start = Instant::now();
-        let deadline = start + self.timeout;
-        let (mut s, connect) = tcp_connect(addr, self, start).await?;
+        let (mut s, connect) = tcp_connect(addr, self, start, deadline).await?;
         let nonce = nonce();
         write(&mut s, &judge.forward_request(Some(&nonce), creds), deadline, Reason::ProxyTimeout).await?;
         let mut buf = Vec::with_capacity(1024);
@@ -158,10 +137,10 @@ impl Exchange {
         addr: SocketAddr,
         creds: Option<&Credentials>,
         judge: &Judge,
+        deadline: Instant,
     ) -> Result<Success, Failure> {
         let start = Instant::now();
-        let deadline = start + self.timeout;
-        let (mut s, connect) = tcp_connect(addr, self, start).await?;
+        let (mut s, connect) = tcp_connect(addr, self, start, deadline).await?;
         write(&mut s, &judge.connect_request(creds), deadline, Reason::ProxyTimeout).await?;
         let mut buf = Vec::with_capacity(1024);
         let head = http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await?;
@@ -186,31 +165,34 @@ impl Exchange {
         v5: bool,
         creds: Option<&Credentials>,
         judge: &Judge,
+        deadline: Instant,
     ) -> Result<Success, Failure> {
         use tokio_socks::tcp::Socks5Stream;
         let start = Instant::now();
-        let deadline = start + self.timeout;
-        let (s, connect) = tcp_connect(addr, self, start).await?;
+        let (s, connect) = tcp_connect(addr, self, start, deadline).await?;
         let target = judge.addr;
+        let heard = AtomicBool::new(false);
+        let s = Heard { inner: s, heard: &heard };
         // Boxed: a handshake's state is only needed while it runs, and plain HTTP checks
         // should not carry its size.
-        let stream = within(
-            deadline,
-            Reason::ProxyTimeout,
-            Box::pin(async {
-                if !v5 {
-                    return socks4(s, judge, creds).await;
-                }
-                let r = match creds {
-                    None => Socks5Stream::connect_with_socket(s, target).await,
-                    Some(c) => {
-                        Socks5Stream::connect_with_password_and_socket(s, target, &c.username, &c.password).await
-                    }
-                };
-                r.map(Socks5Stream::into_inner).map_err(socks_failure)
-            }),
-        )
-        .await?;
+        let handshake = Box::pin(async {
+            if !v5 {
+                return socks4(s, judge, creds).await;
+            }
+            let r = match creds {
+                None => Socks5Stream::connect_with_socket(s, target).await,
+                Some(c) => Socks5Stream::connect_with_password_and_socket(s, target, &c.username, &c.password).await,
+            };
+            r.map(Socks5Stream::into_inner).map_err(socks_failure)
+        });
+        let stream = match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(r) => r?.inner,
+            // A proxy that started its reply and stalled is slow, not silent.
+            Err(_) => {
+                let reason = if heard.load(Ordering::Relaxed) { Reason::Timeout } else { Reason::ProxyTimeout };
+                return Err(expired(deadline, reason));
+            }
+        };
         let latency = self.through(stream, judge, Vec::with_capacity(1024), deadline).await?;
         Ok(Success { latency: latency.duration_since(start), connect })
     }
@@ -234,14 +216,17 @@ impl Exchange {
             };
             // Boxed: TLS state is large and only HTTPS judges need it.
             let mut tls = Box::new(within(deadline, Reason::Timeout, Box::pin(handshake)).await?);
-            Box::pin(self.request(&mut *tls, judge, &mut buf, deadline)).await
+            Box::pin(self.judge_exchange(&mut *tls, judge, &mut buf, deadline)).await
         } else {
             let mut s = s;
-            self.request(&mut s, judge, &mut buf, deadline).await
+            self.judge_exchange(&mut s, judge, &mut buf, deadline).await
         }
     }
 
-    async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Sends the judge an origin-form request with a fresh nonce over `s` (a tunnel, or a
+    /// direct connection for a health probe) and validates its answer. Returns when the
+    /// answer's head arrived.
+    pub(crate) async fn judge_exchange<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         s: &mut S,
         judge: &Judge,
@@ -257,14 +242,107 @@ impl Exchange {
     }
 }
 
+// Direct judge health probes: no proxy, same validation, so a dead judge is told apart
+// from dead proxies.
+
+/// Fetches the judge directly and validates its answer like a check would. A local
+/// failure (no free fd or port) is retried: it says nothing about the judge.
+pub async fn probe_direct(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Duration, JudgeError> {
+    let mut tries: u32 = 0;
+    loop {
+        match probe_once(judge, ex, timeout).await {
+            Err(Probe::Local(e)) if tries < 50 => {
+                tracing::debug!(judge = %judge.url, error = %e, "local failure probing the judge; retrying");
+                tries = tries.saturating_add(1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(Probe::Local(e)) => {
+                return Err(JudgeError::Down { url: judge.url.to_string(), reason: format!("local error: {e}") });
+            }
+            Err(Probe::Down(e)) => return Err(e),
+            Ok(d) => return Ok(d),
+        }
+    }
+}
+
+enum Probe {
+    Local(std::io::Error),
+    Down(JudgeError),
+}
+
+async fn probe_once(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Duration, Probe> {
+    let down = |reason: String| Probe::Down(JudgeError::Down { url: judge.url.to_string(), reason });
+    let start = Instant::now();
+    let deadline = start.checked_add(timeout).unwrap_or(start);
+    let stream = match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(judge.addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) if super::reason::is_local(&e) => return Err(Probe::Local(e)),
+        Ok(Err(e)) => return Err(down(format!("connect: {e}"))),
+        Err(_) => return Err(down(format!("connect timed out after {timeout:?}"))),
+    };
+    let result = if judge.https {
+        match tokio::time::timeout_at(deadline, ex.tls.connect(judge.server_name(), stream)).await {
+            Ok(Ok(mut tls)) => ex.judge_exchange(&mut tls, judge, &mut Vec::with_capacity(1024), deadline).await,
+            Ok(Err(e)) => return Err(down(format!("TLS: {e}"))),
+            Err(_) => return Err(down("TLS handshake timed out".into())),
+        }
+    } else {
+        let mut s = stream;
+        let r = ex.judge_exchange(&mut s, judge, &mut Vec::with_capacity(1024), deadline).await;
+        let _ = s.shutdown().await;
+        r
+    };
+    match result {
+        Ok(_) => Ok(start.elapsed()),
+        Err(Failure::Dead(r)) => Err(down(describe(r, ex))),
+        Err(Failure::Local(l)) => Err(Probe::Local(l.0)),
+    }
+}
+
+fn describe(r: Reason, ex: &Exchange) -> String {
+    match r {
+        Reason::BadStatus => format!("status is not {}", ex.expect_status),
+        Reason::ContentMismatch => "answer does not contain the nonce or expected text".into(),
+        other => other.as_str().to_string(),
+    }
+}
+
+/// The healthy judges of a run, probed up front.
+pub async fn probe_all(urls: &[url::Url], ex: &Exchange, timeout: Duration) -> Result<Vec<Arc<Judge>>, JudgeError> {
+    let mut healthy = Vec::new();
+    let mut last_err = None;
+    for url in urls {
+        let judge = Judge::resolve(url).await;
+        let result = match judge {
+            Ok(j) => probe_direct(&j, ex, timeout).await.map(|_| j),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(j) => healthy.push(Arc::new(j)),
+            Err(e) => {
+                tracing::warn!(judge = %url, error = %e, "judge skipped for this run");
+                last_err = Some(e);
+            }
+        }
+    }
+    match (healthy.is_empty(), last_err) {
+        (true, Some(e)) => Err(e),
+        (true, None) => Err(JudgeError::Down { url: String::new(), reason: "no judge configured".into() }),
+        _ => Ok(healthy),
+    }
+}
+
 /// SOCKS4 (SOCKS4a for a judge without an IPv4 address), written here rather than with
 /// tokio-socks because servers in the wild answer with version byte 4 as often as the 0
 /// the protocol asks for, and tokio-socks rejects the former: a working proxy must not be
 /// judged dead for that.
-async fn socks4(mut s: TcpStream, judge: &Judge, creds: Option<&Credentials>) -> Result<TcpStream, Failure> {
+async fn socks4<S>(mut s: S, judge: &Judge, creds: Option<&Credentials>) -> Result<S, Failure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     use tokio::io::AsyncReadExt;
     let user = creds.map_or("", |c| c.username.as_str());
-    let mut req = Vec::with_capacity(16 + user.len() + judge.host().len());
+    let mut req = Vec::with_capacity(user.len().saturating_add(judge.host().len()).saturating_add(16));
     req.extend_from_slice(&[4, 1]);
     req.extend_from_slice(&judge.addr.port().to_be_bytes());
     match judge.addr {
@@ -281,6 +359,48 @@ async fn socks4(mut s: TcpStream, judge: &Judge, creds: Option<&Credentials>) ->
     let mut reply = [0u8; 8];
     s.read_exact(&mut reply).await.map_err(Failure::io)?;
     socks4_reply(&reply).map(|()| s).map_err(Failure::Dead)
+}
+
+/// A stream that notes whether the peer sent anything.
+struct Heard<'a, S> {
+    inner: S,
+    heard: &'a AtomicBool,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Heard<'_, S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.heard.store(true, Ordering::Relaxed);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Heard<'_, S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 /// Interprets a SOCKS4 reply (version byte 0, or 4 as many servers send).

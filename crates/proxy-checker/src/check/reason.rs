@@ -33,10 +33,13 @@ pub enum Reason {
     ContentMismatch,
     /// The proxy started answering but did not finish within the check timeout.
     Timeout,
+    /// The check itself failed (a panic in our code): a bug to report, never the proxy's
+    /// fault, but a verdict so that one proxy cannot stall a round.
+    InternalError,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Self::ConnectTimeout,
         Self::ConnectRefused,
         Self::ConnectError,
@@ -49,6 +52,7 @@ impl Reason {
         Self::BadStatus,
         Self::ContentMismatch,
         Self::Timeout,
+        Self::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +69,7 @@ impl Reason {
             Self::BadStatus => "bad_status",
             Self::ContentMismatch => "content_mismatch",
             Self::Timeout => "timeout",
+            Self::InternalError => "internal_error",
         }
     }
 
@@ -94,6 +99,12 @@ impl Reason {
     /// dialed again for its second capability in the same attempt.
     pub fn is_connect_failure(self) -> bool {
         matches!(self, Self::ConnectTimeout | Self::ConnectRefused | Self::ConnectError)
+    }
+
+    /// Whether the failure used up the attempt's deadline: the proxy's other capability
+    /// is not tried in the same attempt (one timeout per attempt, not one per test).
+    pub fn spent_the_deadline(self) -> bool {
+        matches!(self, Self::ConnectTimeout | Self::ProxyTimeout | Self::Timeout)
     }
 }
 

@@ -9,6 +9,9 @@
 //! Redirects are followed at most [`MAX_REDIRECTS`] times (reqwest itself never follows one
 //! to a scheme other than http(s): the redirect answer is returned, an error status).
 
+// Bytes from the network and from lists meet no unchecked arithmetic or indexing here.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +24,8 @@ use crate::guard;
 
 /// Redirect hops followed before a source fails with [`SourceError::Redirects`].
 pub const MAX_REDIRECTS: usize = 5;
+/// The client's TCP/TLS connect deadline (the whole fetch has `FetchSettings::timeout`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How sources are fetched.
 #[derive(Clone, Debug)]
@@ -68,7 +73,7 @@ pub fn client(tls: Arc<rustls::ClientConfig>, allow_private: bool) -> Result<req
         .tls_backend_preconfigured((*tls).clone())
         .no_proxy()
         .user_agent(concat!("proxy-checker/", env!("CARGO_PKG_VERSION")))
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
         .redirect(redirects)
         .dns_resolver(GuardedResolver { allow_private })
         .build()
@@ -123,9 +128,13 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// Fetches a source with retries; returns the body.
-pub async fn fetch(client: &reqwest::Client, location: &Location, s: &FetchSettings) -> Result<Vec<u8>, SourceError> {
-    let mut attempt = 0;
+/// Fetches a source with retries; returns the body and the attempts made.
+pub async fn fetch(
+    client: &reqwest::Client,
+    location: &Location,
+    s: &FetchSettings,
+) -> (Result<Vec<u8>, SourceError>, u32) {
+    let mut attempt: u32 = 0;
     loop {
         let result = match location {
             Location::Url(url) => match tokio::time::timeout(s.timeout, fetch_url(client, url, s)).await {
@@ -139,10 +148,10 @@ pub async fn fetch(client: &reqwest::Client, location: &Location, s: &FetchSetti
                 let base = s.backoff.saturating_mul(1 << attempt.min(10));
                 let jitter = base.mul_f64(fastrand::f64() * 0.5);
                 tracing::debug!(source = %location, error = %e, attempt, "source fetch failed; retrying");
-                tokio::time::sleep(base + jitter).await;
-                attempt += 1;
+                tokio::time::sleep(base.saturating_add(jitter)).await;
+                attempt = attempt.saturating_add(1);
             }
-            other => return other,
+            other => return (other, attempt.saturating_add(1)),
         }
     }
 }
@@ -159,7 +168,7 @@ async fn fetch_url(client: &reqwest::Client, url: &url::Url, s: &FetchSettings) 
     }
     let mut body = Vec::with_capacity(resp.content_length().unwrap_or(0).min(max).min(1 << 20) as usize);
     while let Some(chunk) = resp.chunk().await.map_err(classify)? {
-        if body.len() as u64 + chunk.len() as u64 > max {
+        if (body.len() as u64).saturating_add(chunk.len() as u64) > max {
             return Err(SourceError::TooLarge(max));
         }
         body.extend_from_slice(&chunk);
@@ -189,23 +198,24 @@ pub(super) fn classify(e: reqwest::Error) -> SourceError {
 /// first 64 KiB. Proxy lists are text (lines, HTML or JSON); a binary body is an error,
 /// not 10 MB of rejected "lines".
 pub fn binary_offset(body: &[u8]) -> Option<usize> {
-    let head = &body[..body.len().min(64 << 10)];
+    let head = body.get(..64 << 10).unwrap_or(body);
     if let Some(i) = head.iter().position(|&b| b == 0) {
         return Some(i);
     }
     let control = |b: u8| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0c);
     let bad = head.iter().filter(|&&b| control(b)).count();
     // A few stray control bytes happen in scraped pages; one in 32 does not.
-    if bad * 32 > head.len().max(32) {
+    if bad.saturating_mul(32) > head.len().max(32) {
         return head.iter().position(|&b| control(b));
     }
     None
 }
 
 async fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, SourceError> {
-    let file = tokio::fs::File::open(path).await.map_err(|e| SourceError::Io(e.to_string()))?;
+    // A missing or unreadable file stays so: no retry, a clear error.
+    let file = tokio::fs::File::open(path).await.map_err(|e| SourceError::File(e.to_string()))?;
     let mut body = Vec::new();
-    file.take(max + 1).read_to_end(&mut body).await.map_err(|e| SourceError::Io(e.to_string()))?;
+    file.take(max.saturating_add(1)).read_to_end(&mut body).await.map_err(|e| SourceError::File(e.to_string()))?;
     if body.len() as u64 > max {
         return Err(SourceError::TooLarge(max));
     }
@@ -213,6 +223,7 @@ async fn read_file(path: &Path, max: u64) -> Result<Vec<u8>, SourceError> {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use reqwest::dns::Resolve;

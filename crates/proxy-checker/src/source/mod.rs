@@ -1,9 +1,14 @@
 //! Sources: where proxy lists come from, how they are fetched and parsed, and what each
 //! one contributed (per-source stats).
 //!
-//! [`gather`] fetches every source concurrently, parses each document, drops duplicates
-//! across sources (first source wins) and returns the candidates with per-source stats.
-//! A failing source is reported with its reason and never stops the others.
+//! [`collect`] fetches and parses one source (with retries) and says what it held;
+//! [`Dedupe`] drops what an earlier-parsed source already listed. A round runs one
+//! `collect` per source at once and feeds each source's proxies to the checks as soon as
+//! that source is parsed. [`gather`] does all sources and the dedupe in one call (tests,
+//! tools). A failing source is reported with its reason and never stops the others.
+
+// Bytes from the network and from lists meet no unchecked arithmetic or indexing here.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
 pub mod fetch;
 pub mod parse;
@@ -11,6 +16,7 @@ pub mod parse;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 pub use fetch::FetchSettings;
@@ -83,6 +89,9 @@ pub struct SourceSpec {
 pub enum SourceError {
     #[error("HTTP status {0}")]
     Status(u16),
+    /// A local file that cannot be read (missing, a directory, no permission): not retried.
+    #[error("cannot read the file: {0}")]
+    File(String),
     #[error("timed out after {0:?}")]
     Timeout(Duration),
     #[error("body larger than the {0}-byte cap")]
@@ -107,7 +116,8 @@ pub enum SourceError {
 impl SourceError {
     fn from_reqwest(e: reqwest::Error) -> Self {
         if e.is_timeout() {
-            SourceError::Timeout(Duration::ZERO)
+            // The whole-fetch deadline is ours (see `fetch`); reqwest's own is the connect's.
+            SourceError::Timeout(fetch::CONNECT_TIMEOUT)
         } else if e.is_connect() {
             SourceError::Connect(error_chain(&e))
         } else {
@@ -121,6 +131,7 @@ impl SourceError {
             SourceError::Status(s) => *s >= 500 || *s == 429 || *s == 408,
             SourceError::Timeout(_) | SourceError::Connect(_) | SourceError::Io(_) => true,
             SourceError::TooLarge(_)
+            | SourceError::File(_)
             | SourceError::Client(_)
             | SourceError::Blocked(_)
             | SourceError::Redirects(_)
@@ -133,6 +144,7 @@ impl SourceError {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceError::Status(_) => "http_status",
+            SourceError::File(_) => "file",
             SourceError::Timeout(_) => "timeout",
             SourceError::TooLarge(_) => "too_large",
             SourceError::Connect(_) => "connect",
@@ -163,7 +175,10 @@ pub struct SourceStats {
     /// The location as shown to users (password redacted).
     pub name: String,
     pub fetched_at: Option<SystemTime>,
+    /// From the first request to the parsed list, retries and backoff included.
     pub duration: Duration,
+    /// Fetch attempts made (1 + retries used).
+    pub attempts: u32,
     pub bytes: u64,
     pub format: Option<Format>,
     /// Lines (or JSON items) that were not blank or comments.
@@ -179,8 +194,9 @@ pub struct SourceStats {
 }
 
 impl SourceStats {
-    fn reject(&mut self, r: Reject) {
-        *self.rejected.entry(r.reason).or_default() += 1;
+    pub(crate) fn reject(&mut self, r: Reject) {
+        let n = self.rejected.entry(r.reason).or_default();
+        *n = n.saturating_add(1);
         if self.samples.len() < MAX_SAMPLES {
             self.samples.push(r);
         }
@@ -194,6 +210,62 @@ const MAX_SAMPLES: usize = 20;
 pub struct Found {
     pub proxy: Proxy,
     pub source: u16,
+}
+
+/// Proxies seen so far in a round, across sources: the first source parsed wins.
+#[derive(Debug, Default)]
+pub struct Dedupe(Mutex<HashSet<crate::proxy::DedupKey>>);
+
+impl Dedupe {
+    /// Whether `proxy` is new (and now seen). The lock is held for one insert.
+    pub fn admit(&self, proxy: &Proxy) -> bool {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(proxy.dedup_key())
+    }
+}
+
+/// Fetches and parses one source. Returns its proxies with their line numbers (nothing
+/// on error) and its stats so far (`valid` and `duplicates` are the caller's to count).
+pub async fn collect(
+    client: &reqwest::Client,
+    spec: &SourceSpec,
+    settings: &FetchSettings,
+    allow_private: bool,
+) -> (Vec<(Proxy, u32)>, SourceStats) {
+    let started = Instant::now();
+    let name = spec.location.to_string();
+    let mut st = SourceStats { name: name.clone(), fetched_at: Some(SystemTime::now()), ..Default::default() };
+    let (body, attempts) = fetch::fetch(client, &spec.location, settings).await;
+    st.attempts = attempts;
+    let parsed = body.and_then(|body| {
+        st.bytes = body.len() as u64;
+        if let Some(at) = fetch::binary_offset(&body) {
+            return Err(SourceError::Binary(at));
+        }
+        let opts = ParseOptions {
+            default_protocol: spec.protocol.unwrap_or(Protocol::Http),
+            allow_private,
+            max_proxies: settings.max_proxies,
+        };
+        let (parsed, format) = parse::parse_document(&body, opts, &mut |r| {
+            tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
+            st.reject(r);
+        });
+        st.format = Some(format);
+        st.lines = parsed.lines;
+        if parsed.truncated {
+            return Err(SourceError::TooManyProxies(settings.max_proxies));
+        }
+        Ok(parsed.proxies)
+    });
+    st.duration = started.elapsed();
+    match parsed {
+        Ok(proxies) => (proxies, st),
+        Err(e) => {
+            tracing::warn!(source = %name, error = %e, attempts, "source failed");
+            st.error = Some(e);
+            (Vec::new(), st)
+        }
+    }
 }
 
 /// Result of [`gather`].
@@ -210,63 +282,25 @@ impl Gathered {
     }
 }
 
-/// Fetches and parses every source, deduplicating across them.
+/// Collects every source at once and dedupes them in their configured order.
 pub async fn gather(
     client: &reqwest::Client,
     specs: &[SourceSpec],
     settings: &FetchSettings,
     allow_private: bool,
 ) -> Gathered {
-    let fetches = specs.iter().map(|spec| async move {
-        let started = Instant::now();
-        let at = SystemTime::now();
-        let body = fetch::fetch(client, &spec.location, settings).await;
-        (body, started.elapsed(), at)
-    });
-    let bodies = futures_util::future::join_all(fetches).await;
-
-    let mut seen = HashSet::new();
+    let all = futures_util::future::join_all(specs.iter().map(|s| collect(client, s, settings, allow_private))).await;
+    let seen = Dedupe::default();
     let mut out = Gathered::default();
-    for (i, (spec, (body, duration, at))) in specs.iter().zip(bodies).enumerate() {
-        let name = spec.location.to_string();
-        let mut st = SourceStats { name: name.clone(), fetched_at: Some(at), duration, ..Default::default() };
-        let parsed = body.and_then(|body| {
-            st.bytes = body.len() as u64;
-            if let Some(at) = fetch::binary_offset(&body) {
-                return Err(SourceError::Binary(at));
-            }
-            let opts = ParseOptions {
-                default_protocol: spec.protocol.unwrap_or(Protocol::Http),
-                allow_private,
-                max_proxies: settings.max_proxies,
-            };
-            let (parsed, format) = parse::parse_document(&body, opts, &mut |r| {
-                tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
-                st.reject(r);
-            });
-            st.format = Some(format);
-            st.lines = parsed.lines;
-            if parsed.truncated {
-                return Err(SourceError::TooManyProxies(settings.max_proxies));
-            }
-            Ok(parsed)
-        });
-        match parsed {
-            Err(e) => {
-                tracing::warn!(source = %name, error = %e, "source failed");
-                st.error = Some(e);
-            }
-            Ok(parsed) => {
-                let source = u16::try_from(i).unwrap_or(u16::MAX);
-                for (proxy, line) in parsed.proxies {
-                    if seen.insert(proxy.dedup_key()) {
-                        st.valid += 1;
-                        out.found.push(Found { proxy, source });
-                    } else {
-                        st.duplicates += 1;
-                        st.reject(Reject { line, reason: RejectReason::Duplicate, text: String::new() });
-                    }
-                }
+    for (i, (proxies, mut st)) in all.into_iter().enumerate() {
+        let source = u16::try_from(i).unwrap_or(u16::MAX);
+        for (proxy, line) in proxies {
+            if seen.admit(&proxy) {
+                st.valid = st.valid.saturating_add(1);
+                out.found.push(Found { proxy, source });
+            } else {
+                st.duplicates = st.duplicates.saturating_add(1);
+                st.reject(Reject { line, reason: RejectReason::Duplicate, text: String::new() });
             }
         }
         out.stats.push(st);
@@ -275,6 +309,7 @@ pub async fn gather(
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -4,6 +4,9 @@
 //! it rejects, with its line number and a [`RejectReason`], through a callback. The
 //! target guard is applied to IP literals here; hostnames are checked after resolution.
 
+// Bytes from the network and from lists meet no unchecked arithmetic or indexing here.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+
 use std::net::IpAddr;
 use std::sync::{Arc, LazyLock};
 
@@ -29,12 +32,14 @@ pub enum RejectReason {
     Private,
     /// Seen before (same protocol family, host, port and credentials), in any source.
     Duplicate,
-    /// A hostname that did not resolve.
+    /// A hostname that did not resolve (within its deadline).
     Unresolvable,
+    /// A hostname left unresolved: the round's lookup budget was spent.
+    ResolveBudget,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 7] = [
+    pub const ALL: [RejectReason; 8] = [
         Self::Syntax,
         Self::InvalidPort,
         Self::UnknownScheme,
@@ -42,6 +47,7 @@ impl RejectReason {
         Self::Private,
         Self::Duplicate,
         Self::Unresolvable,
+        Self::ResolveBudget,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +59,7 @@ impl RejectReason {
             Self::Private => "private",
             Self::Duplicate => "duplicate",
             Self::Unresolvable => "unresolvable",
+            Self::ResolveBudget => "resolve_budget",
         }
     }
 }
@@ -120,12 +127,15 @@ pub fn parse_document(body: &[u8], opts: ParseOptions, on_reject: &mut dyn FnMut
     let text = String::from_utf8_lossy(body);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let head = text.trim_start();
+    // Validated first without building anything, then streamed item by item: a JSON list
+    // costs its text and one item at a time, never a whole `Value` tree.
     if (head.starts_with('[') || head.starts_with('{'))
-        && let Ok(value) = serde_json::from_str::<serde_json::Value>(text)
+        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+        && let Ok(parsed) = parse_json(text, opts, on_reject)
     {
-        return (parse_json(&value, opts, on_reject), Format::Json);
+        return (parsed, Format::Json);
     }
-    let probe = &text.as_bytes()[..text.len().min(4096)];
+    let probe = text.as_bytes().get(..4096).unwrap_or(text.as_bytes());
     if looks_like_html(probe) {
         return (parse_html(text, opts, on_reject), Format::Html);
     }
@@ -140,15 +150,12 @@ fn looks_like_html(head: &[u8]) -> bool {
 }
 
 fn cut(s: &str) -> String {
-    let mut end = s.len().min(MAX_REJECT_TEXT);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
+    let end = (0..=s.len().min(MAX_REJECT_TEXT)).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    s.get(..end).unwrap_or_default().to_string()
 }
 
 fn line_no(i: usize) -> u32 {
-    u32::try_from(i + 1).unwrap_or(u32::MAX)
+    u32::try_from(i.saturating_add(1)).unwrap_or(u32::MAX)
 }
 
 fn parse_lines(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Parsed {
@@ -158,7 +165,7 @@ fn parse_lines(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)
         if line.is_empty() || line.starts_with('#') || line.starts_with("//") || line.starts_with(';') {
             continue;
         }
-        out.lines += 1;
+        out.lines = out.lines.saturating_add(1);
         match parse_line(line, opts) {
             Ok(p) => {
                 if !out.push(p, line_no(i), opts.max_proxies) {
@@ -309,7 +316,7 @@ fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject))
         let plain = HTML_TAG.replace_all(raw, " ");
         let plain = plain.replace("&nbsp;", " ").replace("&#58;", ":");
         for c in HTML_ADDR.captures_iter(&plain) {
-            out.lines += 1;
+            out.lines = out.lines.saturating_add(1);
             let protocol = match c.get(1) {
                 Some(s) => match s.as_str().parse::<Protocol>() {
                     Ok(p) => p,
@@ -335,32 +342,129 @@ fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject))
     out
 }
 
-fn parse_json(value: &serde_json::Value, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Parsed {
-    use serde_json::Value;
+/// A JSON list, streamed: `[...]`, or the first array-valued member of an object
+/// (`{"data": [...]}`); each item is one string or object, parsed and dropped in turn.
+fn parse_json(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Result<Parsed, serde_json::Error> {
+    use serde::de::DeserializeSeed;
     let mut out = Parsed::default();
-    // `[...]`, or an object holding the list under any key (`{"data": [...]}`).
-    let items: &[Value] = match value {
-        Value::Array(a) => a,
-        Value::Object(o) => o.values().find_map(|v| v.as_array()).map_or(&[], |a| a.as_slice()),
-        _ => &[],
-    };
-    for (i, item) in items.iter().enumerate() {
-        out.lines += 1;
-        let result = match item {
-            Value::String(s) => parse_line(s.trim(), opts),
-            Value::Object(o) => json_object(o, opts),
+    let mut index: usize = 0;
+    let mut each = |item: serde_json::Value| {
+        let line = line_no(index);
+        index = index.saturating_add(1);
+        out.lines = out.lines.saturating_add(1);
+        let result = match &item {
+            serde_json::Value::String(s) => parse_line(s.trim(), opts),
+            serde_json::Value::Object(o) => json_object(o, opts),
             _ => Err(RejectReason::Syntax),
         };
         match result {
-            Ok(p) => {
-                if !out.push(p, line_no(i), opts.max_proxies) {
-                    break;
-                }
+            Ok(p) => out.push(p, line, opts.max_proxies),
+            Err(reason) => {
+                on_reject(Reject { line, reason, text: cut(&item.to_string()) });
+                true
             }
-            Err(reason) => on_reject(Reject { line: line_no(i), reason, text: cut(&item.to_string()) }),
+        }
+    };
+    let mut de = serde_json::Deserializer::from_str(text);
+    json_stream::Top { each: &mut each }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(out)
+}
+
+/// Serde visitors that hand a JSON list's items over one at a time.
+mod json_stream {
+    use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    /// Takes one item; `false` once no more are wanted (the rest is skipped unparsed).
+    pub type Each<'f> = &'f mut dyn FnMut(serde_json::Value) -> bool;
+
+    /// The document: an array of items, or an object holding one.
+    pub struct Top<'f> {
+        pub each: Each<'f>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Top<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
         }
     }
-    out
+
+    impl<'de> Visitor<'de> for Top<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON array of proxies, or an object holding one")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<(), A::Error> {
+            items(seq, self.each)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            let mut found = false;
+            while map.next_key::<IgnoredAny>()?.is_some() {
+                if found {
+                    map.next_value::<IgnoredAny>()?;
+                } else {
+                    found = map.next_value_seed(Member { each: &mut *self.each })?;
+                }
+            }
+            Ok(())
+        }
+    }
+
+    fn items<'de, A: SeqAccess<'de>>(mut seq: A, each: Each<'_>) -> Result<(), A::Error> {
+        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+            if !each(item) {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One member of the top object: streamed if it is an array (`true`), skipped if not.
+    struct Member<'f> {
+        each: Each<'f>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Member<'_> {
+        type Value = bool;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Member<'_> {
+        type Value = bool;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<bool, A::Error> {
+            items(seq, self.each).map(|()| true)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(false)
+        }
+        fn visit_bool<E: Error>(self, _: bool) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_i64<E: Error>(self, _: i64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_u64<E: Error>(self, _: u64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_str<E: Error>(self, _: &str) -> Result<bool, E> {
+            Ok(false)
+        }
+        fn visit_unit<E: Error>(self) -> Result<bool, E> {
+            Ok(false)
+        }
+    }
 }
 
 fn json_object(o: &serde_json::Map<String, serde_json::Value>, opts: ParseOptions) -> Result<Proxy, RejectReason> {
@@ -391,6 +495,7 @@ fn json_object(o: &serde_json::Map<String, serde_json::Value>, opts: ParseOption
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

@@ -157,13 +157,14 @@ fn summary(out: &mut dyn Write, r: &RoundReport, budget: &fdbudget::FdBudget) ->
     }
     writeln!(out, "sources (scraped {}, unique {}):", r.scraped, r.unique)?;
     for (s, alive) in r.sources.iter().zip(&r.alive_per_source) {
+        let tries = if s.attempts > 1 { format!(" ({} attempts)", s.attempts) } else { String::new() };
         match &s.error {
-            Some(e) => writeln!(out, "  {}: FAILED: {e}", s.name)?,
+            Some(e) => writeln!(out, "  {}: FAILED after {:.1}s{tries}: {e}", s.name, s.duration.as_secs_f64())?,
             None => {
                 let rejected: Vec<String> = s.rejected.iter().map(|(k, v)| format!("{} {v}", k.as_str())).collect();
                 writeln!(
                     out,
-                    "  {}: {} lines, {} valid, {} alive, {:.1}s{}{}",
+                    "  {}: {} lines, {} valid, {} alive, {:.1}s{tries}{}{}",
                     s.name,
                     s.lines,
                     s.valid,

@@ -100,6 +100,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
             checker_threads: None,
             idle_timeout: None,
             request_timeout: None,
+            stall_limit: None,
         };
         let server = match server::start(config, listener, opts).await {
             Ok(s) => s,
@@ -108,18 +109,23 @@ pub fn main(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // systemd: READY once the API listens; watchdog pings from the API runtime, so a
-        // wedged runtime stops them and systemd restarts the service.
+        // systemd: READY once the API listens; watchdog pings from the API runtime while
+        // the service is healthy, so a wedged runtime, a stopped scheduler or a stalled
+        // round stops them and systemd restarts the service.
         let notifier = proxy_checker::notify::Notifier::from_env().map(Arc::new);
         if let Some(n) = &notifier {
             n.send(&format!("READY=1\nSTATUS=serving on {}", server.addr));
             if let Some(every) = proxy_checker::notify::watchdog_interval() {
                 let n = n.clone();
+                let watched = server.state.clone();
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(every / 2);
                     loop {
                         tick.tick().await;
-                        n.send("WATCHDOG=1");
+                        match watched.service.fault() {
+                            None => n.send("WATCHDOG=1"),
+                            Some(fault) => n.send(&format!("STATUS=unhealthy: {fault}")),
+                        }
                     }
                 });
             }
