@@ -150,7 +150,8 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
         .thread_name("checker")
         .enable_all()
         .build()?;
-    let scheduler = checker_rt.spawn(supervise_scheduler(service.clone(), shutdown.clone()));
+    let rounds = checker_rt.spawn(service.clone().run_scheduler(shutdown.clone()));
+    let scheduler = checker_rt.spawn(supervise_scheduler(service.clone(), shutdown.clone(), rounds));
     let _ = service.metrics.checker_runtime.set(checker_rt.handle().clone());
     let mut background = Vec::new();
     let watched = service.clone();
@@ -222,8 +223,7 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
 /// is not shutting down (a panic outside any round, or a bug), the service records a
 /// [`crate::service::Fault`] so `/health` fails and the watchdog stops, and systemd
 /// restarts the process. Rounds themselves cannot end it: each is guarded.
-async fn supervise_scheduler(service: Arc<Service>, shutdown: CancellationToken) {
-    let scheduler = tokio::spawn(service.clone().run_scheduler(shutdown.clone()));
+async fn supervise_scheduler(service: Arc<Service>, shutdown: CancellationToken, scheduler: JoinHandle<()>) {
     let ended = scheduler.await;
     if shutdown.is_cancelled() {
         return;
@@ -333,4 +333,48 @@ fn watch(path: PathBuf, reloader: Arc<Reloader>) -> notify::Result<(notify::Reco
         }
     });
     Ok((watcher, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::extract::State;
+
+    /// A scheduler that dies is a fault that `/health` and `/ready` name, with 503.
+    #[tokio::test]
+    async fn a_scheduler_that_stops_fails_health() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            r#"{{"sources": ["l.txt"], "storage": {{"type": "file", "path": "{}/s.json"}}}}"#,
+            dir.path().display()
+        );
+        let config = Config::from_json(&text, "test").unwrap();
+        let store = store::open(&config.storage).unwrap();
+        let service = Service::start(config, store, 100).await;
+        let state = AppState::new(service.clone(), Some("k".repeat(16)));
+        assert_eq!(api::routes::health(State(state.clone())).await.status(), 200);
+
+        let dying = tokio::spawn(async { panic!("a bug outside any round") });
+        supervise_scheduler(service.clone(), CancellationToken::new(), dying).await;
+        let fault = service.fault().expect("a fault").to_string();
+        assert!(fault.contains("a bug outside any round"), "{fault}");
+        for resp in [api::routes::health(State(state.clone())).await, api::routes::ready(State(state.clone())).await] {
+            assert_eq!(resp.status(), 503);
+            let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+            let body = String::from_utf8_lossy(&body);
+            assert!(body.contains("\"unhealthy\"") && body.contains("the round scheduler stopped"), "{body}");
+        }
+
+        // Stopping on shutdown is no fault.
+        let service = Service::start(
+            Config::from_json(&text, "test").unwrap(),
+            store::open(&service.config.load().storage).unwrap(),
+            100,
+        )
+        .await;
+        let token = CancellationToken::new();
+        token.cancel();
+        supervise_scheduler(service.clone(), token, tokio::spawn(async {})).await;
+        assert!(service.fault().is_none());
+    }
 }

@@ -296,24 +296,33 @@ impl Service {
                 return;
             }
             let id = self.last_id.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-            // A round that panics is a round that failed: the scheduler goes on.
-            let result = match AssertUnwindSafe(self.run_round(id, &cancel)).catch_unwind().await {
-                Ok(result) => result,
-                Err(payload) => {
-                    let what = payload
-                        .downcast_ref::<&str>()
-                        .copied()
-                        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                        .unwrap_or("non-text panic payload");
-                    tracing::error!(round_id = id, panic = what, "round panicked (a bug; please report it)");
-                    self.round_failed(id, format!("round {id} panicked: {what}"), "error");
-                    "error"
-                }
-            };
-            *lock(&self.last_round_end) = Some(RoundEnd { round_id: id, finished_at: SystemTime::now(), result });
-            self.metrics.last_round_finished_timestamp_seconds.set(crate::snapshot::unix(SystemTime::now()));
+            // Boxed: a round's state is large and lives once, not per check.
+            Box::pin(self.guarded_round(id, self.run_round(id, &cancel))).await;
             last_end = Some(Instant::now());
         }
+    }
+
+    /// Runs one round's future; whatever happens in it (a panic included), the round has
+    /// ended when this returns: the phase is idle, `last_error` says why it failed, and its
+    /// end is recorded. Returns the round's `rounds_total` label.
+    async fn guarded_round(&self, id: u64, round: impl Future<Output = &'static str>) -> &'static str {
+        let result = match AssertUnwindSafe(round).catch_unwind().await {
+            Ok(result) => result,
+            Err(payload) => {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("non-text panic payload");
+                tracing::error!(round_id = id, panic = what, "round panicked (a bug; please report it)");
+                self.round_failed(id, format!("round {id} panicked: {what}"), "error");
+                "error"
+            }
+        };
+        let now = SystemTime::now();
+        *lock(&self.last_round_end) = Some(RoundEnd { round_id: id, finished_at: now, result });
+        self.metrics.last_round_finished_timestamp_seconds.set(crate::snapshot::unix(now));
+        result
     }
 
     /// A round ended without a new pool: the phase returns to idle and `last_error` says why.
@@ -422,4 +431,78 @@ impl Service {
 
     /// How long shutdown waits for the scheduler to stop (the running round is cancelled).
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn service(dir: &std::path::Path) -> Arc<Service> {
+        let text = format!(
+            r#"{{"sources": ["{}/list.txt"], "storage": {{"type": "file", "path": "{}/snap.json"}}}}"#,
+            dir.display(),
+            dir.display()
+        );
+        let config = Config::from_json(&text, "test").unwrap();
+        let store = crate::store::open(&config.storage).unwrap();
+        Service::start(config, store, 100).await
+    }
+
+    /// A round that panics (here after it set its phase) is a failed round: idle again,
+    /// `last_error` says so, counted, its end recorded; nothing is served in its place.
+    #[tokio::test]
+    async fn a_round_that_panics_is_a_round_that_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path()).await;
+        let result = svc
+            .guarded_round(7, async {
+                let progress = Arc::new(Progress::default());
+                *lock(&svc.phase) = Phase::Running { id: 7, started: SystemTime::now(), progress };
+                panic!("a bug in a round");
+            })
+            .await;
+        assert_eq!(result, "error");
+        assert!(matches!(svc.phase(), Phase::Idle));
+        assert_eq!(svc.last_error().as_deref(), Some("round 7 panicked: a bug in a round"));
+        assert_eq!(svc.metrics.rounds_total.with_label_values(&["error"]).get(), 1);
+        let end = svc.last_round_end().unwrap();
+        assert_eq!((end.round_id, end.result), (7, "error"));
+        assert!(svc.metrics.last_round_finished_timestamp_seconds.get() > 0.0);
+        assert!(svc.fault().is_none(), "a failed round is not a fault");
+        assert!(matches!(svc.request_round(), ReloadOutcome::Started(_)), "the next round can start");
+    }
+
+    /// A round whose counters stay still past the limit is a fault (health 503) until they
+    /// move again; an idle scheduler never is.
+    #[tokio::test(start_paused = true)]
+    async fn a_round_without_progress_is_a_fault_until_it_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = service(dir.path()).await;
+        let limit = Duration::from_secs(60);
+        svc.watch_progress(limit);
+        tokio::time::advance(limit * 2).await;
+        svc.watch_progress(limit);
+        assert_eq!(svc.fault(), None, "idle is not stalled");
+
+        let progress = Arc::new(Progress::default());
+        *lock(&svc.phase) = Phase::Running { id: 3, started: SystemTime::now(), progress: progress.clone() };
+        svc.watch_progress(limit);
+        tokio::time::advance(limit / 2).await;
+        svc.watch_progress(limit);
+        assert_eq!(svc.fault(), None);
+        tokio::time::advance(limit).await;
+        svc.watch_progress(limit);
+        assert!(matches!(svc.fault(), Some(Fault::RoundStalled { round_id: 3, secs: 90 })), "{:?}", svc.fault());
+        assert_eq!(svc.metrics.healthy.get(), 0);
+        progress.checked.fetch_add(1, Ordering::Relaxed);
+        svc.watch_progress(limit);
+        assert_eq!(svc.fault(), None);
+        assert_eq!(svc.metrics.healthy.get(), 1);
+
+        svc.scheduler_stopped("it panicked: test".into());
+        tokio::time::advance(limit * 3).await;
+        progress.checked.fetch_add(1, Ordering::Relaxed);
+        svc.watch_progress(limit);
+        assert!(matches!(svc.fault(), Some(Fault::SchedulerStopped(_))), "a stopped scheduler stays a fault");
+    }
 }

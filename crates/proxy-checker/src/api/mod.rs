@@ -3,7 +3,7 @@
 //! know nothing of sockets to proxies.
 
 mod guard;
-mod routes;
+pub(crate) mod routes;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;

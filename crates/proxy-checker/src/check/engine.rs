@@ -320,6 +320,23 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
 /// Panics logged per run at `error` level; the rest are counted only.
 const PANICS_LOGGED: u64 = 20;
 
+/// Runs `check` on `job`. A panic inside it fails what the job had not finished with
+/// [`Reason::InternalError`], logged with the proxy (never its credentials) and counted:
+/// the task that runs a check never unwinds, so no proxy can take the run down.
+async fn guarded(job: &mut Job, progress: &Progress, check: impl AsyncFnOnce(&mut Job)) {
+    let outcome = AssertUnwindSafe(check(job)).catch_unwind().await;
+    if let Err(payload) = outcome {
+        job.fail_unfinished(Reason::InternalError);
+        let n = progress.internal_errors.fetch_add(1, Ordering::Relaxed);
+        if n < PANICS_LOGGED {
+            tracing::error!(
+                proxy = %job.cand.proxy, panic = panic_text(&*payload),
+                "a check panicked: the proxy is dead with internal_error (a bug; please report it)"
+            );
+        }
+    }
+}
+
 struct JudgeSlot {
     judge: Arc<Judge>,
     healthy: bool,
@@ -508,17 +525,10 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
         let timeout = self.engine.settings.timeout;
         progress.in_flight.fetch_add(1, Ordering::Relaxed);
         self.tasks.spawn(async move {
-            let check = run_job(&ex, judge.as_deref(), &mut job, &progress, timeout);
-            if let Err(payload) = AssertUnwindSafe(check).catch_unwind().await {
-                job.fail_unfinished(Reason::InternalError);
-                let n = progress.internal_errors.fetch_add(1, Ordering::Relaxed);
-                if n < PANICS_LOGGED {
-                    tracing::error!(
-                        proxy = %job.cand.proxy, panic = panic_text(&*payload),
-                        "a check panicked: the proxy is dead with internal_error (a bug; please report it)"
-                    );
-                }
-            }
+            guarded(&mut job, &progress, async |job: &mut Job| {
+                run_job(&ex, judge.as_deref(), job, &progress, timeout).await;
+            })
+            .await;
             drop(slot);
             progress.in_flight.fetch_sub(1, Ordering::Relaxed);
             job
@@ -707,6 +717,40 @@ mod tests {
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3072, "a check task's future is {size} bytes");
         assert!(std::mem::size_of::<Job>() <= 192);
+    }
+
+    /// A check that panics half-way is that proxy's `internal_error`, counted; what it
+    /// had already found stays.
+    #[tokio::test]
+    async fn a_panic_in_a_check_is_the_proxys_internal_error() {
+        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
+        let cand = Candidate {
+            proxy: parse_token("1.2.3.4:80", opts).unwrap(),
+            addr: "1.2.3.4:80".parse().unwrap(),
+            source: 0,
+        };
+        let progress = Progress::default();
+        let mut job = Job::new(cand.clone(), Mode::FullHttp, 0, false);
+        guarded(&mut job, &progress, async |job: &mut Job| {
+            job.tests[0].as_mut().unwrap().1 = State::Failed(Reason::ConnectRefused);
+            panic!("a chunk size that overflowed");
+        })
+        .await;
+        assert_eq!(job.verdict().outcome.unwrap_err(), Reason::InternalError);
+        assert!(!Reason::InternalError.is_transient() && !Reason::InternalError.may_be_judge());
+        assert_eq!(progress.internal_errors.load(Ordering::Relaxed), 1);
+
+        // A capability found before the panic is kept: the proxy is alive with it.
+        let mut job = Job::new(cand, Mode::FullHttp, 0, false);
+        let ok = Success { latency: Duration::from_millis(30), connect: Duration::from_millis(1) };
+        guarded(&mut job, &progress, async |job: &mut Job| {
+            job.tests[0].as_mut().unwrap().1 = State::Ok(ok);
+            panic!("in the tunnel test");
+        })
+        .await;
+        let alive = job.verdict().outcome.unwrap();
+        assert!(alive.forward && !alive.tunnel);
+        assert_eq!(progress.internal_errors.load(Ordering::Relaxed), 2);
     }
 
     #[test]
