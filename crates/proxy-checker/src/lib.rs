@@ -26,3 +26,12 @@ pub mod service;
 pub mod snapshot;
 pub mod source;
 pub mod store;
+
+/// The text of a panic payload (what `panic!` was given), for logs and `last_error`.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-text panic payload")
+}

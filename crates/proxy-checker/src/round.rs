@@ -52,8 +52,14 @@ pub type VerdictObserver = Arc<dyn Fn(&Verdict) + Send + Sync>;
 
 /// One hostname's lookup may take this long; then it is `unresolvable` for this round.
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Distinct hostnames looked up per round at most; the rest are `resolve_budget`.
+/// Distinct hostnames looked up per round at most; the rest are `resolve_budget`. Each
+/// source may use its share (the budget over the number of sources, at least 100), so a
+/// list of junk names cannot spend the budget of the others.
 pub const RESOLVE_BUDGET: usize = 10_000;
+/// Lookups in flight at most. The system resolver blocks a thread per lookup; a slot is
+/// held until the lookup really returns (a timed-out one included), so a list of names in
+/// a slow zone occupies at most this many of the runtime's blocking threads.
+pub const RESOLVE_SLOTS: usize = 64;
 /// Candidates parsed but not yet taken by the engine, at most (backpressure on sources).
 const QUEUE: usize = 4096;
 
@@ -75,8 +81,10 @@ pub struct RoundContext {
 struct Feed<'a> {
     seen: Dedupe,
     resolved: Mutex<HashMap<Arc<str>, Result<IpAddr, RejectReason>>>,
-    resolving: Semaphore,
+    resolving: Arc<Semaphore>,
     names_left: AtomicUsize,
+    /// Names one source may look up.
+    names_per_source: usize,
     progress: &'a Progress,
 }
 
@@ -87,8 +95,9 @@ impl RoundContext {
         let feed = Feed {
             seen: Dedupe::default(),
             resolved: Mutex::new(HashMap::new()),
-            resolving: Semaphore::new(self.resolve_concurrency.max(1)),
+            resolving: Arc::new(Semaphore::new(self.resolve_concurrency.clamp(1, RESOLVE_SLOTS))),
             names_left: AtomicUsize::new(RESOLVE_BUDGET),
+            names_per_source: (RESOLVE_BUDGET / self.sources.len().max(1)).max(100),
             progress: &progress,
         };
         let feeding = async {
@@ -110,11 +119,22 @@ impl RoundContext {
                 alive.push(v);
             }
         };
-        let input = futures_util::stream::poll_fn(|cx| rx.poll_recv(cx));
-        let checking = self.engine.run(input, progress.clone(), cancel.clone(), &mut sink);
-        let (sources, run) = tokio::select! {
-            both = async { tokio::join!(feeding, checking) } => both,
-            _ = cancel.cancelled() => return Err(RunError::Cancelled.into()),
+        let (sources, run) = {
+            // The engine owns the receiving end: once it returns, the channel closes and a
+            // source blocked on a full queue stops at once.
+            let input = futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx));
+            let checking = self.engine.run(input, progress.clone(), cancel.clone(), &mut sink);
+            tokio::pin!(feeding, checking);
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(RunError::Cancelled.into()),
+                sources = &mut feeding => (sources, checking.await),
+                // The engine can only end first with an error (judges down, overloaded):
+                // the round fails now, not after the slowest source.
+                run = &mut checking => match run {
+                    Err(e) => return Err(e.into()),
+                    Ok(stats) => (feeding.await, Ok(stats)),
+                },
+            }
         };
 
         let unique: u64 = sources.iter().map(|s| s.valid).sum();
@@ -136,7 +156,7 @@ impl RoundContext {
     }
 
     /// Collects one source and sends its new proxies to the engine: IP addresses at once,
-    /// hostnames as they resolve. Stops early if the engine stopped taking candidates.
+    /// hostnames as they resolve. Stops sending once the engine stopped taking candidates.
     async fn feed_source(
         &self,
         i: usize,
@@ -146,7 +166,7 @@ impl RoundContext {
     ) -> SourceStats {
         let (proxies, mut st) = source::collect(&self.client, spec, &self.fetch, self.allow_private).await;
         let source = u16::try_from(i).unwrap_or(u16::MAX);
-        let mut named = Vec::new();
+        let mut named: Vec<(Proxy, u32)> = Vec::new();
         let mut ready = Vec::new();
         for (proxy, line) in proxies {
             if !feed.seen.admit(&proxy) {
@@ -156,18 +176,21 @@ impl RoundContext {
             }
             match proxy.host {
                 Host::Ip(ip) => ready.push(Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source }),
-                Host::Name(_) => named.push(proxy),
+                Host::Name(_) => named.push((proxy, line)),
             }
         }
         if !send_all(ready, &mut st, feed.progress, tx).await {
             return st;
         }
-        let lookups = named.into_iter().map(|proxy| async move {
-            let verdict = self.resolve(&proxy, feed).await;
-            (proxy, verdict)
+        let share = AtomicUsize::new(feed.names_per_source);
+        let share = &share;
+        let lookups = named.into_iter().map(|(proxy, line)| async move {
+            let verdict = self.resolve(&proxy, feed, share).await;
+            (proxy, line, verdict)
         });
-        let mut lookups = futures_util::stream::iter(lookups).buffer_unordered(self.resolve_concurrency.max(1));
-        while let Some((proxy, verdict)) = lookups.next().await {
+        let mut lookups = futures_util::stream::iter(lookups).buffer_unordered(RESOLVE_SLOTS);
+        while let Some((proxy, line, verdict)) = lookups.next().await {
+            feed.progress.lookups.fetch_add(1, Ordering::Relaxed);
             match verdict {
                 Ok(ip) => {
                     let c = Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source };
@@ -180,7 +203,7 @@ impl RoundContext {
                         Host::Name(n) => n.to_string(),
                         Host::Ip(ip) => ip.to_string(),
                     };
-                    st.reject(Reject { line: 0, reason, text });
+                    st.reject(Reject { line, reason, text });
                 }
             }
         }
@@ -188,31 +211,44 @@ impl RoundContext {
     }
 
     /// The address to dial for a hostname proxy: looked up once per round (with a
-    /// deadline, within the round's budget), every address it resolves to guarded.
-    async fn resolve(&self, proxy: &Proxy, feed: &Feed<'_>) -> Result<IpAddr, RejectReason> {
+    /// deadline, within the round's budget and the source's `share` of it), every address
+    /// it resolves to guarded.
+    async fn resolve(&self, proxy: &Proxy, feed: &Feed<'_>, share: &AtomicUsize) -> Result<IpAddr, RejectReason> {
         let Host::Name(name) = &proxy.host else { return Err(RejectReason::Syntax) };
         let cached = feed.resolved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).copied();
         if let Some(r) = cached {
             return r;
         }
-        let within_budget = feed.names_left.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
-        let verdict = if within_budget.is_err() {
+        let take = |n: &AtomicUsize| n.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1)).is_ok();
+        let verdict = if !take(share) || !take(&feed.names_left) {
             Err(RejectReason::ResolveBudget)
         } else {
-            let _slot = feed.resolving.acquire().await;
-            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name.as_ref(), 0))).await {
-                Ok(Ok(addrs)) => {
-                    let ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-                    match ips.iter().try_for_each(|ip| guard::check(*ip, self.allow_private)) {
-                        Err(refused) => Err(RejectReason::from(refused)),
-                        Ok(()) => ips.first().copied().ok_or(RejectReason::Unresolvable),
-                    }
-                }
-                Ok(Err(_)) | Err(_) => Err(RejectReason::Unresolvable),
+            match lookup(name.clone(), feed.resolving.clone()).await {
+                Some(ips) => match ips.iter().try_for_each(|ip| guard::check(*ip, self.allow_private)) {
+                    Err(refused) => Err(RejectReason::from(refused)),
+                    Ok(()) => ips.first().copied().ok_or(RejectReason::Unresolvable),
+                },
+                None => Err(RejectReason::Unresolvable),
             }
         };
         feed.resolved.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone(), verdict);
         verdict
+    }
+}
+
+/// One system lookup within [`RESOLVE_TIMEOUT`]. It runs in a task that holds its slot
+/// until the resolver thread returns, so abandoned lookups still count against
+/// [`RESOLVE_SLOTS`] (that task, and only it, may outlive a cancelled round, as long as the
+/// system resolver takes).
+async fn lookup(name: Arc<str>, slots: Arc<Semaphore>) -> Option<Vec<IpAddr>> {
+    let slot = slots.acquire_owned().await.ok()?;
+    let task = tokio::spawn(async move {
+        let _slot = slot;
+        tokio::net::lookup_host((name.as_ref(), 0)).await.map(|addrs| addrs.map(|a| a.ip()).collect::<Vec<_>>())
+    });
+    match tokio::time::timeout(RESOLVE_TIMEOUT, task).await {
+        Ok(Ok(Ok(ips))) => Some(ips),
+        _ => None,
     }
 }
 

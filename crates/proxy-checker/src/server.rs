@@ -231,13 +231,7 @@ async fn supervise_scheduler(service: Arc<Service>, shutdown: CancellationToken,
     let why = match ended {
         Ok(()) => "it returned".to_string(),
         Err(e) if e.is_panic() => {
-            let payload = e.into_panic();
-            let text = payload
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "non-text panic payload".into());
-            format!("it panicked: {text}")
+            format!("it panicked: {}", crate::panic_message(&*e.into_panic()))
         }
         Err(e) => format!("its task ended: {e}"),
     };

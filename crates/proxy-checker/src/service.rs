@@ -38,6 +38,8 @@ pub enum Phase {
         id: u64,
         started: SystemTime,
         progress: Arc<Progress>,
+        /// Cancels this round alone (a stalled round is ended this way).
+        cancel: CancellationToken,
     },
 }
 
@@ -47,8 +49,12 @@ pub enum Fault {
     /// The round scheduler ended (a panic outside any round, or a bug): no round will
     /// ever run again in this process.
     SchedulerStopped(String),
-    /// The running round's counters did not move for longer than the stall limit.
+    /// The running round's counters did not move for longer than the stall limit. The
+    /// round is cancelled; the fault clears when the scheduler moves on.
     RoundStalled { round_id: u64, secs: u64 },
+    /// Between rounds, the next round is overdue by more than the stall limit (or none was
+    /// scheduled after a round ended): the scheduler is stuck.
+    SchedulerLate { secs: u64 },
 }
 
 impl std::fmt::Display for Fault {
@@ -56,8 +62,9 @@ impl std::fmt::Display for Fault {
         match self {
             Fault::SchedulerStopped(why) => write!(f, "the round scheduler stopped: {why}"),
             Fault::RoundStalled { round_id, secs } => {
-                write!(f, "round {round_id} made no progress for {secs} s")
+                write!(f, "round {round_id} made no progress for {secs} s and was cancelled")
             }
+            Fault::SchedulerLate { secs } => write!(f, "no round has started for {secs} s past its time"),
         }
     }
 }
@@ -95,6 +102,8 @@ pub struct Service {
     fault: Mutex<Option<Fault>>,
     /// (round id, progress counters' sum, when they last moved), for stall detection.
     progress_seen: Mutex<(u64, u64, Instant)>,
+    /// Why the running round was cancelled by the stall detector, for its `last_error`.
+    stall_note: Mutex<Option<String>>,
 }
 
 /// What `POST /reload` did.
@@ -148,6 +157,7 @@ impl Service {
             last_round_end: Mutex::new(None),
             fault: Mutex::new(None),
             progress_seen: Mutex::new((0, 0, Instant::now())),
+            stall_note: Mutex::new(None),
         })
     }
 
@@ -164,7 +174,8 @@ impl Service {
     }
 
     /// How long a round may go without any counter moving before it counts as stalled:
-    /// long enough for every source's attempts and a judge outage, never under 10 min.
+    /// long enough for every source's attempts (hostname lookups move a counter too), the
+    /// longest retry backoff and a judge outage; never under 10 min.
     pub fn stall_limit(&self) -> Duration {
         let c = self.config.load();
         let attempts = c.fetch.retries.saturating_add(1);
@@ -173,50 +184,67 @@ impl Service {
             .timeout
             .saturating_mul(attempts)
             .saturating_add(c.fetch.backoff.saturating_mul(1 << attempts.min(10)));
-        let checks = c.checker.settings.timeout.saturating_mul(20);
+        let s = &c.checker.settings;
+        let backoff = s.backoff.saturating_mul(1 << s.retries.min(16)).mul_f64(1.5);
+        let checks = s.timeout.saturating_mul(20).saturating_add(backoff);
         sources.saturating_mul(2).saturating_add(checks).max(Duration::from_secs(600))
     }
 
-    /// Compares the running round's counters with the last look; a round whose counters
-    /// stayed still for longer than `limit` is a fault until they move again.
+    /// Looks at the scheduler once (every second, from the server): a running round whose
+    /// counters (candidates queued, names looked up, probes, verdicts) stayed still for
+    /// longer than `limit` is cancelled and is a fault until the scheduler moves on; so is
+    /// a next round overdue by more than `limit`.
     pub fn watch_progress(&self, limit: Duration) {
         let now = Instant::now();
-        let (id, sum) = match self.phase() {
-            Phase::Running { id, progress, .. } => {
-                let p = &progress;
-                let sum = [&p.total, &p.checked, &p.probes, &p.local_requeues, &p.retries]
+        let phase = self.phase();
+        let key = match &phase {
+            Phase::Running { id, progress: p, .. } => {
+                let sum = [&p.total, &p.lookups, &p.probes, &p.checked]
                     .iter()
                     .fold(0u64, |a, c| a.wrapping_add(c.load(Ordering::Relaxed)));
-                (id, sum)
+                (*id, sum)
             }
             _ => (0, 0),
         };
         let mut seen = lock(&self.progress_seen);
-        if seen.0 != id || seen.1 != sum {
-            *seen = (id, sum, now);
+        if (seen.0, seen.1) != key {
+            *seen = (key.0, key.1, now);
         }
         let still = now.saturating_duration_since(seen.2);
         drop(seen);
-        let mut fault = lock(&self.fault);
-        match &*fault {
-            Some(Fault::SchedulerStopped(_)) => {}
-            _ if id != 0 && still > limit => {
-                if fault.is_none() {
-                    tracing::error!(
-                        round_id = id,
-                        secs = still.as_secs(),
-                        "the round makes no progress: /health answers 503"
-                    );
+        let stuck = match phase {
+            _ if still <= limit => None,
+            Phase::Running { id, cancel, .. } => {
+                let fault = Fault::RoundStalled { round_id: id, secs: still.as_secs() };
+                if !cancel.is_cancelled() {
+                    *lock(&self.stall_note) = Some(fault.to_string());
+                    cancel.cancel();
                 }
-                self.metrics.healthy.set(0);
-                *fault = Some(Fault::RoundStalled { round_id: id, secs: still.as_secs() });
+                Some(fault)
             }
-            Some(Fault::RoundStalled { .. }) => {
-                tracing::info!(round_id = id, "the round makes progress again");
+            Phase::Idle | Phase::Requested(_) => {
+                let due = self.next_round_at().unwrap_or(SystemTime::UNIX_EPOCH);
+                let late = SystemTime::now().duration_since(due).unwrap_or_default();
+                (late > limit).then(|| Fault::SchedulerLate { secs: late.min(still).as_secs() })
+            }
+        };
+        let mut fault = lock(&self.fault);
+        if matches!(*fault, Some(Fault::SchedulerStopped(_))) {
+            return;
+        }
+        match (&*fault, stuck) {
+            (None, Some(new)) => {
+                tracing::error!(fault = %new, "the scheduler is stuck: /health answers 503");
+                self.metrics.healthy.set(0);
+                *fault = Some(new);
+            }
+            (Some(_), Some(new)) => *fault = Some(new),
+            (Some(old), None) => {
+                tracing::info!(fault = %old, "the scheduler moves again");
                 self.metrics.healthy.set(1);
                 *fault = None;
             }
-            None => {}
+            (None, None) => {}
         }
     }
 
@@ -309,11 +337,7 @@ impl Service {
         let result = match AssertUnwindSafe(round).catch_unwind().await {
             Ok(result) => result,
             Err(payload) => {
-                let what = payload
-                    .downcast_ref::<&str>()
-                    .copied()
-                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-                    .unwrap_or("non-text panic payload");
+                let what = crate::panic_message(&*payload);
                 tracing::error!(round_id = id, panic = what, "round panicked (a bug; please report it)");
                 self.round_failed(id, format!("round {id} panicked: {what}"), "error");
                 "error"
@@ -346,7 +370,8 @@ impl Service {
         cfg.checker.settings.concurrency = concurrency;
         let progress = Arc::new(Progress::default());
         let started = SystemTime::now();
-        *lock(&self.phase) = Phase::Running { id, started, progress: progress.clone() };
+        let round_cancel = cancel.child_token();
+        *lock(&self.phase) = Phase::Running { id, started, progress: progress.clone(), cancel: round_cancel.clone() };
         *lock(&self.next_round_at) = None;
         tracing::info!(round_id = id, sources = cfg.sources.len(), concurrency, "round started");
 
@@ -354,7 +379,7 @@ impl Service {
             Ok(mut ctx) => {
                 let metrics = self.metrics.clone();
                 ctx.observer = Some(Arc::new(move |v: &crate::check::Verdict| metrics.observe(v)));
-                ctx.run(progress, cancel.child_token()).await.map_err(|e| e.to_string())
+                ctx.run(progress, round_cancel).await.map_err(|e| e.to_string())
             }
             Err(e) => Err(e.to_string()),
         };
@@ -389,7 +414,12 @@ impl Service {
                 "ok"
             }
             Err(e) => {
-                let label = if cancel.is_cancelled() { "cancelled" } else { "error" };
+                // Cancelled by the stall detector: an error, with its reason.
+                let (e, label) = match lock(&self.stall_note).take() {
+                    Some(stalled) => (stalled, "error"),
+                    None if cancel.is_cancelled() => (e, "cancelled"),
+                    None => (e, "error"),
+                };
                 self.round_failed(id, e, label);
                 label
             }
@@ -457,7 +487,8 @@ mod tests {
         let result = svc
             .guarded_round(7, async {
                 let progress = Arc::new(Progress::default());
-                *lock(&svc.phase) = Phase::Running { id: 7, started: SystemTime::now(), progress };
+                let cancel = CancellationToken::new();
+                *lock(&svc.phase) = Phase::Running { id: 7, started: SystemTime::now(), progress, cancel };
                 panic!("a bug in a round");
             })
             .await;
@@ -472,36 +503,51 @@ mod tests {
         assert!(matches!(svc.request_round(), ReloadOutcome::Started(_)), "the next round can start");
     }
 
-    /// A round whose counters stay still past the limit is a fault (health 503) until they
-    /// move again; an idle scheduler never is.
+    /// A round whose counters stay still past the limit is cancelled and a fault until
+    /// the scheduler moves on; a scheduler idle past its next round's time is one too.
     #[tokio::test(start_paused = true)]
     async fn a_round_without_progress_is_a_fault_until_it_moves() {
         let dir = tempfile::tempdir().unwrap();
         let svc = service(dir.path()).await;
         let limit = Duration::from_secs(60);
+        *lock(&svc.next_round_at) = Some(SystemTime::now() + Duration::from_secs(3600));
         svc.watch_progress(limit);
         tokio::time::advance(limit * 2).await;
         svc.watch_progress(limit);
-        assert_eq!(svc.fault(), None, "idle is not stalled");
+        assert_eq!(svc.fault(), None, "idle before the next round's time is not stuck");
 
         let progress = Arc::new(Progress::default());
-        *lock(&svc.phase) = Phase::Running { id: 3, started: SystemTime::now(), progress: progress.clone() };
+        let cancel = CancellationToken::new();
+        let running =
+            Phase::Running { id: 3, started: SystemTime::now(), progress: progress.clone(), cancel: cancel.clone() };
+        *lock(&svc.phase) = running.clone();
         svc.watch_progress(limit);
         tokio::time::advance(limit / 2).await;
+        progress.lookups.fetch_add(1, Ordering::Relaxed);
         svc.watch_progress(limit);
-        assert_eq!(svc.fault(), None);
+        tokio::time::advance(limit / 2 + limit / 4).await;
+        svc.watch_progress(limit);
+        assert_eq!(svc.fault(), None, "a hostname lookup is progress");
         tokio::time::advance(limit).await;
         svc.watch_progress(limit);
-        assert!(matches!(svc.fault(), Some(Fault::RoundStalled { round_id: 3, secs: 90 })), "{:?}", svc.fault());
+        assert!(matches!(svc.fault(), Some(Fault::RoundStalled { round_id: 3, .. })), "{:?}", svc.fault());
+        assert!(cancel.is_cancelled(), "a stalled round is cancelled");
         assert_eq!(svc.metrics.healthy.get(), 0);
-        progress.checked.fetch_add(1, Ordering::Relaxed);
+        assert!(lock(&svc.stall_note).as_deref().is_some_and(|n| n.starts_with("round 3 made no progress")));
+        // The round ends; the scheduler waits for the next one: healthy again.
+        *lock(&svc.phase) = Phase::Idle;
         svc.watch_progress(limit);
         assert_eq!(svc.fault(), None);
         assert_eq!(svc.metrics.healthy.get(), 1);
 
+        // A next round overdue by more than the limit: the scheduler is stuck.
+        *lock(&svc.next_round_at) = Some(SystemTime::now() - limit * 2);
+        tokio::time::advance(limit * 2).await;
+        svc.watch_progress(limit);
+        assert!(matches!(svc.fault(), Some(Fault::SchedulerLate { .. })), "{:?}", svc.fault());
+
         svc.scheduler_stopped("it panicked: test".into());
-        tokio::time::advance(limit * 3).await;
-        progress.checked.fetch_add(1, Ordering::Relaxed);
+        *lock(&svc.next_round_at) = Some(SystemTime::now() + limit);
         svc.watch_progress(limit);
         assert!(matches!(svc.fault(), Some(Fault::SchedulerStopped(_))), "a stopped scheduler stays a fault");
     }

@@ -42,3 +42,13 @@ fn http_response() {
 fn socks_reply() {
     replay("socks_reply", proxy_checker::fuzzing::socks_reply);
 }
+
+#[test]
+fn chunked() {
+    replay("chunked", proxy_checker::fuzzing::chunked);
+}
+
+#[test]
+fn http_head() {
+    replay("http_head", proxy_checker::fuzzing::http_head);
+}

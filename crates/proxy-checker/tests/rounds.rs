@@ -135,9 +135,10 @@ fn cancelling_a_round_leaves_no_task_behind() {
 }
 
 /// A round that makes no progress for the stall limit turns `/health` and `/ready` into
-/// 503s that name it, while the API keeps answering.
+/// 503s that name it, is cancelled, and the service is healthy again with the round's
+/// failure in `last_error` and the next round scheduled.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_round_fails_health() {
+async fn a_stalled_round_fails_health_and_is_cancelled() {
     let farm = Farm::start(FarmSpec { groups: vec![Group::new(2, Protocol::Http, Behavior::Working)] }).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = common::config(&farm, vec![hanging(&farm)], dir.path());
@@ -146,15 +147,42 @@ async fn a_stalled_round_fails_health() {
         fd_budget: 1000,
         max_connections: 256,
         grace: Duration::from_secs(2),
-        stall_limit: Some(Duration::from_secs(1)),
+        stall_limit: Some(Duration::from_secs(2)),
         ..Default::default()
     };
     let mut h = common::start_with(&cfg, dir.path(), opts).await;
-    h.until("/health to report the stalled round", async |h| h.get("/health").await.0 == 503).await;
-    let (_, body, _) = h.get("/health").await;
-    assert!(body.contains("round 1 made no progress for"), "{body}");
-    assert_eq!(h.get("/ready").await.0, 503);
-    let stat = h.stat().await;
-    assert!(stat["health"].as_str().unwrap().starts_with("round 1 made no progress"), "{stat}");
+    let seen = std::sync::Mutex::new(String::new());
+    h.until("/health to report the stalled round", async |h| {
+        let (status, body, _) = h.get("/health").await;
+        *seen.lock().unwrap() = body;
+        status == 503
+    })
+    .await;
+    let body = seen.into_inner().unwrap();
+    assert!(body.contains("round 1 made no progress for") && body.contains("cancelled"), "{body}");
+    h.until("the stalled round to end and health to return", async |h| {
+        let stat = h.stat().await;
+        stat["last_error"].as_str().is_some_and(|e| e.starts_with("round 1 made no progress"))
+            && stat["round_in_progress"].is_null()
+            && stat["next_round_at"].is_number()
+            && h.get("/health").await.0 == 200
+    })
+    .await;
     h.shutdown().await;
+}
+
+/// With the judge down the engine stops at once; the round must fail then, not wait for
+/// its sources (one hangs here) nor block on a full queue (more candidates than it holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_down_fails_the_round_at_once_whatever_the_sources_do() {
+    let farm =
+        Farm::start(FarmSpec { groups: vec![Group::new(6000, Protocol::Http, Behavior::Working)] }).await.unwrap();
+    farm.set_judge_down(true);
+    let all = farm.add_list("all.txt", farm.list_urls());
+    let config = round_config(&farm, vec![all, hanging(&farm)], 600_000, 0);
+    let ctx = RoundContext::from_config(&config).unwrap();
+    let round = ctx.run(Arc::new(Progress::default()), CancellationToken::new());
+    // A bound for a hang, not a timing: the judge probe alone decides this round.
+    let r = tokio::time::timeout(Duration::from_secs(60), round).await.expect("the round ended");
+    assert!(matches!(r, Err(RoundError::Run(RunError::JudgeDown(_)))), "{r:?}");
 }

@@ -266,7 +266,7 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
     let r = &snap.data.round;
     let checked = r.checked.max(1) as f64;
     let progress = match svc.phase() {
-        Phase::Running { id, started, progress } => {
+        Phase::Running { id, started, progress, .. } => {
             let secs = started.elapsed().unwrap_or_default().as_secs_f64().max(1e-3);
             let checked = progress.checked.load(Ordering::Relaxed);
             serde_json::json!({

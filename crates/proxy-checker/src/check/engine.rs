@@ -29,6 +29,7 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::DelayQueue;
 
+use super::deadline::expired;
 use super::judge::{Judge, JudgeError};
 use super::limit::AdaptiveLimit;
 use super::probe::{self, Exchange, Success};
@@ -52,6 +53,10 @@ pub enum RunError {
     JudgeDown(#[from] JudgeError),
     #[error("run cancelled")]
     Cancelled,
+    /// A check was put back [`MAX_LOCAL_REQUEUES`] times: this process cannot get the
+    /// sockets, ports or CPU time to check at all. No proxy was marked dead for it.
+    #[error("this machine is out of resources for checking ({0}); no proxy was marked dead")]
+    Overloaded(String),
 }
 
 /// Totals of a finished run.
@@ -275,7 +280,14 @@ async fn run_job(ex: &Exchange, judge: Option<&Judge>, job: &mut Job, progress: 
             continue;
         }
         if spent.is_none() && tokio::time::Instant::now() >= deadline {
-            spent = Some(Reason::Timeout);
+            // Out of time before this test: the proxy's slowness, unless our timer is late.
+            match expired(deadline, Reason::Timeout) {
+                Failure::Dead(r) => spent = Some(r),
+                Failure::Local(_) => {
+                    *state = State::Local;
+                    break;
+                }
+            }
         }
         if let Some(r) = spent {
             // Not dialed again in this attempt: it failed already, or no time is left.
@@ -301,20 +313,13 @@ async fn run_job(ex: &Exchange, judge: Option<&Judge>, job: &mut Job, progress: 
                 State::Failed(r)
             }
             Err(Failure::Local(l)) => {
+                // Our failure, not the proxy's: the tests after it wait for the requeue.
                 tracing::debug!(error = %l.0, "local failure; check requeued");
-                State::Local
+                *state = State::Local;
+                break;
             }
         };
     }
-}
-
-/// The text of a panic payload, for the log.
-fn panic_text(payload: &(dyn std::any::Any + Send)) -> &str {
-    payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("non-text panic payload")
 }
 
 /// Panics logged per run at `error` level; the rest are counted only.
@@ -330,7 +335,7 @@ async fn guarded(job: &mut Job, progress: &Progress, check: impl AsyncFnOnce(&mu
         let n = progress.internal_errors.fetch_add(1, Ordering::Relaxed);
         if n < PANICS_LOGGED {
             tracing::error!(
-                proxy = %job.cand.proxy, panic = panic_text(&*payload),
+                proxy = %job.cand.proxy, panic = crate::panic_message(&*payload),
                 "a check panicked: the proxy is dead with internal_error (a bug; please report it)"
             );
         }
@@ -350,6 +355,9 @@ struct JudgeSlot {
 
 /// First delay before a job that failed locally is tried again.
 const LOCAL_RETRY_FIRST: Duration = Duration::from_millis(10);
+/// Times one job may be put back for a local failure (about a minute of pacing) before
+/// the run fails as overloaded.
+pub const MAX_LOCAL_REQUEUES: u8 = 64;
 
 /// Held failures that trigger an immediate judge probe.
 const HOLD_BURST: usize = 64;
@@ -485,19 +493,17 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
                         // Checks catch their own panics; this is a task that could not
                         // even report one. Its candidate is lost, the run goes on.
                         Err(e) if e.is_panic() => {
-                            tracing::error!(panic = panic_text(&*e.into_panic()), "a check task panicked outside its guard");
+                            self.progress.in_flight.fetch_sub(1, Ordering::Relaxed);
+                            tracing::error!(panic = crate::panic_message(&*e.into_panic()), "a check task panicked outside its guard; its proxy has no verdict");
                         }
                         Err(_) => return Err(RunError::Cancelled),
                     }
                 }
-                Some(done) = self.judge_probes.join_next(), if !self.judge_probes.is_empty() => {
-                    let (j, covered, result) = done.unwrap_or_else(|e| {
-                        // A probe that panicked is a failed probe of a judge we cannot name.
-                        let why = JudgeError::Down { url: String::new(), reason: format!("probe failed: {e}") };
-                        (self.judges.iter().position(|j| j.probing).unwrap_or(0), 0, Err(why))
-                    });
-                    self.probed(j, covered, result, sink)?;
-                }
+                Some(done) = self.judge_probes.join_next(), if !self.judge_probes.is_empty() => match done {
+                    Ok((j, covered, result)) => self.probed(j, covered, result, sink)?,
+                    // Probes catch their own panics: only cancellation ends one early.
+                    Err(_) => return Err(RunError::Cancelled),
+                },
                 Some(exp) = poll_fn(|cx| self.delayed.poll_expired(cx)), if !self.delayed.is_empty() => {
                     self.ready.push_back(exp.into_inner());
                 }
@@ -550,7 +556,13 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
                 self.progress.limit.store(new, Ordering::Relaxed);
             }
             // Paced, so a shortage that outlasts the AIMD cut (fds held by someone else)
-            // does not become a busy loop: 10 ms, doubling, at most 1.28 s.
+            // does not become a busy loop: 10 ms, doubling, at most 1.28 s; and bounded, so
+            // a machine that cannot check at all fails the run instead of spinning in it.
+            if job.local >= MAX_LOCAL_REQUEUES {
+                return Err(RunError::Overloaded(format!(
+                    "a check was put back {MAX_LOCAL_REQUEUES} times for lack of local resources"
+                )));
+            }
             let delay = LOCAL_RETRY_FIRST * (1 << job.local.min(7));
             job.local = job.local.saturating_add(1);
             self.delayed.insert(job, delay);
@@ -649,7 +661,15 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
         let judge = slot.judge.clone();
         let ex = self.engine.exchange.clone();
         let timeout = self.engine.settings.timeout;
-        self.judge_probes.spawn(async move { (j, covered, probe::probe_direct(&judge, &ex, timeout).await) });
+        self.judge_probes.spawn(async move {
+            // A probe that panics is a failed probe of this judge, never a lost one.
+            let probed = AssertUnwindSafe(probe::probe_direct(&judge, &ex, timeout)).catch_unwind().await;
+            let result = probed.unwrap_or_else(|payload| {
+                let reason = format!("the probe panicked: {}", crate::panic_message(&*payload));
+                Err(JudgeError::Down { url: judge.url.to_string(), reason })
+            });
+            (j, covered, result)
+        });
     }
 
     fn probed(
@@ -664,7 +684,7 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
         match result {
             Ok(_) => {
                 // The judge answers: what failed before the probe failed on its own.
-                let cleared: Vec<_> = slot.held.drain(..covered).collect();
+                let cleared: Vec<_> = slot.held.drain(..covered.min(slot.held.len())).collect();
                 slot.held_at_probe = 0;
                 for v in cleared {
                     self.progress.record(&v);

@@ -1,11 +1,12 @@
 //! The check engine's HTTP/1.1 response reader: the hot path, hand-written over httparse.
 //!
 //! One buffer per check, [`MAX_HEAD`] at most (1 KiB to start): the head must fit in it
-//! whole; the body then streams through it one read at a time, is de-framed
-//! (`Content-Length`, chunked, or until close) by a state machine that keeps no more than
-//! its current line's counters, and is scanned through a small window that keeps only the
-//! tail a split match needs. Every byte is looked at a bounded number of times, whatever
-//! the read sizes; nothing a peer sends sizes an allocation or an index unchecked.
+//! whole (it is parsed only when a read brought what can end a head); the body then
+//! streams through it [`BODY_READ`] bytes at a time, is de-framed (`Content-Length`,
+//! chunked, or until close) by a state machine that keeps no more than its current line's
+//! counters, and is scanned through a window that keeps only the tail a split match needs.
+//! Every byte is looked at a bounded number of times, whatever the read sizes; nothing a
+//! peer sends sizes an allocation or an index unchecked.
 
 // Bytes from the network and from lists meet no unchecked arithmetic or indexing here.
 #![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
@@ -18,6 +19,8 @@ use super::reason::{Failure, Reason};
 
 /// Largest response head accepted; an endless header is a protocol error, not a hang.
 pub const MAX_HEAD: usize = 16 * 1024;
+/// Most bytes read at once from a body (the buffer shrinks to this after a long head).
+pub const BODY_READ: usize = 4096;
 /// Most (decoded) body bytes scanned for the judge's answer. A judge echo is about 1 KiB.
 pub const MAX_BODY: u64 = 64 * 1024;
 /// Most raw body bytes read (framing included): tiny chunks cannot stretch the scan.
@@ -117,8 +120,14 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     silent: Reason,
 ) -> Result<Head, Failure> {
     let mut interim: u8 = 0;
+    // Bytes already known not to end a head: a head trickled in small reads is parsed
+    // once it can be complete, not once per read (which would be quadratic).
+    let mut scanned: usize = 0;
     loop {
-        if let Some(head) = parse_head(buf)? {
+        if !buf.is_empty()
+            && may_end_head(buf, scanned)
+            && let Some(head) = parse_head(buf)?
+        {
             if !(100..200).contains(&head.status) || head.status == 101 {
                 return Ok(head);
             }
@@ -127,8 +136,10 @@ pub async fn read_head<S: AsyncRead + Unpin>(
                 return Err(Reason::ProxyProtocolError.into());
             }
             buf.drain(..head.len.min(buf.len()));
+            scanned = 0;
             continue;
         }
+        scanned = buf.len();
         if buf.len() >= MAX_HEAD {
             return Err(Reason::ProxyProtocolError.into());
         }
@@ -138,6 +149,13 @@ pub async fn read_head<S: AsyncRead + Unpin>(
             return Err(Reason::ProxyClosed.into());
         }
     }
+}
+
+/// Whether a parse is worth trying: the first bytes (garbage fails at once), or a new
+/// line end. A long line trickled a byte at a time costs no parse until it ends: at most
+/// one parse per line of a head capped at [`MAX_HEAD`].
+fn may_end_head(buf: &[u8], scanned: usize) -> bool {
+    scanned == 0 || memchr::memchr(b'\n', buf.get(scanned..).unwrap_or_default()).is_some()
 }
 
 /// What the body of a valid judge answer must contain.
@@ -193,8 +211,10 @@ pub async fn expect_in_body<S: AsyncRead + Unpin>(
     deadline: Instant,
 ) -> Result<(), Failure> {
     buf.drain(..head.len.min(buf.len()));
+    // A long head grew the buffer; the body never needs more than one read's worth.
+    buf.shrink_to(BODY_READ);
     let mut body = BodyReader::new(head.framing);
-    let mut window = Vec::with_capacity(buf.len().clamp(256, 4096));
+    let mut window = Vec::with_capacity(buf.len().clamp(256, BODY_READ));
     let keep = expect.overlap();
     loop {
         let end = body.take(buf, &mut window).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
@@ -207,7 +227,7 @@ pub async fn expect_in_body<S: AsyncRead + Unpin>(
         }
         // Only the tail a split match can start in is kept: the window stays small.
         window.drain(..window.len().saturating_sub(keep));
-        let n = within(deadline, Reason::Timeout, read_more(s, buf, MAX_HEAD)).await?;
+        let n = within(deadline, Reason::Timeout, read_more(s, buf, BODY_READ)).await?;
         if n == 0 {
             return Err(match body.framing {
                 Framing::Close => Reason::ContentMismatch,

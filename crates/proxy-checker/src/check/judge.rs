@@ -8,6 +8,9 @@ use rustls::pki_types::ServerName;
 
 use crate::proxy::Credentials;
 
+/// How long a judge's name may take to resolve.
+const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The query parameter carrying the nonce.
 pub const NONCE_PARAM: &str = "pc_nonce";
 
@@ -51,8 +54,13 @@ impl Judge {
         let host = url.host_str().ok_or_else(|| JudgeError::NoHost(url.to_string()))?;
         let port = url.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let addr = tokio::net::lookup_host((bare, port))
+        let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((bare, port)));
+        let addr = lookup
             .await
+            .map_err(|_| JudgeError::Resolve {
+                url: url.to_string(),
+                error: format!("no answer in {RESOLVE_TIMEOUT:?}"),
+            })?
             .map_err(|e| JudgeError::Resolve { url: url.to_string(), error: e.to_string() })?
             .next()
             .ok_or_else(|| JudgeError::Resolve { url: url.to_string(), error: "no addresses".into() })?;

@@ -128,8 +128,10 @@ pub struct Progress {
     pub retries: AtomicU64,
     /// Checks put back because we, not the proxy, failed.
     pub local_requeues: AtomicU64,
-    /// Checks that panicked (each also a dead verdict with `internal_error`).
+    /// Checks that panicked (what they had not finished failed with `internal_error`).
     pub internal_errors: AtomicU64,
+    /// Hostname lookups finished (set by the round, before the engine sees the names).
+    pub lookups: AtomicU64,
     /// The engine's current concurrency limit.
     pub limit: AtomicUsize,
     dead: [AtomicU64; Reason::ALL.len()],

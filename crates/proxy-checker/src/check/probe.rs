@@ -278,13 +278,14 @@ async fn probe_once(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<D
         Ok(Ok(s)) => s,
         Ok(Err(e)) if super::reason::is_local(&e) => return Err(Probe::Local(e)),
         Ok(Err(e)) => return Err(down(format!("connect: {e}"))),
-        Err(_) => return Err(down(format!("connect timed out after {timeout:?}"))),
+        // Our own late timer says nothing about the judge: a local failure, retried.
+        Err(_) => return Err(late_or(deadline, down(format!("connect timed out after {timeout:?}")))),
     };
     let result = if judge.https {
         match tokio::time::timeout_at(deadline, ex.tls.connect(judge.server_name(), stream)).await {
             Ok(Ok(mut tls)) => ex.judge_exchange(&mut tls, judge, &mut Vec::with_capacity(1024), deadline).await,
             Ok(Err(e)) => return Err(down(format!("TLS: {e}"))),
-            Err(_) => return Err(down("TLS handshake timed out".into())),
+            Err(_) => return Err(late_or(deadline, down("TLS handshake timed out".into()))),
         }
     } else {
         let mut s = stream;
@@ -296,6 +297,14 @@ async fn probe_once(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<D
         Ok(_) => Ok(start.elapsed()),
         Err(Failure::Dead(r)) => Err(down(describe(r, ex))),
         Err(Failure::Local(l)) => Err(Probe::Local(l.0)),
+    }
+}
+
+/// `down`, unless the deadline's timer fired late (an overloaded runtime).
+fn late_or(deadline: Instant, down: Probe) -> Probe {
+    match expired(deadline, Reason::Timeout) {
+        Failure::Local(l) => Probe::Local(l.0),
+        Failure::Dead(_) => down,
     }
 }
 

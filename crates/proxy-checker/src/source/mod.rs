@@ -111,6 +111,9 @@ pub enum SourceError {
     Binary(usize),
     #[error("lists more than {0} proxies (aggregation.source_max_proxies)")]
     TooManyProxies(usize),
+    /// The parser failed on this body (a bug to report): the source is skipped.
+    #[error("the list parser failed: {0}")]
+    Parser(String),
 }
 
 impl SourceError {
@@ -136,7 +139,8 @@ impl SourceError {
             | SourceError::Blocked(_)
             | SourceError::Redirects(_)
             | SourceError::Binary(_)
-            | SourceError::TooManyProxies(_) => false,
+            | SourceError::TooManyProxies(_)
+            | SourceError::Parser(_) => false,
         }
     }
 
@@ -154,6 +158,7 @@ impl SourceError {
             SourceError::Redirects(_) => "redirects",
             SourceError::Binary(_) => "binary",
             SourceError::TooManyProxies(_) => "too_many_proxies",
+            SourceError::Parser(_) => "parser",
         }
     }
 }
@@ -236,27 +241,24 @@ pub async fn collect(
     let mut st = SourceStats { name: name.clone(), fetched_at: Some(SystemTime::now()), ..Default::default() };
     let (body, attempts) = fetch::fetch(client, &spec.location, settings).await;
     st.attempts = attempts;
-    let parsed = body.and_then(|body| {
-        st.bytes = body.len() as u64;
-        if let Some(at) = fetch::binary_offset(&body) {
-            return Err(SourceError::Binary(at));
-        }
-        let opts = ParseOptions {
-            default_protocol: spec.protocol.unwrap_or(Protocol::Http),
-            allow_private,
-            max_proxies: settings.max_proxies,
-        };
-        let (parsed, format) = parse::parse_document(&body, opts, &mut |r| {
-            tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
-            st.reject(r);
-        });
-        st.format = Some(format);
-        st.lines = parsed.lines;
-        if parsed.truncated {
-            return Err(SourceError::TooManyProxies(settings.max_proxies));
-        }
-        Ok(parsed.proxies)
+    let opts = ParseOptions {
+        default_protocol: spec.protocol.unwrap_or(Protocol::Http),
+        allow_private,
+        max_proxies: settings.max_proxies,
+    };
+    // Parsing a 32 MiB page is seconds of CPU: on the blocking pool, not on the runtime
+    // that runs the checks (whose timers would fire late).
+    let parsing = tokio::task::spawn_blocking(move || {
+        let parsed = body.and_then(|body| parse_body(&body, opts, &mut st));
+        (parsed, st)
     });
+    let (parsed, mut st) = match parsing.await {
+        Ok(done) => done,
+        Err(e) => {
+            let st = SourceStats { name: name.clone(), attempts, ..Default::default() };
+            (Err(SourceError::Parser(e.to_string())), st)
+        }
+    };
     st.duration = started.elapsed();
     match parsed {
         Ok(proxies) => (proxies, st),
@@ -266,6 +268,25 @@ pub async fn collect(
             (Vec::new(), st)
         }
     }
+}
+
+/// Parses a fetched body into `st` (format, lines, rejects).
+fn parse_body(body: &[u8], opts: ParseOptions, st: &mut SourceStats) -> Result<Vec<(Proxy, u32)>, SourceError> {
+    st.bytes = body.len() as u64;
+    if let Some(at) = fetch::binary_offset(body) {
+        return Err(SourceError::Binary(at));
+    }
+    let name = st.name.clone();
+    let (parsed, format) = parse::parse_document(body, opts, &mut |r| {
+        tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
+        st.reject(r);
+    });
+    st.format = Some(format);
+    st.lines = parsed.lines;
+    if parsed.truncated {
+        return Err(SourceError::TooManyProxies(opts.max_proxies));
+    }
+    Ok(parsed.proxies)
 }
 
 /// Result of [`gather`].
@@ -282,7 +303,8 @@ impl Gathered {
     }
 }
 
-/// Collects every source at once and dedupes them in their configured order.
+/// Collects every source at once and dedupes them in their configured order (a round,
+/// which feeds each source as soon as it is parsed, lets the first source parsed win).
 pub async fn gather(
     client: &reqwest::Client,
     specs: &[SourceSpec],

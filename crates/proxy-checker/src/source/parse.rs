@@ -342,25 +342,31 @@ fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject))
     out
 }
 
-/// A JSON list, streamed: `[...]`, or the first array-valued member of an object
-/// (`{"data": [...]}`); each item is one string or object, parsed and dropped in turn.
+/// A JSON list, streamed: `[...]`, or the array-valued members of an object
+/// (`{"data": [...]}`; every such member, so an `"errors": []` before the list loses
+/// nothing). Each item is read into a [`json_stream::Item`] that keeps only
+/// what a proxy needs (a string, or an object's few known fields); anything else in it is
+/// skipped unbuilt, so no item costs more than its own text.
 fn parse_json(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Result<Parsed, serde_json::Error> {
     use serde::de::DeserializeSeed;
     let mut out = Parsed::default();
     let mut index: usize = 0;
-    let mut each = |item: serde_json::Value| {
+    let mut each = |item: json_stream::Item| {
+        if out.truncated {
+            return false;
+        }
         let line = line_no(index);
         index = index.saturating_add(1);
         out.lines = out.lines.saturating_add(1);
         let result = match &item {
-            serde_json::Value::String(s) => parse_line(s.trim(), opts),
-            serde_json::Value::Object(o) => json_object(o, opts),
-            _ => Err(RejectReason::Syntax),
+            json_stream::Item::Line(s) => parse_line(s.trim(), opts),
+            json_stream::Item::Object(o) => json_object(o, opts),
+            json_stream::Item::Other(_) => Err(RejectReason::Syntax),
         };
         match result {
             Ok(p) => out.push(p, line, opts.max_proxies),
             Err(reason) => {
-                on_reject(Reject { line, reason, text: cut(&item.to_string()) });
+                on_reject(Reject { line, reason, text: cut(&item.describe()) });
                 true
             }
         }
@@ -371,15 +377,108 @@ fn parse_json(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject))
     Ok(out)
 }
 
-/// Serde visitors that hand a JSON list's items over one at a time.
+fn json_object(o: &json_stream::Fields, opts: ParseOptions) -> Result<Proxy, RejectReason> {
+    let host = o.get(json_stream::Field::Host).ok_or(RejectReason::Syntax)?;
+    let protocol = match o.get(json_stream::Field::Protocol) {
+        Some(p) => p.parse::<Protocol>().map_err(|_| RejectReason::UnknownScheme)?,
+        None => opts.default_protocol,
+    };
+    let opts = ParseOptions { default_protocol: protocol, ..opts };
+    let user = o.get(json_stream::Field::User);
+    let pass = o.get(json_stream::Field::Pass);
+    match o.get(json_stream::Field::Port) {
+        Some(port) => {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            build(protocol, host, port, user.map(|u| (u, pass.unwrap_or(""))), opts)
+        }
+        // `{"ip": "1.2.3.4:8080"}`
+        None => parse_token(host.trim(), opts),
+    }
+}
+
+/// Serde visitors that hand a JSON list's items over one at a time, each reduced to what
+/// a proxy needs.
 mod json_stream {
     use serde::de::{DeserializeSeed, Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
     use std::fmt;
 
-    /// Takes one item; `false` once no more are wanted (the rest is skipped unparsed).
-    pub type Each<'f> = &'f mut dyn FnMut(serde_json::Value) -> bool;
+    /// One list item.
+    pub enum Item {
+        /// `"1.2.3.4:80"`, `"socks5://…"`.
+        Line(String),
+        /// `{"ip": …, "port": …, …}`: the known fields only.
+        Object(Fields),
+        /// Anything else (a number, an array, …): what it was, for the reject.
+        Other(&'static str),
+    }
 
-    /// The document: an array of items, or an object holding one.
+    impl Item {
+        /// A short text for a rejected item.
+        pub fn describe(&self) -> String {
+            match self {
+                Item::Line(s) => s.clone(),
+                Item::Object(f) => f.describe(),
+                Item::Other(what) => (*what).to_string(),
+            }
+        }
+    }
+
+    /// The proxy fields of an object item.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Field {
+        Host,
+        Port,
+        Protocol,
+        User,
+        Pass,
+    }
+
+    /// The member names read for each field, most preferred first.
+    const NAMES: [(Field, &[&str]); 5] = [
+        (Field::Host, &["ip", "host", "address", "addr", "server"]),
+        (Field::Port, &["port"]),
+        (Field::Protocol, &["protocol", "type", "scheme", "protocols"]),
+        (Field::User, &["username", "user", "login"]),
+        (Field::Pass, &["password", "pass"]),
+    ];
+
+    /// Which field a member name is, and how preferred that name is.
+    fn field_of(key: &str) -> Option<(Field, usize)> {
+        NAMES.iter().find_map(|(f, names)| names.iter().position(|n| *n == key).map(|rank| (*f, rank)))
+    }
+
+    /// The known fields of an object: for each, the value of its most preferred name
+    /// that held a string, a number, or an array starting with a string.
+    #[derive(Default)]
+    pub struct Fields([Option<(usize, String)>; 5]);
+
+    impl Fields {
+        pub fn get(&self, f: Field) -> Option<&str> {
+            self.0.get(f as usize)?.as_ref().map(|(_, v)| v.as_str())
+        }
+
+        fn set(&mut self, f: Field, rank: usize, value: String) {
+            if let Some(slot) = self.0.get_mut(f as usize)
+                && slot.as_ref().is_none_or(|(r, _)| rank < *r)
+            {
+                *slot = Some((rank, value));
+            }
+        }
+
+        fn describe(&self) -> String {
+            let parts: Vec<String> = NAMES
+                .iter()
+                .filter(|(f, _)| *f != Field::Pass)
+                .filter_map(|(f, names)| Some(format!("{}: {}", names.first()?, self.get(*f)?)))
+                .collect();
+            format!("{{{}}}", parts.join(", "))
+        }
+    }
+
+    /// Takes one item; `false` once no more are wanted (the rest is skipped unparsed).
+    pub type Each<'f> = &'f mut dyn FnMut(Item) -> bool;
+
+    /// The document: an array of items, or an object holding such arrays.
     pub struct Top<'f> {
         pub each: Each<'f>,
     }
@@ -400,20 +499,15 @@ mod json_stream {
             items(seq, self.each)
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-            let mut found = false;
             while map.next_key::<IgnoredAny>()?.is_some() {
-                if found {
-                    map.next_value::<IgnoredAny>()?;
-                } else {
-                    found = map.next_value_seed(Member { each: &mut *self.each })?;
-                }
+                map.next_value_seed(Member { each: &mut *self.each })?;
             }
             Ok(())
         }
     }
 
     fn items<'de, A: SeqAccess<'de>>(mut seq: A, each: Each<'_>) -> Result<(), A::Error> {
-        while let Some(item) = seq.next_element::<serde_json::Value>()? {
+        while let Some(item) = seq.next_element_seed(ItemSeed)? {
             if !each(item) {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 break;
@@ -423,6 +517,7 @@ mod json_stream {
     }
 
     /// One member of the top object: streamed if it is an array (`true`), skipped if not.
+    /// Once `each` wants no more, the rest is skipped.
     struct Member<'f> {
         each: Each<'f>,
     }
@@ -465,32 +560,108 @@ mod json_stream {
             Ok(false)
         }
     }
-}
 
-fn json_object(o: &serde_json::Map<String, serde_json::Value>, opts: ParseOptions) -> Result<Proxy, RejectReason> {
-    use serde_json::Value;
-    let field = |names: &[&str]| names.iter().find_map(|n| o.get(*n)).filter(|v| !v.is_null());
-    let text = |v: &Value| match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Array(a) => a.first().and_then(|f| f.as_str()).map(str::to_string),
-        _ => None,
-    };
-    let host = field(&["ip", "host", "address", "addr", "server"]).and_then(text).ok_or(RejectReason::Syntax)?;
-    let protocol = match field(&["protocol", "type", "scheme", "protocols"]).and_then(text) {
-        Some(p) => p.parse::<Protocol>().map_err(|_| RejectReason::UnknownScheme)?,
-        None => opts.default_protocol,
-    };
-    let opts = ParseOptions { default_protocol: protocol, ..opts };
-    let user = field(&["username", "user", "login"]).and_then(text);
-    let pass = field(&["password", "pass"]).and_then(text);
-    match field(&["port"]).and_then(text) {
-        Some(port) => {
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            build(protocol, host, &port, user.as_deref().map(|u| (u, pass.as_deref().unwrap_or(""))), opts)
+    /// Reads one item.
+    struct ItemSeed;
+
+    impl<'de> DeserializeSeed<'de> for ItemSeed {
+        type Value = Item;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Item, D::Error> {
+            d.deserialize_any(self)
         }
-        // `{"ip": "1.2.3.4:8080"}`
-        None => parse_token(host.trim(), opts),
+    }
+
+    impl<'de> Visitor<'de> for ItemSeed {
+        type Value = Item;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a proxy: a string or an object")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Item, E> {
+            Ok(Item::Line(v.to_owned()))
+        }
+        fn visit_string<E: Error>(self, v: String) -> Result<Item, E> {
+            Ok(Item::Line(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Item, A::Error> {
+            let mut fields = Fields::default();
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match field_of(&key) {
+                    Some((f, rank)) => {
+                        if let Scalar(Some(v)) = map.next_value::<Scalar>()? {
+                            fields.set(f, rank, v);
+                        }
+                    }
+                    None => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(Item::Object(fields))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Item, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Item::Other("an array"))
+        }
+        fn visit_bool<E: Error>(self, _: bool) -> Result<Item, E> {
+            Ok(Item::Other("a boolean"))
+        }
+        fn visit_i64<E: Error>(self, _: i64) -> Result<Item, E> {
+            Ok(Item::Other("a number"))
+        }
+        fn visit_u64<E: Error>(self, _: u64) -> Result<Item, E> {
+            Ok(Item::Other("a number"))
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<Item, E> {
+            Ok(Item::Other("a number"))
+        }
+        fn visit_unit<E: Error>(self) -> Result<Item, E> {
+            Ok(Item::Other("null"))
+        }
+    }
+
+    /// A field's value as text: a string, a number, or an array's first string.
+    struct Scalar(Option<String>);
+
+    impl<'de> serde::Deserialize<'de> for Scalar {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(ScalarVisitor)
+        }
+    }
+
+    struct ScalarVisitor;
+
+    impl<'de> Visitor<'de> for ScalarVisitor {
+        type Value = Scalar;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string or a number")
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Scalar, E> {
+            Ok(Scalar(Some(v.to_owned())))
+        }
+        fn visit_i64<E: Error>(self, v: i64) -> Result<Scalar, E> {
+            Ok(Scalar(Some(v.to_string())))
+        }
+        fn visit_u64<E: Error>(self, v: u64) -> Result<Scalar, E> {
+            Ok(Scalar(Some(v.to_string())))
+        }
+        fn visit_f64<E: Error>(self, v: f64) -> Result<Scalar, E> {
+            Ok(Scalar(Some(serde_json::Number::from_f64(v).map_or_else(|| v.to_string(), |n| n.to_string()))))
+        }
+        fn visit_bool<E: Error>(self, _: bool) -> Result<Scalar, E> {
+            Ok(Scalar(None))
+        }
+        fn visit_unit<E: Error>(self) -> Result<Scalar, E> {
+            Ok(Scalar(None))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar, A::Error> {
+            let first = seq.next_element::<Scalar>()?.and_then(|s| s.0);
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Scalar(first))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Scalar(None))
+        }
     }
 }
 
