@@ -224,7 +224,7 @@ impl Metrics {
             }
             self.check_duration_seconds.with_label_values(&[p]);
         }
-        for result in ["ok", "error", "cancelled"] {
+        for result in ["ok", "failed", "cancelled"] {
             self.rounds_total.with_label_values(&[result]);
         }
         for result in ["ok", "error"] {

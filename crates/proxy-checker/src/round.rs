@@ -24,8 +24,10 @@ use crate::source::{self, Dedupe, FetchSettings, Reject, RejectReason, SourceSpe
 /// Why a round produced no verdicts.
 #[derive(Debug, thiserror::Error)]
 pub enum RoundError {
-    #[error("no usable source: {0}")]
-    NoUsableSource(String),
+    /// Nothing to check: every source failed or listed nothing usable. `sources` says why,
+    /// per source.
+    #[error("no usable source: {why}")]
+    NoUsableSource { why: String, sources: Vec<SourceStats> },
     #[error(transparent)]
     Run(#[from] RunError),
 }
@@ -139,7 +141,7 @@ impl RoundContext {
 
         let unique: u64 = sources.iter().map(|s| s.valid).sum();
         if unique == 0 {
-            return Err(no_usable_source(&sources));
+            return Err(no_usable_source(sources));
         }
         let run = run?;
         alive.sort_by_key(|v| v.outcome.as_ref().map(|a| a.latency).unwrap_or_default());
@@ -270,18 +272,25 @@ async fn send_all(
 }
 
 /// Says, per source, why nothing could be checked.
-fn no_usable_source(stats: &[SourceStats]) -> RoundError {
+fn no_usable_source(stats: Vec<SourceStats>) -> RoundError {
     let why: Vec<String> = stats
         .iter()
         .map(|s| match &s.error {
             Some(e) => format!("{}: {e}", s.name),
             None => {
                 let rejected: Vec<String> = s.rejected.iter().map(|(r, n)| format!("{} {n}", r.as_str())).collect();
-                format!("{}: no valid proxies in {} lines (rejected: {})", s.name, s.lines, rejected.join(", "))
+                let hint = if s.rejected.keys().all(|r| *r == RejectReason::Private) && !s.rejected.is_empty() {
+                    " — every address is private or loopback: allow them with --allow-private \
+                     (checker.allow_private and aggregation.allow_private_sources)"
+                } else {
+                    ""
+                };
+                format!("{}: no valid proxies in {} lines (rejected: {}){hint}", s.name, s.lines, rejected.join(", "))
             }
         })
         .collect();
-    RoundError::NoUsableSource(if why.is_empty() { "no sources configured".into() } else { why.join("; ") })
+    let why = if why.is_empty() { "no sources configured".into() } else { why.join("; ") };
+    RoundError::NoUsableSource { why, sources: stats }
 }
 
 /// Why a round context could not be built from a config.

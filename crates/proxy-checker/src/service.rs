@@ -24,8 +24,9 @@ use tokio_util::sync::CancellationToken;
 use crate::check::Progress;
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::round::RoundContext;
-use crate::snapshot::{Snapshot, SnapshotData};
+use crate::round::{RoundContext, RoundError};
+use crate::snapshot::{Snapshot, SnapshotData, SourceSummary, unix};
+use crate::source::SourceStats;
 use crate::store::Store;
 
 /// Where the scheduler is.
@@ -69,12 +70,23 @@ impl std::fmt::Display for Fault {
     }
 }
 
+/// A round that failed, as `/stat.last_failed_round` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FailedRound {
+    pub round_id: u64,
+    pub started_at: f64,
+    pub finished_at: f64,
+    pub error: String,
+    /// Per source, when the round got as far as fetching them.
+    pub sources: Vec<SourceSummary>,
+}
+
 /// How the last round (successful or not) ended.
 #[derive(Clone, Debug)]
 pub struct RoundEnd {
     pub round_id: u64,
     pub finished_at: SystemTime,
-    /// `ok`, `error` or `cancelled` (the `rounds_total` label).
+    /// `ok`, `failed` or `cancelled` (the `rounds_total` label).
     pub result: &'static str,
 }
 
@@ -104,6 +116,7 @@ pub struct Service {
     progress_seen: Mutex<(u64, u64, Instant)>,
     /// Why the running round was cancelled by the stall detector, for its `last_error`.
     stall_note: Mutex<Option<String>>,
+    last_failed: Mutex<Option<FailedRound>>,
 }
 
 /// What `POST /reload` did.
@@ -158,6 +171,7 @@ impl Service {
             fault: Mutex::new(None),
             progress_seen: Mutex::new((0, 0, Instant::now())),
             stall_note: Mutex::new(None),
+            last_failed: Mutex::new(None),
         })
     }
 
@@ -339,23 +353,27 @@ impl Service {
             Err(payload) => {
                 let what = crate::panic_message(&*payload);
                 tracing::error!(round_id = id, panic = what, "round panicked (a bug; please report it)");
-                self.round_failed(id, format!("round {id} panicked: {what}"), "error");
-                "error"
+                self.round_failed(id, format!("round {id} panicked: {what}"), "failed");
+                "failed"
             }
         };
         let now = SystemTime::now();
         *lock(&self.last_round_end) = Some(RoundEnd { round_id: id, finished_at: now, result });
-        self.metrics.last_round_finished_timestamp_seconds.set(crate::snapshot::unix(now));
+        self.metrics.last_round_finished_timestamp_seconds.set(unix(now));
         result
     }
 
     /// A round ended without a new pool: the phase returns to idle and `last_error` says why.
     fn round_failed(&self, id: u64, error: String, label: &'static str) {
-        let served = self.snapshot.load().len();
-        if served > 0 || self.is_ready() {
-            tracing::warn!(round_id = id, error = %error, served, "round failed; the previous snapshot stays served");
+        let snap = self.snapshot.load();
+        if self.is_ready() {
+            tracing::warn!(
+                round_id = id, error = %error, serving_round = snap.data.round.round_id,
+                serving_since = snap.data.round.finished_at, proxies = snap.len(),
+                "round failed; the last good round's pool stays served"
+            );
         } else {
-            tracing::warn!(round_id = id, error = %error, "round failed; no pool is served yet");
+            tracing::warn!(round_id = id, error = %error, "round failed; no pool is served yet (no round has succeeded)");
         }
         self.metrics.rounds_total.with_label_values(&[label]).inc();
         *lock(&self.last_error) = Some(error);
@@ -379,19 +397,16 @@ impl Service {
             Ok(mut ctx) => {
                 let metrics = self.metrics.clone();
                 ctx.observer = Some(Arc::new(move |v: &crate::check::Verdict| metrics.observe(v)));
-                ctx.run(progress, round_cancel).await.map_err(|e| e.to_string())
+                ctx.run(progress, round_cancel).await.map_err(|e| match e {
+                    RoundError::NoUsableSource { why, sources } => (format!("no usable source: {why}"), sources),
+                    other => (other.to_string(), Vec::new()),
+                })
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err((e.to_string(), Vec::new())),
         };
         match result {
             Ok(report) => {
-                for s in &report.sources {
-                    if s.error.is_some() {
-                        self.metrics.sources_failed_total.inc();
-                    } else {
-                        self.metrics.sources_fetched_total.inc();
-                    }
-                }
+                self.count_sources(&report.sources);
                 let data = Arc::new(SnapshotData::from_report(&report, id, cfg.checker.settings.mode, concurrency));
                 let r = &data.round;
                 let secs = (r.duration_ms as f64 / 1000.0).max(1e-3);
@@ -413,17 +428,43 @@ impl Service {
                 self.persist(data).await;
                 "ok"
             }
-            Err(e) => {
-                // Cancelled by the stall detector: an error, with its reason.
+            Err((e, sources)) => {
+                // Cancelled by the stall detector: a failure, with its reason.
                 let (e, label) = match lock(&self.stall_note).take() {
-                    Some(stalled) => (stalled, "error"),
+                    Some(stalled) => (stalled, "failed"),
                     None if cancel.is_cancelled() => (e, "cancelled"),
-                    None => (e, "error"),
+                    None => (e, "failed"),
                 };
+                self.count_sources(&sources);
+                let summary = sources.iter().map(|s| SourceSummary::new(s, 0)).collect();
+                *lock(&self.last_failed) = Some(FailedRound {
+                    round_id: id,
+                    started_at: unix(started),
+                    finished_at: unix(SystemTime::now()),
+                    error: e.clone(),
+                    sources: summary,
+                });
                 self.round_failed(id, e, label);
                 label
             }
         }
+    }
+
+    /// Counts a round's source fetches, whether the round succeeded or not (a source that
+    /// failed in a failed round is exactly what the source alert is for).
+    fn count_sources(&self, sources: &[SourceStats]) {
+        for s in sources {
+            if s.error.is_some() {
+                self.metrics.sources_failed_total.inc();
+            } else {
+                self.metrics.sources_fetched_total.inc();
+            }
+        }
+    }
+
+    /// The last round that failed, with its per-source errors, if any did.
+    pub fn last_failed(&self) -> Option<FailedRound> {
+        lock(&self.last_failed).clone()
     }
 
     async fn persist(&self, data: Arc<SnapshotData>) {
@@ -492,12 +533,12 @@ mod tests {
                 panic!("a bug in a round");
             })
             .await;
-        assert_eq!(result, "error");
+        assert_eq!(result, "failed");
         assert!(matches!(svc.phase(), Phase::Idle));
         assert_eq!(svc.last_error().as_deref(), Some("round 7 panicked: a bug in a round"));
-        assert_eq!(svc.metrics.rounds_total.with_label_values(&["error"]).get(), 1);
+        assert_eq!(svc.metrics.rounds_total.with_label_values(&["failed"]).get(), 1);
         let end = svc.last_round_end().unwrap();
-        assert_eq!((end.round_id, end.result), (7, "error"));
+        assert_eq!((end.round_id, end.result), (7, "failed"));
         assert!(svc.metrics.last_round_finished_timestamp_seconds.get() > 0.0);
         assert!(svc.fault().is_none(), "a failed round is not a fault");
         assert!(matches!(svc.request_round(), ReloadOutcome::Started(_)), "the next round can start");

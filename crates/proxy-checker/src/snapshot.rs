@@ -60,6 +60,26 @@ pub struct SourceSummary {
     pub alive: u64,
 }
 
+impl SourceSummary {
+    /// What a source did in a round, as `/stat` and the store show it.
+    pub fn new(s: &crate::source::SourceStats, alive: u64) -> Self {
+        SourceSummary {
+            name: s.name.clone(),
+            fetched_at: s.fetched_at.map(unix),
+            ok: s.error.is_none(),
+            error: s.error.as_ref().map(|e| e.to_string()),
+            duration_ms: u64::try_from(s.duration.as_millis()).unwrap_or(u64::MAX),
+            attempts: s.attempts,
+            bytes: s.bytes,
+            lines: s.lines,
+            valid: s.valid,
+            duplicates: s.duplicates,
+            rejected: s.rejected.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
+            alive,
+        }
+    }
+}
+
 /// The round a snapshot came from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RoundSummary {
@@ -121,25 +141,8 @@ impl ProxyEntry {
 impl SnapshotData {
     /// The persisted form of a finished round.
     pub fn from_report(r: &RoundReport, round_id: u64, mode: Mode, concurrency: usize) -> Self {
-        let sources: Vec<SourceSummary> = r
-            .sources
-            .iter()
-            .zip(&r.alive_per_source)
-            .map(|(s, alive)| SourceSummary {
-                name: s.name.clone(),
-                fetched_at: s.fetched_at.map(unix),
-                ok: s.error.is_none(),
-                error: s.error.as_ref().map(|e| e.to_string()),
-                duration_ms: s.duration.as_millis() as u64,
-                attempts: s.attempts,
-                bytes: s.bytes,
-                lines: s.lines,
-                valid: s.valid,
-                duplicates: s.duplicates,
-                rejected: s.rejected.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
-                alive: *alive,
-            })
-            .collect();
+        let sources: Vec<SourceSummary> =
+            r.sources.iter().zip(&r.alive_per_source).map(|(s, alive)| SourceSummary::new(s, *alive)).collect();
         let proxies = r.alive.iter().filter_map(|v| ProxyEntry::from_verdict(v, &sources)).collect();
         let run = &r.run;
         Self {

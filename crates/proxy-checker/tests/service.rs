@@ -536,3 +536,50 @@ async fn idle_and_stalled_connections_are_closed_and_cannot_hold_every_slot() {
     }
     server.shutdown().await;
 }
+
+/// A first start where every source fails: no pretend pool, no placeholder round, and
+/// every number says so: `/stat.last_round` is null, `last_failed_round` has each source's
+/// error, `/get-proxy` names the failure, the failed round's sources are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_round_that_fails_says_so_everywhere() {
+    let farm = Farm::start(farm_spec()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e500 = farm
+        .add_source("e500.txt", SourceBody { body: Arc::new(vec![]), status: 500, gzip: false, delay: Duration::ZERO });
+    let missing = dir.path().join("missing.txt").display().to_string();
+    let private = farm.add_list("private.txt", "127.0.0.1:80\n10.1.2.3:8080\n192.168.1.1:3128\n");
+    let mut cfg = config(&farm, vec![e500, missing, private], dir.path());
+    cfg["checker"]["allow_private"] = json!(false);
+    let h = start(&cfg, dir.path()).await;
+    h.until("the first round to fail", async |h| !h.stat().await["last_failed_round"].is_null()).await;
+    let st = h.stat().await;
+    assert_eq!(st["last_round"], Value::Null, "{st}");
+    let failed = &st["last_failed_round"];
+    assert_eq!(failed["round_id"], 1);
+    let sources = failed["sources"].as_array().unwrap();
+    assert_eq!(sources.len(), 3, "{failed}");
+    assert!(sources[0]["error"].as_str().unwrap().contains("500"), "{failed}");
+    assert_eq!(sources[0]["attempts"], 1, "no retries configured");
+    assert!(sources[1]["error"].as_str().unwrap().starts_with("cannot read the file"), "{failed}");
+    assert_eq!(sources[1]["attempts"], 1, "a missing file is not retried");
+    assert_eq!(sources[2]["ok"], true);
+    assert_eq!(sources[2]["rejected"]["private"], 3);
+    assert!(failed["error"].as_str().unwrap().contains("--allow-private"), "{failed}");
+    assert_eq!(st["last_error"], failed["error"]);
+    assert_eq!(st["last_round_ended"]["result"], "failed");
+
+    let (status, body) = h.authed("/get-proxy").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("no round has succeeded yet; the last one (round 1) failed: no usable source"), "{body}");
+    assert_eq!(h.get("/ready").await.0, 503, "nothing to serve");
+    assert_eq!(h.get("/health").await.0, 200, "a failed round is no fault");
+    let metrics = h.get("/metrics").await.1;
+    for line in [
+        "proxychecker_sources_failed_total 2",
+        "proxychecker_sources_fetched_total 1",
+        "proxychecker_rounds_total{result=\"failed\"} 1",
+        "proxychecker_last_round_timestamp_seconds 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
+    }
+}

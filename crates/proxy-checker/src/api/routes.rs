@@ -216,11 +216,7 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
     let p = parse_params(q.as_deref())?;
     let snap = state.service.snapshot.load();
     if snap.is_empty() {
-        return Err(ApiError::NoProxy(if state.service.is_ready() {
-            "the pool is empty: the last round found no live proxy".into()
-        } else {
-            "the pool is empty: the first round has not finished yet".into()
-        }));
+        return Err(ApiError::NoProxy(empty_pool(&state.service)));
     }
     // The hot case, pre-rendered: every proxy, fastest first, as text.
     if p.all
@@ -289,7 +285,7 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
             "snapshot_age_secs": if r.finished_at > 0.0 { snap.age().as_secs_f64().round() } else { 0.0 },
             "by_protocol": Selector::ALL.iter().map(|s| (s.as_str(), snap.select(&[*s], None).len())).collect::<BTreeMap<_, _>>(),
         },
-        "last_round": {
+        "last_round": if !svc.is_ready() { serde_json::Value::Null } else { serde_json::json!({
             "round_id": r.round_id,
             "mode": r.mode,
             "started_at": r.started_at,
@@ -306,7 +302,8 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
             "local_requeues": r.local_requeues,
             "concurrency": r.concurrency,
             "sources": r.sources,
-        },
+        })},
+        "last_failed_round": svc.last_failed(),
         "round_in_progress": progress,
         "last_round_ended": svc.last_round_end().map(|e| serde_json::json!({
             "round_id": e.round_id, "finished_at": unix(e.finished_at), "result": e.result,
@@ -318,6 +315,23 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
         "fd_budget": svc.fd_budget,
     }))
     .into_response()
+}
+
+/// Why `/get-proxy` has nothing to give: no round yet, the rounds so far failed (and
+/// why), or the last good round found nothing alive.
+fn empty_pool(svc: &crate::service::Service) -> String {
+    let failed = svc.last_failed();
+    match (svc.is_ready(), failed) {
+        (false, None) => "no snapshot yet: the first round has not finished".into(),
+        (false, Some(f)) => {
+            format!("no round has succeeded yet; the last one (round {}) failed: {}", f.round_id, f.error)
+        }
+        (true, Some(f)) if f.round_id > svc.snapshot.load().data.round.round_id => format!(
+            "the pool is empty: the last good round found no live proxy, and round {} failed since: {}",
+            f.round_id, f.error
+        ),
+        (true, _) => "the pool is empty: the last round found no live proxy".into(),
+    }
 }
 
 pub async fn reload(State(state): State<Arc<AppState>>) -> Response {

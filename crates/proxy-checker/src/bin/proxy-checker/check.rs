@@ -28,7 +28,7 @@ impl CheckError {
     pub fn exit_code(&self) -> u8 {
         match self {
             CheckError::Config(_) | CheckError::SourceFlag(..) => 2,
-            CheckError::Round(RoundError::NoUsableSource(_)) => 3,
+            CheckError::Round(RoundError::NoUsableSource { .. }) => 3,
             CheckError::Round(RoundError::Run(RunError::JudgeDown(_))) => 4,
             _ => 1,
         }
@@ -86,9 +86,11 @@ pub async fn run(args: CheckArgs) -> Result<(), CheckError> {
     overlay(&args, &mut raw)?;
     let mut cfg = config::from_raw(raw, &origin)?;
     if cfg.sources.is_empty() {
-        return Err(
-            RoundError::NoUsableSource("no sources given (use --source or a config with `sources`)".into()).into()
-        );
+        return Err(RoundError::NoUsableSource {
+            why: "no sources given (use --source or a config with `sources`)".into(),
+            sources: Vec::new(),
+        }
+        .into());
     }
     let budget = fdbudget::raise_and_compute(cfg.checker.concurrency_requested, cfg.checker.fd_reserve)
         .map_err(|e| CheckError::Setup(format!("reading RLIMIT_NOFILE: {e}")))?;
