@@ -78,6 +78,9 @@ pub enum StartError {
     Io(#[from] io::Error),
     #[error("config watcher on {path}: {error}")]
     Watch { path: String, error: String },
+    /// An API key from `--api-keys`/`PROXY_API_KEY` or the key file breaks the key rule.
+    #[error("{origin}: {why}")]
+    Key { origin: String, why: String },
 }
 
 /// A running server.
@@ -131,6 +134,10 @@ impl Server {
 
 /// Starts everything. The listener is already bound (tests pass `127.0.0.1:0`).
 pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Result<Server, StartError> {
+    if let Some(list) = &opts.env_keys {
+        crate::config::parse_key_list(list)
+            .map_err(|why| StartError::Key { origin: "--api-keys / PROXY_API_KEY".into(), why })?;
+    }
     let store = store::open(&config.storage)?;
     let mut env_keys = opts.env_keys.clone();
     if config.api.auth && config.api.api_keys.is_empty() && env_keys.as_deref().is_none_or(|k| k.trim().is_empty()) {
@@ -251,11 +258,12 @@ fn generated_key(config: &Config) -> Result<String, StartError> {
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
     };
     let path = dir.join("api_key");
-    if let Ok(existing) = std::fs::read_to_string(&path)
-        && existing.trim().len() >= 16
-    {
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let key = existing.trim();
+        crate::config::check_api_key(key)
+            .map_err(|why| StartError::Key { origin: path.display().to_string(), why: why.into() })?;
         tracing::warn!(path = %path.display(), "no API key configured: using the generated key stored in this file");
-        return Ok(existing.trim().to_string());
+        return Ok(key.to_string());
     }
     std::fs::create_dir_all(&dir)?;
     let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));

@@ -131,6 +131,50 @@ async fn serve_refuses_a_bad_config_with_exit_2() {
     assert!(err.contains("storage.type") && err.contains("file, sqlite, redis"), "{err}");
 }
 
+/// One key rule for every way a key arrives: the config, `--api-keys`, `PROXY_API_KEY`
+/// and the generated key file each refuse a short key and the env.example placeholder,
+/// with exit 2 and a message that names where the key came from (never the key).
+#[tokio::test]
+async fn serve_refuses_a_bad_key_from_every_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |name: &str, extra: &str| {
+        let p = dir.path().join(name);
+        let body = format!(
+            r#"{{"sources": ["l.txt"], "api": {{"listen": "127.0.0.1:0"{extra}}}, "storage": {{"type": "file", "path": "{}"}}}}"#,
+            dir.path().join("d/snap.json").display()
+        );
+        std::fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let run = |args: &[&str], env: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.env_remove("PROXY_API_KEY").args(args);
+        if let Some(k) = env {
+            c.env("PROXY_API_KEY", k);
+        }
+        let out = c.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let plain = cfg("plain.json", "");
+    for bad in ["short", "change-me-to-a-long-random-key", "a key with spaces in it"] {
+        let (code, err) = run(&["serve", "--config", &plain, "--api-keys", &format!("0123456789abcdef,{bad}")], None);
+        assert_eq!(code, Some(2), "--api-keys {bad}: {err}");
+        assert!(err.contains("--api-keys / PROXY_API_KEY: key 2"), "{err}");
+        assert!(!err.contains(bad) || bad.len() < 6, "the key is never printed: {err}");
+        let (code, err) = run(&["serve", "--config", &plain], Some(bad));
+        assert_eq!(code, Some(2), "PROXY_API_KEY={bad}: {err}");
+        let (code, err) = run(&["serve", "--config", &cfg("keyed.json", &format!(r#", "api_keys": ["{bad}"]"#))], None);
+        assert_eq!(code, Some(2), "api.api_keys {bad}: {err}");
+        assert!(err.contains("api.api_keys[0]"), "{err}");
+    }
+    // A key file that breaks the rule is refused, not used.
+    std::fs::create_dir_all(dir.path().join("d")).unwrap();
+    std::fs::write(dir.path().join("d/api_key"), "short\n").unwrap();
+    let (code, err) = run(&["serve", "--config", &plain], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("api_key") && err.contains("at least 16"), "{err}");
+}
+
 /// systemd's protocol, with a fake notify socket: READY once the API listens, WATCHDOG
 /// pings within the interval systemd asked for, STOPPING on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::validate;
+pub use validate::{PLACEHOLDER_KEY, check_api_key, parse_key_list, validate};
 
 use crate::check::{CheckSettings, Mode, Validation};
 use crate::source::{FetchSettings, SourceSpec};

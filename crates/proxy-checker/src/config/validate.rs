@@ -13,6 +13,36 @@ use crate::source::{FetchSettings, Location, SourceSpec};
 
 type Invalid = (String, String);
 
+/// The placeholder `env.example` ships with: never a key, wherever it comes from.
+pub const PLACEHOLDER_KEY: &str = "change-me-to-a-long-random-key";
+
+/// The one rule for an API key, wherever it comes from (config, `--api-keys`,
+/// `PROXY_API_KEY`, the generated key file): at least 16 characters, printable ASCII
+/// without spaces (it travels in a header), not the shipped placeholder.
+pub fn check_api_key(key: &str) -> Result<(), &'static str> {
+    if key.len() < 16 {
+        return Err("keys must be at least 16 characters");
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("keys must be printable ASCII without spaces");
+    }
+    if key == PLACEHOLDER_KEY {
+        return Err("this is the placeholder from env.example: generate a key (openssl rand -hex 32)");
+    }
+    Ok(())
+}
+
+/// Splits a comma-separated key list (`--api-keys`, `PROXY_API_KEY`) and checks each key;
+/// the error names the key's position (never the key).
+pub fn parse_key_list(list: &str) -> Result<Vec<String>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .enumerate()
+        .map(|(i, k)| check_api_key(k).map(|()| k.to_string()).map_err(|why| format!("key {}: {why}", i + 1)))
+        .collect()
+}
+
 fn bad(field: impl Into<String>, message: impl Into<String>) -> Invalid {
     (field.into(), message.into())
 }
@@ -142,8 +172,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         .parse()
         .map_err(|_| bad("api.listen", format!("`{listen_s}` is not an address:port (for example 0.0.0.0:8080)")))?;
     let api_keys = api.api_keys.clone().unwrap_or_default();
-    if let Some(i) = api_keys.iter().position(|k| k.len() < 16) {
-        return Err(bad(format!("api.api_keys[{i}]"), "keys must be at least 16 characters"));
+    for (i, k) in api_keys.iter().enumerate() {
+        check_api_key(k).map_err(|why| bad(format!("api.api_keys[{i}]"), why))?;
     }
     let api = ApiConfig {
         listen,

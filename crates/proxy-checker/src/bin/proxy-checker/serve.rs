@@ -104,6 +104,11 @@ pub fn main(args: ServeArgs) -> ExitCode {
         };
         let server = match server::start(config, listener, opts).await {
             Ok(s) => s,
+            // A bad key is bad input, like a bad config: exit 2.
+            Err(e @ server::StartError::Key { .. }) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
