@@ -219,3 +219,32 @@ async fn fd_exhaustion_requeues_and_judges_no_one_dead() {
     assert!(requeues > 0, "the test must actually exhaust descriptors:\n{err}");
     assert!(err.contains("clamped from 2000 by the fd limit 128"), "{err}");
 }
+
+/// Logs for machines when piped (JSON lines, no colour), for humans on a terminal (text,
+/// colour), and as asked with `--log-format`; `--log` is an alias of `--log-level`.
+#[test]
+fn log_format_follows_the_terminal_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.txt");
+    let base = ["check", "--mode", "connect-only", "--source", missing.to_str().unwrap(), "--quiet"];
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(BIN).args(base).args(extra).output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "no usable source");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    let piped = run(&["--log-level", "warn"]);
+    let line = piped.lines().find(|l| l.contains("source failed")).unwrap_or_else(|| panic!("{piped}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    assert_eq!(v["level"], "WARN");
+    assert!(!piped.contains('\x1b'), "{piped}");
+    let text = run(&["--log", "warn", "--log-format", "text"]);
+    assert!(text.lines().any(|l| l.contains("WARN") && l.contains("source failed") && !l.starts_with('{')), "{text}");
+    assert!(!text.contains('\x1b'), "no colour off a terminal: {text}");
+
+    // On a terminal (a pty from `script`): text with colour.
+    let cmd = format!("{BIN} {} --log-level warn", base.join(" "));
+    let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("source failed") && tty.contains('\x1b'), "{tty}");
+    assert!(!tty.lines().any(|l| l.trim_start().starts_with('{')), "{tty}");
+}

@@ -131,10 +131,11 @@ impl Engine {
     ///
     /// `candidates` may arrive over time (sources parsed one by one); the run ends when
     /// the stream ends and every candidate has its verdict. `progress.total` is the
-    /// caller's to keep.
+    /// caller's to keep. Judges are probed once the first candidate arrives: a run with
+    /// nothing to check never contacts them.
     pub async fn run<S>(
         &self,
-        candidates: S,
+        mut candidates: S,
         progress: Arc<Progress>,
         cancel: CancellationToken,
         sink: &mut (dyn FnMut(Verdict) + Send),
@@ -143,13 +144,18 @@ impl Engine {
         S: Stream<Item = Candidate> + Send + Unpin,
     {
         let started = Instant::now();
-        let judges = match self.settings.mode {
-            Mode::ConnectOnly => Vec::new(),
-            Mode::FullHttp => tokio::select! {
+        let first = tokio::select! {
+            first = candidates.next() => first,
+            _ = cancel.cancelled() => return Err(RunError::Cancelled),
+        };
+        let judges = match (self.settings.mode, &first) {
+            (Mode::ConnectOnly, _) | (_, None) => Vec::new(),
+            (Mode::FullHttp, Some(_)) => tokio::select! {
                 r = self.healthy_judges() => r?,
                 _ = cancel.cancelled() => return Err(RunError::Cancelled),
             },
         };
+        let candidates = futures_util::stream::iter(first).chain(candidates);
         let mut run = Run::new(self, judges, progress, candidates);
         let result = run.drive(&cancel, sink).await;
         run.tasks.abort_all();

@@ -66,10 +66,24 @@ pub struct ApiConfig {
     pub metrics_require_auth: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LogFormat {
+    /// Text on a terminal, JSON lines otherwise (the default).
+    Auto,
     Json,
     Text,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(LogFormat::Auto),
+            "json" => Ok(LogFormat::Json),
+            "text" => Ok(LogFormat::Text),
+            other => Err(format!("`{other}` is not a log format (allowed: auto, json, text)")),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]

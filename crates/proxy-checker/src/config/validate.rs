@@ -221,13 +221,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         return Err(bad("log.level", format!("`{level}` is not a level (allowed: error, warn, info, debug, trace)")));
     }
-    let format = match raw.log.format.as_deref() {
-        None | Some("json") => LogFormat::Json,
-        Some("text") => LogFormat::Text,
-        Some(f) => {
-            return Err(bad("log.format", format!("`{f}` is not a format (allowed: json, text)")));
-        }
-    };
+    let format = raw.log.format.as_deref().map_or(Ok(LogFormat::Auto), str::parse).map_err(|e| bad("log.format", e))?;
 
     Ok(Config { sources, interval, fetch, checker, api, storage, log: LogConfig { level, format } })
 }

@@ -118,6 +118,8 @@ pub enum SourceError {
 
 impl SourceError {
     fn from_reqwest(e: reqwest::Error) -> Self {
+        // The source's name (its URL, password redacted) is shown beside the error already.
+        let e = e.without_url();
         if e.is_timeout() {
             // The whole-fetch deadline is ours (see `fetch`); reqwest's own is the connect's.
             SourceError::Timeout(fetch::CONNECT_TIMEOUT)
@@ -163,12 +165,17 @@ impl SourceError {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its causes, `a: b: c`, each said once: layers that repeat their cause's
+/// text (hyper, reqwest) do not make it appear twice.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         cur = c.source();
     }
     s
@@ -334,6 +341,27 @@ pub async fn gather(
 #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_chains_say_each_cause_once() {
+        #[derive(Debug)]
+        struct E(&'static str, Option<Box<E>>);
+        impl fmt::Display for E {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for E {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|e| e as _)
+            }
+        }
+        let repeated = E("connect failed: connection refused", Some(Box::new(E("connection refused", None))));
+        assert_eq!(error_chain(&repeated), "connect failed: connection refused");
+        let layered =
+            E("client error (Connect)", Some(Box::new(E("tcp connect error", Some(Box::new(E("refused", None)))))));
+        assert_eq!(error_chain(&layered), "client error (Connect): tcp connect error: refused");
+    }
 
     #[test]
     fn locations() {

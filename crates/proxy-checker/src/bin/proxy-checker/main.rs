@@ -3,6 +3,7 @@
 //! source, 4 judge down, 1 anything else.
 
 mod check;
+mod logs;
 mod progress;
 mod serve;
 
@@ -88,9 +89,12 @@ pub struct CheckArgs {
     /// No progress bar and no summary.
     #[arg(long, short)]
     pub quiet: bool,
-    /// Log level on stderr (error, warn, info, debug, trace).
-    #[arg(long, default_value = "warn", env = "PROXY_CHECKER_LOG")]
+    /// Log level on stderr (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, alias = "log", default_value = "warn", env = "PROXY_CHECKER_LOG")]
     pub log_level: String,
+    /// Log format: `auto` (text on a terminal, JSON otherwise), `text` or `json`.
+    #[arg(long, default_value = "auto", value_name = "FORMAT")]
+    pub log_format: proxy_checker::config::LogFormat,
 }
 
 fn main() -> ExitCode {
@@ -108,9 +112,7 @@ fn main() -> ExitCode {
         },
         Command::Serve(args) => serve::main(args),
         Command::Check(args) => {
-            let filter = tracing_subscriber::EnvFilter::try_new(&args.log_level)
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            logs::init(&args.log_level, "warn", args.log_format, logs::Stream::Stderr);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             match runtime.block_on(check::run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -10,9 +10,6 @@ use clap::Args;
 use proxy_checker::check::fdbudget;
 use proxy_checker::config::{Config, LogFormat};
 use proxy_checker::server::{self, Options};
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::{EnvFilter, reload};
 
 /// Options of `serve`. Secrets may come from the environment instead of the config file.
 #[derive(Args, Debug)]
@@ -27,9 +24,14 @@ pub struct ServeArgs {
     /// Redis URL for `storage.type = redis` (overrides `storage.redis_url`).
     #[arg(long, env = "PROXY_CHECKER_REDIS_URL", hide_env_values = true, value_name = "URL")]
     pub redis_url: Option<String>,
-    /// Log filter overriding `log.level` (e.g. `info,proxy_checker=debug`).
-    #[arg(long, env = "PROXY_CHECKER_LOG", value_name = "FILTER")]
-    pub log: Option<String>,
+    /// Log filter overriding `log.level` (e.g. `info,proxy_checker=debug`); `--log` is an
+    /// alias.
+    #[arg(long, alias = "log", env = "PROXY_CHECKER_LOG", value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Log format overriding `log.format`: `auto` (text on a terminal, JSON otherwise),
+    /// `text` or `json`.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
     /// Seconds in-flight API requests get after SIGTERM.
     #[arg(long, default_value_t = 10)]
     pub grace_secs: u64,
@@ -51,23 +53,15 @@ pub fn main(args: ServeArgs) -> ExitCode {
         config.storage.redis_url = Some(url.clone());
     }
 
-    let filter =
-        EnvFilter::try_new(args.log.as_deref().unwrap_or(&config.log.level)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let (filter, handle) = reload::Layer::new(filter);
-    let registry = tracing_subscriber::registry().with(filter);
-    match config.log.format {
-        LogFormat::Json => {
-            registry.with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_current_span(false)).init()
-        }
-        LogFormat::Text => registry.with(tracing_subscriber::fmt::layer()).init(),
-    }
-    let pinned = args.log.is_some();
+    // A level given on the command line (or PROXY_CHECKER_LOG) is pinned: config reloads
+    // do not change it.
+    let format = args.log_format.unwrap_or(config.log.format);
+    let filter = args.log_level.as_deref().unwrap_or(&config.log.level);
+    let setter = crate::logs::init(filter, "info", format, crate::logs::Stream::Stdout);
+    let pinned = args.log_level.is_some();
     let set_log_level: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |level: &str| {
-        if pinned {
-            return;
-        }
-        if let Ok(f) = EnvFilter::try_new(level) {
-            let _ = handle.modify(|cur| *cur = f);
+        if !pinned {
+            setter(level);
         }
     });
 
