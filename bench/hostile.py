@@ -130,6 +130,8 @@ end
 
 
 def main():
+    import argparse
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     build_release()
     out = [f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.uname().nodename} ({os.cpu_count()} cores), "
            "`python3 bench/hostile.py`\n"]

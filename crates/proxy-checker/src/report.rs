@@ -54,8 +54,8 @@ impl<'a> ProxyRecord<'a> {
 }
 
 /// Writes live proxies (already sorted fastest first).
-pub fn write(out: &mut dyn Write, format: Format, alive: &[Verdict]) -> io::Result<()> {
-    let records = alive.iter().filter_map(ProxyRecord::from_verdict);
+pub fn write<'a>(out: &mut dyn Write, format: Format, alive: impl IntoIterator<Item = &'a Verdict>) -> io::Result<()> {
+    let records = alive.into_iter().filter_map(ProxyRecord::from_verdict);
     match format {
         Format::Text => {
             for r in records {
@@ -79,4 +79,41 @@ pub fn write(out: &mut dyn Write, format: Format, alive: &[Verdict]) -> io::Resu
         }
     }
     out.flush()
+}
+
+/// Whether a live proxy goes in a list.
+pub type Keep = fn(&Verdict) -> bool;
+
+/// The per-protocol files `check --output-dir` writes, as the tools its users come from
+/// lay them out: which live proxies go in each (already sorted fastest first).
+pub const FILES: [(&str, Keep); 5] = [
+    // HTTP proxies that forward plain HTTP.
+    ("http.txt", |v| is_http(v) && v.outcome.as_ref().is_ok_and(|a| a.forward)),
+    // HTTP proxies that tunnel (CONNECT): usable for HTTPS.
+    ("https.txt", |v| is_http(v) && v.outcome.as_ref().is_ok_and(|a| a.tunnel)),
+    ("socks4.txt", |v| v.candidate.proxy.protocol == crate::proxy::Protocol::Socks4),
+    ("socks5.txt", |v| v.candidate.proxy.protocol == crate::proxy::Protocol::Socks5),
+    ("all.txt", |_| true),
+];
+
+fn is_http(v: &Verdict) -> bool {
+    matches!(v.candidate.proxy.protocol, crate::proxy::Protocol::Http | crate::proxy::Protocol::Https)
+}
+
+/// Writes [`FILES`] (text, one proxy per line) and `proxies.json` into `dir`, creating it.
+/// Each file is written to a temporary name and renamed: a reader never sees half a list.
+pub fn write_dir(dir: &std::path::Path, alive: &[Verdict]) -> io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let save = |name: &str, format: Format, keep: Keep| -> io::Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+        let mut w = io::BufWriter::new(tmp.as_file_mut());
+        write(&mut w, format, alive.iter().filter(|v| keep(v)))?;
+        drop(w);
+        tmp.persist(dir.join(name)).map_err(|e| e.error)?;
+        Ok(())
+    };
+    for (name, keep) in FILES {
+        save(name, Format::Text, keep)?;
+    }
+    save("proxies.json", Format::Json, |_| true)
 }

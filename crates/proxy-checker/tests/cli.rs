@@ -248,3 +248,61 @@ fn log_format_follows_the_terminal_unless_asked() {
     assert!(tty.contains("source failed") && tty.contains('\x1b'), "{tty}");
     assert!(!tty.lines().any(|l| l.trim_start().starts_with('{')), "{tty}");
 }
+
+/// `--output-dir`: one list per protocol and capability, fastest first, and the JSON.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_dir_writes_a_list_per_protocol() {
+    let spec = FarmSpec {
+        groups: vec![
+            Group::new(3, Protocol::Http, Behavior::Working),
+            Group::new(2, Protocol::Http, Behavior::ForwardOnly),
+            Group::new(2, Protocol::Http, Behavior::TunnelOnly),
+            Group::new(2, Protocol::Socks4, Behavior::Working),
+            Group::new(2, Protocol::Socks5, Behavior::Working),
+            Group::new(3, Protocol::Http, Behavior::Refused),
+        ],
+    };
+    let farm = Farm::start(spec).await.unwrap();
+    let list = farm.add_list("l.txt", farm.list_urls());
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = dir.path().join("out");
+    let judge = farm.judge_url();
+    let out = run(&[
+        "check",
+        "--allow-private",
+        "--judge-url",
+        &judge,
+        "--source",
+        &list,
+        "--quiet",
+        "--output-dir",
+        out_dir.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "the lists go to the directory only");
+    let read = |name: &str| -> Vec<String> {
+        std::fs::read_to_string(out_dir.join(name)).unwrap().lines().map(str::to_string).collect()
+    };
+    let of = |b: Behavior, p: Protocol| -> BTreeSet<String> {
+        farm.proxies()
+            .filter(|x| x.behavior == b && x.protocol == p)
+            .map(|x| format!("{}://{}", p.scheme(), x.addr()))
+            .collect()
+    };
+    let set = |v: Vec<String>| v.into_iter().collect::<BTreeSet<_>>();
+    let http_working = of(Behavior::Working, Protocol::Http);
+    let forward: BTreeSet<_> = http_working.union(&of(Behavior::ForwardOnly, Protocol::Http)).cloned().collect();
+    let tunnel: BTreeSet<_> = http_working.union(&of(Behavior::TunnelOnly, Protocol::Http)).cloned().collect();
+    assert_eq!(set(read("http.txt")), forward);
+    assert_eq!(set(read("https.txt")), tunnel);
+    assert_eq!(set(read("socks4.txt")), of(Behavior::Working, Protocol::Socks4));
+    assert_eq!(set(read("socks5.txt")), of(Behavior::Working, Protocol::Socks5));
+    let all = read("all.txt");
+    assert_eq!(all.len(), 11);
+    let json: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("proxies.json")).unwrap()).unwrap();
+    let latencies: Vec<u64> = json.iter().map(|p| p["latency_ms"].as_u64().unwrap()).collect();
+    assert!(latencies.windows(2).all(|w| w[0] <= w[1]), "fastest first: {latencies:?}");
+    assert_eq!(json.iter().map(|p| p["proxy"].as_str().unwrap().to_string()).collect::<Vec<_>>(), all);
+}

@@ -113,7 +113,12 @@ pub async fn run(args: CheckArgs) -> Result<(), CheckError> {
     }
     let report = report?;
 
+    if let Some(dir) = &args.output_dir {
+        proxy_checker::report::write_dir(dir, &report.alive)
+            .map_err(|e| CheckError::Setup(format!("--output-dir {}: {e}", dir.display())))?;
+    }
     match &args.output {
+        _ if args.output_dir.is_some() && args.output.is_none() => {}
         Some(path) => {
             let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
             proxy_checker::report::write(&mut f, args.format, &report.alive)?;

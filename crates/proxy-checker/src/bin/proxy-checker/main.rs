@@ -83,6 +83,12 @@ pub struct CheckArgs {
     /// Write the live proxies here instead of stdout.
     #[arg(long, short)]
     pub output: Option<PathBuf>,
+    /// Also write per-protocol lists into this directory (fastest first): `http.txt`
+    /// (forwarding HTTP proxies), `https.txt` (CONNECT-capable), `socks4.txt`,
+    /// `socks5.txt`, `all.txt` and `proxies.json`. Nothing goes to stdout unless `--output`
+    /// is given too.
+    #[arg(long, value_name = "DIR")]
+    pub output_dir: Option<PathBuf>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: proxy_checker::report::Format,
