@@ -1,5 +1,5 @@
 # Everyday commands. `make test` is exactly the README's test command; `make lint` what CI runs first.
-.PHONY: deps build test coverage bench bench-api run lint smoke
+.PHONY: deps build test coverage bench bench-api run lint smoke demo
 
 deps: ## Tools the checks and benchmarks use (Debian): Redis, promtool, systemd-analyze, wrk, nginx
 	apt-get update && apt-get install -y redis-server prometheus systemd wrk nginx-light curl util-linux
@@ -28,6 +28,9 @@ bench-api: ## API under wrk next to nginx -> bench-out/api.md
 
 run: ## The service on its embedded default (file store under ./data, API on 127.0.0.1:8080)
 	cargo run --release -p proxy-checker -- serve
+
+demo: ## An offline first check: a loopback farm of 300 proxies of every kind, one check against it
+	./demo.sh
 
 smoke: build
 	cargo build --release -p proxy-farm

@@ -40,6 +40,36 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// A demo: 300 proxies of every protocol and of the kinds public lists hold (working,
+    /// slow, dead, captive portals, liars, hostile), and `check.json` in `--out`, a config
+    /// for `proxy-checker check --config` against this farm.
+    #[arg(long)]
+    demo: bool,
+}
+
+/// The demo's mix: what a public list holds, on every protocol.
+fn demo_spec() -> FarmSpec {
+    use Behavior::*;
+    let mut groups = Vec::new();
+    for protocol in [Protocol::Http, Protocol::Socks4, Protocol::Socks5] {
+        for (count, behavior, latency) in [
+            (25, Working, 80),
+            (5, Working, 900),
+            (5, AuthGood, 150),
+            (15, Refused, 0),
+            (10, Blackhole, 0),
+            (10, Silent, 0),
+            (5, CloseAtOnce, 0),
+            (5, WrongPage, 0),
+            (5, PortalWithUrl, 0),
+            (5, AuthBad, 0),
+            (5, Garbage, 0),
+            (5, Trickle, 0),
+        ] {
+            groups.push(Group::new(count, protocol, behavior).latency(Duration::from_millis(latency)));
+        }
+    }
+    FarmSpec { groups }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +77,7 @@ fn main() -> anyhow::Result<()> {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let spec = match &args.spec {
         Some(path) => serde_json::from_slice(&std::fs::read(path)?)?,
+        None if args.demo => demo_spec(),
         None => {
             let protocol: Protocol = serde_json::from_value(serde_json::Value::String(args.protocol.clone()))?;
             let latency = Duration::from_millis(args.latency_ms);
@@ -76,6 +107,18 @@ fn main() -> anyhow::Result<()> {
         let ca_file = args.out.join("ca.pem");
         std::fs::write(&ca_file, farm.ca_pem())?;
         let list_url = farm.add_list("all.txt", list);
+        if args.demo {
+            // A config for `proxy-checker check --config`: this farm's list and judge, which
+            // live on loopback (hence allow_private), and timeouts that finish in seconds.
+            let config = serde_json::json!({
+                "sources": [list_url],
+                "aggregation": {"allow_private_sources": true, "source_retries": 0},
+                "checker": {"judge_url": farm.judge_url(), "allow_private": true, "timeout_ms": 5000,
+                            "connect_timeout_ms": 1500, "retries": 1, "concurrency_total": 500},
+                "storage": {"type": "file", "path": args.out.join("snapshot.json")},
+            });
+            std::fs::write(args.out.join("check.json"), serde_json::to_vec_pretty(&config)?)?;
+        }
         let info = serde_json::json!({
             "count": count,
             "proxy_port": farm.proxy_port,

@@ -73,6 +73,25 @@ impl Reason {
         }
     }
 
+    /// One line for people: what the reason says about the proxy.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::ConnectTimeout => "no TCP answer in time: the host is down or drops us",
+            Self::ConnectRefused => "nothing listens on that port any more",
+            Self::ConnectError => "the connection failed (unreachable network or host)",
+            Self::ProxyTimeout => "accepted the connection, then said nothing",
+            Self::ProxyClosed => "hung up before a complete answer",
+            Self::ProxyProtocolError => "answered, but not in its protocol (or with broken framing)",
+            Self::ProxyAuthFailed => "wants credentials we lack, or refused ours",
+            Self::ProxyRejected => "refused to reach the judge (CONNECT status, SOCKS reply)",
+            Self::TlsError => "TLS to the judge failed through it (garbage, or a certificate not the judge's)",
+            Self::BadStatus => "the judge's answer came back with the wrong status (a redirect, an error page)",
+            Self::ContentMismatch => "a 200 that is not the judge's answer: a captive portal, a cache, an ad page",
+            Self::Timeout => "started answering, too slowly to finish in time",
+            Self::InternalError => "our check failed on this proxy: a bug, please report it",
+        }
+    }
+
     /// Worth another attempt: timeouts and resets. Never auth failures or wrong content.
     pub fn is_transient(self) -> bool {
         matches!(

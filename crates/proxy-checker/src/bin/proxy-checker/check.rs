@@ -160,7 +160,7 @@ fn summary(out: &mut dyn Write, r: &RoundReport, budget: &fdbudget::FdBudget) ->
         writeln!(out, "  adaptive limit went down to {} on local resource shortages", run.min_limit)?;
     }
     for (reason, n) in &run.dead_by_reason {
-        writeln!(out, "  {:<22} {n}", reason.as_str())?;
+        writeln!(out, "  {:<22} {n:>7}  {}", reason.as_str(), reason.explain())?;
     }
     writeln!(out, "sources (scraped {}, unique {}):", r.scraped, r.unique)?;
     for (s, alive) in r.sources.iter().zip(&r.alive_per_source) {
