@@ -571,7 +571,9 @@ async fn a_first_round_that_fails_says_so_everywhere() {
     let (status, body) = h.authed("/get-proxy").await;
     assert_eq!(status, 503);
     assert!(body.contains("no round has succeeded yet; the last one (round 1) failed: no usable source"), "{body}");
-    assert_eq!(h.get("/ready").await.0, 503, "nothing to serve");
+    let (status, body, _) = h.get("/ready").await;
+    assert_eq!(status, 503, "nothing to serve");
+    assert!(body.contains("no round has succeeded yet; the last one (round 1) failed"), "{body}");
     assert_eq!(h.get("/health").await.0, 200, "a failed round is no fault");
     let metrics = h.get("/metrics").await.1;
     for line in [

@@ -51,7 +51,8 @@ pub enum ApiError {
         retry_after: Duration,
     },
     NoProxy(String),
-    NotReady,
+    /// No snapshot to serve yet; the message says whether rounds are failing.
+    NotReady(String),
     /// The service has a fault (scheduler stopped, round stalled): `/health`, `/ready`.
     Unhealthy(crate::service::Fault),
 }
@@ -78,10 +79,9 @@ impl IntoResponse for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 serde_json::json!({"error": "unhealthy", "message": fault.to_string()}),
             ),
-            ApiError::NotReady => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "not_ready", "message": "no snapshot yet: the first round has not finished and none was persisted"}),
-            ),
+            ApiError::NotReady(message) => {
+                (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "not_ready", "message": message}))
+            }
         };
         let mut resp = (status, Json(body)).into_response();
         if let ApiError::RateLimited { retry_after, .. } = self {

@@ -29,7 +29,7 @@ pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.service.fault() {
         Some(fault) => ApiError::Unhealthy(fault).into_response(),
         None if state.service.is_ready() => (StatusCode::OK, "ready").into_response(),
-        None => ApiError::NotReady.into_response(),
+        None => ApiError::NotReady(empty_pool(&state.service)).into_response(),
     }
 }
 
@@ -322,7 +322,7 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
 fn empty_pool(svc: &crate::service::Service) -> String {
     let failed = svc.last_failed();
     match (svc.is_ready(), failed) {
-        (false, None) => "no snapshot yet: the first round has not finished".into(),
+        (false, None) => "no snapshot yet: the first round has not finished and none was persisted".into(),
         (false, Some(f)) => {
             format!("no round has succeeded yet; the last one (round {}) failed: {}", f.round_id, f.error)
         }
