@@ -8,10 +8,12 @@ secs="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(parse_list parse_json config http_response socks_reply)
+    targets=(parse_list parse_json config http_response socks_reply chunked http_head)
 fi
 mkdir -p logs
-cargo +nightly fuzz build --release
+# Same profile as `fuzz run` below (release with debug assertions and overflow checks, ASan):
+# `build --release` would build without them and `run` would then rebuild anyway.
+cargo +nightly fuzz build
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t" "regressions/$t"
     echo "== $t: ${secs}s" | tee "logs/$t.log"
