@@ -105,7 +105,9 @@ impl RoundContext {
         let feeding = async {
             let tx = tx;
             let each = self.sources.iter().enumerate().map(|(i, spec)| self.feed_source(i, spec, &feed, &tx));
-            futures_util::future::join_all(each).await
+            let stats = futures_util::future::join_all(each).await;
+            feed.seen.release();
+            stats
         };
 
         let mut alive = Vec::new();
@@ -169,7 +171,8 @@ impl RoundContext {
         let (proxies, mut st) = source::collect(&self.client, spec, &self.fetch, self.allow_private).await;
         let source = u16::try_from(i).unwrap_or(u16::MAX);
         let mut named: Vec<(Proxy, u32)> = Vec::new();
-        let mut ready = Vec::new();
+        // IP addresses go straight to the queue, one by one: a million-line list is never
+        // copied into a second list of candidates.
         for (proxy, line) in proxies {
             if !feed.seen.admit(&proxy) {
                 st.duplicates = st.duplicates.saturating_add(1);
@@ -177,12 +180,14 @@ impl RoundContext {
                 continue;
             }
             match proxy.host {
-                Host::Ip(ip) => ready.push(Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source }),
+                Host::Ip(ip) => {
+                    let c = Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source };
+                    if !send(c, &mut st, feed.progress, tx).await {
+                        return st;
+                    }
+                }
                 Host::Name(_) => named.push((proxy, line)),
             }
-        }
-        if !send_all(ready, &mut st, feed.progress, tx).await {
-            return st;
         }
         let share = AtomicUsize::new(feed.names_per_source);
         let share = &share;
@@ -196,7 +201,7 @@ impl RoundContext {
             match verdict {
                 Ok(ip) => {
                     let c = Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source };
-                    if !send_all(vec![c], &mut st, feed.progress, tx).await {
+                    if !send(c, &mut st, feed.progress, tx).await {
                         return st;
                     }
                 }
@@ -254,20 +259,13 @@ async fn lookup(name: Arc<str>, slots: Arc<Semaphore>) -> Option<Vec<IpAddr>> {
     }
 }
 
-/// Sends candidates to the engine, counting them as valid. `false`: the engine is gone.
-async fn send_all(
-    cands: Vec<Candidate>,
-    st: &mut SourceStats,
-    progress: &Progress,
-    tx: &mpsc::Sender<Candidate>,
-) -> bool {
-    for c in cands {
-        if tx.send(c).await.is_err() {
-            return false;
-        }
-        st.valid = st.valid.saturating_add(1);
-        progress.total.fetch_add(1, Ordering::Relaxed);
+/// Sends a candidate to the engine, counting it as valid. `false`: the engine is gone.
+async fn send(c: Candidate, st: &mut SourceStats, progress: &Progress, tx: &mpsc::Sender<Candidate>) -> bool {
+    if tx.send(c).await.is_err() {
+        return false;
     }
+    st.valid = st.valid.saturating_add(1);
+    progress.total.fetch_add(1, Ordering::Relaxed);
     true
 }
 

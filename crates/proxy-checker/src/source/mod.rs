@@ -225,13 +225,28 @@ pub struct Found {
 }
 
 /// Proxies seen so far in a round, across sources: the first source parsed wins.
+///
+/// It keeps a 64-bit fingerprint per proxy (a keyed SipHash of its dedupe key, the key
+/// random per process), not the key: 8 bytes a proxy instead of a copy of it, which matters
+/// because the set lives while checks run. Two different proxies share a fingerprint with
+/// a chance of about n²/2⁶⁵ (3·10⁻⁸ for a million), and would then be counted as one.
 #[derive(Debug, Default)]
-pub struct Dedupe(Mutex<HashSet<crate::proxy::DedupKey>>);
+pub struct Dedupe {
+    seen: Mutex<HashSet<u64>>,
+    keys: std::hash::RandomState,
+}
 
 impl Dedupe {
     /// Whether `proxy` is new (and now seen). The lock is held for one insert.
     pub fn admit(&self, proxy: &Proxy) -> bool {
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(proxy.dedup_key())
+        use std::hash::BuildHasher;
+        let fingerprint = self.keys.hash_one(proxy.dedup_key());
+        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(fingerprint)
+    }
+
+    /// Forgets everything (every source is in): the memory goes back before checks end.
+    pub fn release(&self) {
+        *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = HashSet::new();
     }
 }
 
