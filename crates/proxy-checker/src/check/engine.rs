@@ -720,6 +720,11 @@ mod tests {
     use super::*;
     use crate::source::{ParseOptions, parse::parse_token};
 
+    fn candidate() -> Candidate {
+        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
+        Candidate { proxy: parse_token("1.2.3.4:80", opts).unwrap(), addr: "1.2.3.4:80".parse().unwrap(), source: 0 }
+    }
+
     /// Thousands of check tasks are alive at once: their state must stay small. Large
     /// states (TLS, SOCKS handshakes) are boxed only while they run.
     #[tokio::test]
@@ -731,12 +736,7 @@ mod tests {
             validation: super::super::Validation::Nonce,
             connect_timeout: Duration::from_secs(1),
         });
-        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
-        let cand = Candidate {
-            proxy: parse_token("1.2.3.4:80", opts).unwrap(),
-            addr: "1.2.3.4:80".parse().unwrap(),
-            source: 0,
-        };
+        let cand = candidate();
         let progress = Progress::default();
         let mut job = Job::new(cand, Mode::FullHttp, 0, false);
         let task = run_job(&ex, None, &mut job, &progress, Duration::from_secs(1));
@@ -749,12 +749,7 @@ mod tests {
     /// had already found stays.
     #[tokio::test]
     async fn a_panic_in_a_check_is_the_proxys_internal_error() {
-        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
-        let cand = Candidate {
-            proxy: parse_token("1.2.3.4:80", opts).unwrap(),
-            addr: "1.2.3.4:80".parse().unwrap(),
-            source: 0,
-        };
+        let cand = candidate();
         let progress = Progress::default();
         let mut job = Job::new(cand.clone(), Mode::FullHttp, 0, false);
         guarded(&mut job, &progress, async |job: &mut Job| {
@@ -781,12 +776,7 @@ mod tests {
 
     #[test]
     fn the_deepest_failure_explains_a_dead_proxy() {
-        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
-        let cand = Candidate {
-            proxy: parse_token("1.2.3.4:80", opts).unwrap(),
-            addr: "1.2.3.4:80".parse().unwrap(),
-            source: 0,
-        };
+        let cand = candidate();
         let mut job = Job::new(cand, Mode::FullHttp, 0, false);
         job.tests[0].as_mut().unwrap().1 = State::Failed(Reason::ContentMismatch);
         job.tests[1].as_mut().unwrap().1 = State::Failed(Reason::ProxyRejected);
