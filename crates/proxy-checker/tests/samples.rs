@@ -1,0 +1,55 @@
+//! Lists in the shapes public lists really take (`tests/samples/`, copied from the shared
+//! hand-made samples): each parses to the proxies a person reading it would find.
+
+use proxy_checker::proxy::Protocol;
+use proxy_checker::source::parse::{Format, ParseOptions, parse_document};
+
+fn parse(name: &str) -> (Vec<String>, Format, usize) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/samples").join(name);
+    let body = std::fs::read(&path).unwrap();
+    // Documentation ranges (192.0.2.0/24, …) stand in for public addresses here.
+    let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: true, max_proxies: 1000 };
+    let mut rejects = 0;
+    let (parsed, format) = parse_document(&body, opts, &mut |_| rejects += 1);
+    (parsed.proxies.iter().map(|(p, _)| p.to_string()).collect(), format, rejects)
+}
+
+#[test]
+fn json_api_pages_with_geo_and_protocol_arrays() {
+    let (got, format, _) = parse("api-geo.json");
+    assert_eq!(format, Format::Json);
+    assert_eq!(got, ["socks5://192.0.2.80:1080", "http://192.0.2.81:8080", "socks4://198.51.100.90:4153"]);
+}
+
+#[test]
+fn flat_json_with_proxy_urls_and_nested_objects() {
+    let (got, format, _) = parse("api-flat.json");
+    assert_eq!(format, Format::Json);
+    assert_eq!(got, ["http://192.0.2.100:3128", "socks5://198.51.100.101:9050", "socks4://203.0.113.102:1080"]);
+}
+
+#[test]
+fn annotated_and_whitespace_text_lists() {
+    let (got, format, _) = parse("annotated.txt");
+    assert_eq!(format, Format::Lines);
+    let want = ["192.0.2.50:8080", "192.0.2.51:3128", "198.51.100.60:80", "203.0.113.70:8888", "198.51.100.61:53281"];
+    assert_eq!(got, want.map(|a| format!("http://{a}")));
+    let (got, _, _) = parse("whitespace.txt");
+    let want =
+        ["192.0.2.120:8080", "192.0.2.121:3128", "198.51.100.122:1080", "203.0.113.123:80", "[2001:db8::7]:8080"];
+    assert_eq!(got, want.map(|a| format!("http://{a}")));
+}
+
+/// The addresses of HTML tables (their protocol column is issue 13's: not read yet).
+#[test]
+fn html_tables_yield_their_addresses() {
+    let addrs = |name: &str| -> std::collections::BTreeSet<String> {
+        let (got, format, _) = parse(name);
+        assert_eq!(format, Format::Html, "{name}");
+        got.iter().map(|u| u.split_once("://").unwrap().1.to_string()).collect()
+    };
+    let want = ["192.0.2.10:8080", "192.0.2.11:3128", "198.51.100.7:80", "203.0.113.200:999"];
+    assert_eq!(addrs("table-separate-cells.html"), want.map(String::from).into());
+    let want = ["192.0.2.30:1080", "192.0.2.31:8118", "198.51.100.44:4145", "203.0.113.9:3128"];
+    assert_eq!(addrs("table-protocol-column.html"), want.map(String::from).into());
+}
