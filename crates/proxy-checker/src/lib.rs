@@ -15,6 +15,7 @@ pub mod check;
 pub mod config;
 pub mod fuzzing;
 pub mod guard;
+pub mod keyfile;
 pub mod listener;
 pub mod metrics;
 pub mod notify;

@@ -138,6 +138,9 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
         crate::config::parse_key_list(list)
             .map_err(|why| StartError::Key { origin: "--api-keys / PROXY_API_KEY".into(), why })?;
     }
+    for w in config.warnings() {
+        tracing::warn!("{w}");
+    }
     let store = store::open(&config.storage)?;
     let mut env_keys = opts.env_keys.clone();
     if config.api.auth && config.api.api_keys.is_empty() && env_keys.as_deref().is_none_or(|k| k.trim().is_empty()) {
@@ -246,7 +249,8 @@ async fn supervise_scheduler(service: Arc<Service>, shutdown: CancellationToken,
 }
 
 /// With auth on and no key anywhere, the service makes one and writes it next to its data
-/// (mode 0600), so a first run is usable and never open. The key itself is never logged.
+/// (see [`crate::keyfile`]), so a first run is usable and never open. The key itself is
+/// never logged.
 fn generated_key(config: &Config) -> Result<String, StartError> {
     let dir = match config.storage.kind {
         StorageKind::Redis => PathBuf::from("data"),
@@ -258,19 +262,17 @@ fn generated_key(config: &Config) -> Result<String, StartError> {
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
     };
     let path = dir.join("api_key");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let key = existing.trim();
-        crate::config::check_api_key(key)
-            .map_err(|why| StartError::Key { origin: path.display().to_string(), why: why.into() })?;
-        tracing::warn!(path = %path.display(), "no API key configured: using the generated key stored in this file");
-        return Ok(key.to_string());
+    let (key, origin) = crate::keyfile::load_or_create(&path)
+        .map_err(|e| StartError::Key { origin: "the generated key file".into(), why: e.to_string() })?;
+    match origin {
+        crate::keyfile::Origin::Existing => {
+            tracing::warn!(path = %path.display(), "no API key configured: using the generated key stored in this file")
+        }
+        crate::keyfile::Origin::Generated => tracing::warn!(
+            path = %path.display(),
+            "no API key configured: generated one (256 bits) and wrote it to this file (mode 0600)"
+        ),
     }
-    std::fs::create_dir_all(&dir)?;
-    let key = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
-    let mut f = tempfile::NamedTempFile::new_in(&dir)?;
-    io::Write::write_all(&mut f, key.as_bytes())?;
-    f.persist(&path).map_err(|e| e.error)?;
-    tracing::warn!(path = %path.display(), "no API key configured: generated one and wrote it to this file (mode 0600)");
     Ok(key)
 }
 

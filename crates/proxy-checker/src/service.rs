@@ -106,6 +106,8 @@ pub struct Service {
     pub fd_budget: usize,
     phase: Mutex<Phase>,
     last_id: AtomicU64,
+    /// When `POST /reload` last started a round (for `api.reload_min_interval_secs`).
+    last_manual: Mutex<Option<Instant>>,
     wake: Notify,
     ready: AtomicBool,
     last_error: Mutex<Option<String>>,
@@ -124,6 +126,9 @@ pub struct Service {
 pub enum ReloadOutcome {
     Started(u64),
     AlreadyRunning(u64),
+    /// The last manual round started less than `api.reload_min_interval_secs` ago: retry
+    /// after this long.
+    TooSoon(Duration),
 }
 
 impl Service {
@@ -163,6 +168,7 @@ impl Service {
             fd_budget,
             phase: Mutex::new(Phase::Idle),
             last_id: AtomicU64::new(last_id),
+            last_manual: Mutex::new(None),
             wake: Notify::new(),
             ready: AtomicBool::new(ready),
             last_error: Mutex::new(None),
@@ -284,12 +290,20 @@ impl Service {
         *lock(&self.next_round_at)
     }
 
-    /// `POST /reload`: start a round now unless one is running or already requested.
+    /// `POST /reload`: start a round now unless one is running or already requested, or
+    /// the last manual round started less than `api.reload_min_interval_secs` ago.
     pub fn request_round(&self) -> ReloadOutcome {
+        let min_gap = self.config.load().api.reload_min_interval;
         let mut phase = lock(&self.phase);
         match &*phase {
             Phase::Running { id, .. } | Phase::Requested(id) => ReloadOutcome::AlreadyRunning(*id),
             Phase::Idle => {
+                let mut last = lock(&self.last_manual);
+                if let Some(wait) = last.and_then(|t| min_gap.checked_sub(t.elapsed())).filter(|w| !w.is_zero()) {
+                    return ReloadOutcome::TooSoon(wait);
+                }
+                *last = Some(Instant::now());
+                drop(last);
                 let id = self.last_id.load(Ordering::Acquire) + 1;
                 *phase = Phase::Requested(id);
                 drop(phase);

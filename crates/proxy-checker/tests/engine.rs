@@ -282,3 +282,38 @@ async fn hostile_proxies_end_dead_with_the_right_reason_within_the_timeout() {
     // farm's hour-long streams. The bound is loose on purpose (shared machines).
     assert!(took < timeout * 10, "took {took:?}");
 }
+
+/// A proxy that reads the nonce in a plain request can forge the judge's answer without
+/// forwarding anything (the farm's `Mitm` proxies answer plain requests themselves and
+/// have no certificate for the judge). With a plain and an `https://` judge configured,
+/// forward tests use the plain one and every tunnel (CONNECT, SOCKS) the `https://` one:
+/// the forger keeps its (unprovable) forward capability and never gets the tunnel one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_https_judge_beside_a_plain_one_the_tunnel_cannot_be_forged() {
+    let farm = Farm::start(FarmSpec {
+        groups: vec![
+            Group::new(8, Protocol::Http, Behavior::Working),
+            Group::new(8, Protocol::Http, Behavior::Mitm),
+            Group::new(4, Protocol::Socks5, Behavior::Working),
+            Group::new(4, Protocol::Socks5, Behavior::Mitm),
+        ],
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, farm.ca_pem()).unwrap();
+    let judges = vec![farm.judge_url(), farm.judge_tls_url()];
+    let (verdicts, _) = run(settings(Mode::FullHttp, judges, Some(ca)), candidates(&farm)).await.unwrap();
+    let got = by_ip(&verdicts);
+    for p in farm.proxies() {
+        let v = &got[&IpAddr::V4(p.ip)].outcome;
+        let shown = format!("{:?} {:?}: {v:?}", p.protocol, p.behavior);
+        match (p.protocol, p.behavior) {
+            (Protocol::Http, Behavior::Working) => assert!(v.as_ref().is_ok_and(|a| a.forward && a.tunnel), "{shown}"),
+            (Protocol::Http, _) => assert!(v.as_ref().is_ok_and(|a| a.forward && !a.tunnel), "{shown}"),
+            (_, Behavior::Working) => assert!(v.as_ref().is_ok_and(|a| a.tunnel), "{shown}"),
+            _ => assert_eq!(v.as_ref().err().map(|r| r.as_str()), Some("tls_error"), "{shown}"),
+        }
+    }
+}

@@ -20,7 +20,7 @@ async fn hostile_server(max_connections: usize, idle: Duration) -> (Farm, tempfi
     let farm = Farm::start(FarmSpec { groups: vec![Group::new(5, Protocol::Http, Behavior::Working)] }).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg: Value = config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path());
-    cfg["api"]["trust_forwarded_for"] = json!(true);
+    cfg["api"]["trusted_proxies"] = json!(["127.0.0.1"]);
     cfg["api"]["rate_limit_per_ip_per_minute"] = json!(600);
     let opts = Options {
         fd_budget: 1000,

@@ -110,7 +110,7 @@ fn settings(allow_private: bool) -> FetchSettings {
 }
 
 fn spec(url: &str) -> SourceSpec {
-    SourceSpec { location: Location::parse(url).unwrap(), protocol: None }
+    SourceSpec::new(Location::parse(url).unwrap(), None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -169,10 +169,19 @@ async fn serve_refuses_a_bad_key_from_every_channel() {
     }
     // A key file that breaks the rule is refused, not used.
     std::fs::create_dir_all(dir.path().join("d")).unwrap();
-    std::fs::write(dir.path().join("d/api_key"), "short\n").unwrap();
+    let key_file = dir.path().join("d/api_key");
+    std::fs::write(&key_file, "short\n").unwrap();
+    let mode = |m| std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap();
+    mode(0o600);
     let (code, err) = run(&["serve", "--config", &plain], None);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("api_key") && err.contains("at least 16"), "{err}");
+    // A good key in a file others may read is refused too: it may have leaked.
+    std::fs::write(&key_file, "0123456789abcdef0123456789abcdef\n").unwrap();
+    mode(0o644);
+    let (code, err) = run(&["serve", "--config", &plain], None);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("api_key: has mode 0644") && err.contains("chmod 600"), "{err}");
 }
 
 /// systemd's protocol, with a fake notify socket: READY once the API listens, WATCHDOG

@@ -212,7 +212,7 @@ async fn both_rate_limits_with_retry_after() {
     let dir2 = tempfile::tempdir().unwrap();
     let mut cfg = config(&farm, vec![farm.add_list("l2.txt", farm.list_urls())], dir2.path());
     cfg["api"]["rate_limit_per_ip_per_minute"] = json!(2);
-    cfg["api"]["trust_forwarded_for"] = json!(true);
+    cfg["api"]["trusted_proxies"] = json!(["127.0.0.1"]);
     let h2 = start(&cfg, dir2.path()).await;
     let mut codes = Vec::new();
     for client in ["198.51.100.1", "198.51.100.1", "198.51.100.1", "198.51.100.2"] {

@@ -17,7 +17,7 @@ fn client() -> reqwest::Client {
 }
 
 fn spec(url: &str, protocol: Option<Protocol>) -> SourceSpec {
-    SourceSpec { location: Location::parse(url).unwrap(), protocol }
+    SourceSpec::new(Location::parse(url).unwrap(), protocol)
 }
 
 fn settings() -> FetchSettings {

@@ -1,42 +1,52 @@
-//! Who may call what: API keys (SHA-256 digests compared in constant time) and the two
-//! rate limits (per key, per client IP). Rebuilt from config on every reload.
+//! Who may call what: API keys (SHA-256 digests compared in constant time), admin keys,
+//! the two rate limits (per key, per client IP) and who the client is behind trusted
+//! reverse proxies. Rebuilt from config on every reload.
 //!
-//! The per-IP limiter's memory is bounded: idle clients are swept every few seconds, and
-//! past [`MAX_TRACKED_IPS`] new clients share one overflow bucket instead of growing it.
+//! The per-IP limiter's memory is bounded without a shared overflow bucket: see
+//! [`super::clients`].
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderMap;
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::ApiConfig;
-
-/// Client IPs the per-IP limiter tracks at most.
-pub const MAX_TRACKED_IPS: usize = 100_000;
+use super::clients::ClientTable;
+use crate::config::{ApiConfig, ForwardedHeader};
 
 /// Environment variable holding extra API keys, comma-separated.
 pub const API_KEY_ENV: &str = "PROXY_API_KEY";
 
 /// Why a request is refused.
+#[derive(Debug)]
 pub enum Refusal {
     Unauthorized,
-    Limited { limiter: &'static str, retry_after: Duration },
+    /// A valid key that is not one of `api.admin_keys`, on an admin route.
+    Forbidden,
+    Limited {
+        limiter: &'static str,
+        retry_after: Duration,
+    },
 }
 
 /// Keys and limiters of one config generation.
 pub struct Guard {
     pub auth: bool,
     pub metrics_auth: bool,
-    pub trust_forwarded_for: bool,
+    trusted_proxies: Vec<IpNet>,
+    forwarded_header: ForwardedHeader,
+    /// Digests of every key; `admin[i]` says whether key `i` is an admin key.
     keys: Vec<[u8; 32]>,
+    admin: Vec<bool>,
+    /// `api.admin_keys` is set: admin routes need one of them.
+    admin_required: bool,
     per_key: DefaultKeyedRateLimiter<usize>,
-    per_ip: DefaultKeyedRateLimiter<IpAddr>,
-    overflow: DefaultDirectRateLimiter,
-    ip_quota_per_minute: u32,
+    per_ip: RateLimiter<IpAddr, ClientTable, DefaultClock>,
     last_sweep: std::sync::Mutex<Instant>,
 }
 
@@ -67,21 +77,32 @@ impl Guard {
         if let Some(env) = env_keys {
             keys.extend(env.split(',').map(str::trim).filter(|k| !k.is_empty()).map(digest));
         }
+        let mut admin = vec![false; keys.len()];
+        for k in api.admin_keys.iter().map(|k| digest(k)) {
+            match keys.iter().position(|have| *have == k) {
+                Some(i) => admin[i] = true,
+                None => {
+                    keys.push(k);
+                    admin.push(true);
+                }
+            }
+        }
         Self {
             auth: api.auth,
             metrics_auth: api.metrics_require_auth,
-            trust_forwarded_for: api.trust_forwarded_for,
+            trusted_proxies: api.trusted_proxies.clone(),
+            forwarded_header: api.forwarded_header,
             keys,
+            admin,
+            admin_required: !api.admin_keys.is_empty(),
             per_key: RateLimiter::keyed(per_minute(api.rate_limit_per_minute)),
-            per_ip: RateLimiter::keyed(per_minute(api.rate_limit_per_ip_per_minute)),
-            overflow: RateLimiter::direct(per_minute(api.rate_limit_per_ip_per_minute.saturating_mul(100))),
-            ip_quota_per_minute: api.rate_limit_per_ip_per_minute,
+            per_ip: RateLimiter::new(
+                per_minute(api.rate_limit_per_ip_per_minute),
+                ClientTable::default(),
+                DefaultClock::default(),
+            ),
             last_sweep: std::sync::Mutex::new(Instant::now()),
         }
-    }
-
-    pub fn has_keys(&self) -> bool {
-        !self.keys.is_empty()
     }
 
     /// The index of the matching key. Every key is compared, in constant time each.
@@ -96,32 +117,37 @@ impl Guard {
         found
     }
 
-    /// Authenticates and applies the per-key limit.
-    pub fn authorize(&self, presented: Option<&str>) -> Result<(), Refusal> {
+    /// Authenticates, checks the admin mark if `admin` is asked, and applies the per-key
+    /// limit.
+    pub fn authorize(&self, presented: Option<&str>, admin: bool) -> Result<(), Refusal> {
         if !self.auth {
             return Ok(());
         }
         let i = presented.and_then(|k| self.key_index(k)).ok_or(Refusal::Unauthorized)?;
+        if admin && self.admin_required && !self.admin[i] {
+            return Err(Refusal::Forbidden);
+        }
         self.per_key.check_key(&i).map_err(|n| Refusal::Limited {
             limiter: "key",
             retry_after: n.wait_time_from(DefaultClock::default().now()),
         })
     }
 
+    /// The client's address: the peer, or behind `api.trusted_proxies` the first
+    /// untrusted forwarded hop (see [`super::forwarded`]).
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        if self.trusted_proxies.is_empty() {
+            return peer;
+        }
+        super::forwarded::client_ip(peer, headers, &self.trusted_proxies, self.forwarded_header)
+    }
+
     /// Applies the per-IP limit.
     pub fn admit_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
-        let key = limiter_key(ip);
-        let limited = |n: governor::NotUntil<_>| Refusal::Limited {
+        self.per_ip.check_key(&limiter_key(ip)).map_err(|n| Refusal::Limited {
             limiter: "ip",
             retry_after: n.wait_time_from(DefaultClock::default().now()),
-        };
-        if self.per_ip.len() >= MAX_TRACKED_IPS {
-            self.sweep(Duration::from_secs(1));
-            if self.per_ip.len() >= MAX_TRACKED_IPS {
-                return self.overflow.check().map_err(limited);
-            }
-        }
-        self.per_ip.check_key(&key).map_err(limited)
+        })
     }
 
     /// Forgets clients whose bucket is full again; at most once per `min_gap`.
@@ -141,10 +167,6 @@ impl Guard {
     pub fn tracked_ips(&self) -> usize {
         self.per_ip.len()
     }
-
-    pub fn ip_quota_per_minute(&self) -> u32 {
-        self.ip_quota_per_minute
-    }
 }
 
 #[cfg(test)]
@@ -152,25 +174,37 @@ mod tests {
     use super::*;
 
     fn api(per_ip: u32) -> ApiConfig {
-        ApiConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            auth: true,
-            api_keys: vec!["0123456789abcdef".into()],
-            rate_limit_per_minute: 10,
-            rate_limit_per_ip_per_minute: per_ip,
-            trust_forwarded_for: false,
-            metrics_require_auth: false,
-        }
+        let mut a = crate::config::Config::defaults().api;
+        a.api_keys = vec!["0123456789abcdef".into()];
+        a.rate_limit_per_minute = 10;
+        a.rate_limit_per_ip_per_minute = per_ip;
+        a
+    }
+
+    fn v4(i: u32) -> IpAddr {
+        IpAddr::from(i.to_be_bytes())
     }
 
     #[test]
-    fn a_flood_of_distinct_ips_does_not_grow_the_limiter_without_bound() {
-        let g = Guard::new(&api(1), None);
-        // Each IP spends its only token, so none is "recent-free" for a sweep to drop.
-        for i in 0..(MAX_TRACKED_IPS as u32 + 50_000) {
-            let _ = g.admit_ip(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()));
+    fn a_flood_of_distinct_ips_neither_grows_the_table_nor_locks_anyone_out() {
+        let g = Guard::new(&api(2), None);
+        // A known client: seen twice, so established; it has one request left this minute.
+        let known = v4(0xc633_6401);
+        assert!(g.admit_ip(known).is_ok() && g.admit_ip(known).is_ok());
+        // 1M one-shot addresses: IPv4 and IPv6 /64s. Each is admitted (its own bucket).
+        for i in 0..500_000u32 {
+            assert!(g.admit_ip(v4(0x0b00_0000 + i)).is_ok(), "flood address {i} refused");
+            let v6 = Ipv6Addr::new(0x2a00, 0x1450, (i >> 16) as u16, i as u16, 0, 0, 0, 1);
+            assert!(g.admit_ip(IpAddr::V6(v6)).is_ok(), "flood /64 {i} refused");
         }
-        assert!(g.tracked_ips() <= MAX_TRACKED_IPS, "{} tracked", g.tracked_ips());
+        assert!(g.tracked_ips() <= super::super::clients::MAX_TRACKED_IPS, "{} tracked", g.tracked_ips());
+        // The known client kept its own bucket through the flood: not reset (it is still
+        // limited after using its last token), and not locked out.
+        assert!(g.admit_ip(known).is_err(), "the flood reset a known client's bucket");
+        // A client arriving after the flood is admitted, and its second request too.
+        let late = v4(0xc633_6402);
+        assert!(g.admit_ip(late).is_ok() && g.admit_ip(late).is_ok());
+        assert!(g.admit_ip(late).is_err(), "a late client is limited by its own bucket only");
     }
 
     #[test]
@@ -186,11 +220,21 @@ mod tests {
     }
 
     #[test]
-    fn keys_from_config_and_environment() {
+    fn keys_from_config_and_environment_and_admin_keys() {
         let g = Guard::new(&api(100), Some(" env-key-0123456789 , ,"));
-        assert!(g.authorize(Some("0123456789abcdef")).is_ok());
-        assert!(g.authorize(Some("env-key-0123456789")).is_ok());
-        assert!(matches!(g.authorize(Some("nope")), Err(Refusal::Unauthorized)));
-        assert!(matches!(g.authorize(None), Err(Refusal::Unauthorized)));
+        assert!(g.authorize(Some("0123456789abcdef"), false).is_ok());
+        assert!(g.authorize(Some("env-key-0123456789"), false).is_ok());
+        assert!(g.authorize(Some("env-key-0123456789"), true).is_ok(), "no admin keys: every key may reload");
+        assert!(matches!(g.authorize(Some("nope"), false), Err(Refusal::Unauthorized)));
+        assert!(matches!(g.authorize(None, false), Err(Refusal::Unauthorized)));
+        let mut a = api(100);
+        a.admin_keys = vec!["admin-key-0123456789".into(), "0123456789abcdef".into()];
+        let g = Guard::new(&a, Some("env-key-0123456789"));
+        assert!(matches!(g.authorize(Some("env-key-0123456789"), true), Err(Refusal::Forbidden)));
+        assert!(g.authorize(Some("env-key-0123456789"), false).is_ok());
+        assert!(g.authorize(Some("admin-key-0123456789"), true).is_ok());
+        assert!(g.authorize(Some("admin-key-0123456789"), false).is_ok(), "an admin key is a key");
+        assert!(g.authorize(Some("0123456789abcdef"), true).is_ok(), "a config key marked admin");
+        assert!(matches!(g.authorize(Some("nope"), true), Err(Refusal::Unauthorized)));
     }
 }

@@ -2,6 +2,8 @@
 //! `POST /reload`. Handlers read the service's `ArcSwap`s and never wait on a round; they
 //! know nothing of sockets to proxies.
 
+mod clients;
+pub mod forwarded;
 mod guard;
 pub(crate) mod routes;
 
@@ -15,10 +17,11 @@ use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 
-pub use guard::{API_KEY_ENV, Guard, MAX_TRACKED_IPS, Refusal};
+pub use clients::{BYTES_PER_CLIENT, ESTABLISHED, MAX_TRACKED_IPS, PROBATION};
+pub use guard::{API_KEY_ENV, Guard, Refusal};
 
 use crate::service::Service;
 
@@ -46,6 +49,8 @@ pub enum ApiError {
         message: String,
     },
     Unauthorized,
+    /// A valid key that may not call this route (`api.admin_keys`).
+    Forbidden,
     RateLimited {
         limiter: &'static str,
         retry_after: Duration,
@@ -67,6 +72,10 @@ impl IntoResponse for ApiError {
             ApiError::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 serde_json::json!({"error": "unauthorized", "message": "missing or wrong API key: send it in the X-Api-Key header or the api_key query parameter"}),
+            ),
+            ApiError::Forbidden => (
+                StatusCode::FORBIDDEN,
+                serde_json::json!({"error": "forbidden", "message": "this key may not call this endpoint: it needs one of api.admin_keys"}),
             ),
             ApiError::RateLimited { limiter, retry_after } => (
                 StatusCode::TOO_MANY_REQUESTS,
@@ -96,6 +105,7 @@ impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
         match r {
             Refusal::Unauthorized => ApiError::Unauthorized,
+            Refusal::Forbidden => ApiError::Forbidden,
             Refusal::Limited { limiter, retry_after } => ApiError::RateLimited { limiter, retry_after },
         }
     }
@@ -104,17 +114,61 @@ impl From<Refusal> for ApiError {
 /// The OpenAPI document served at `/openapi.json` (kept in sync by `tests/deploy.rs`).
 pub const OPENAPI: &str = include_str!("openapi.json");
 
-/// Every route: method and path (the OpenAPI document must list exactly these).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/health"),
-    ("GET", "/ready"),
-    ("GET", "/metrics"),
-    ("GET", "/judge"),
-    ("GET", "/get-proxy"),
-    ("GET", "/stat"),
-    ("POST", "/reload"),
-    ("GET", "/openapi.json"),
+/// Who may call a route. Every route has one, in [`ROUTES`]: the router is built from
+/// that table, so a route cannot be added without choosing its level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Probes and the API document: no key, no limit.
+    Public,
+    /// The per-IP limit only.
+    Open,
+    /// `/metrics`: open, or keyed when `api.metrics_require_auth` is set.
+    Metrics,
+    /// The per-IP limit, a key, and the per-key limit.
+    Key,
+    /// As `Key`; when `api.admin_keys` is set, one of those keys.
+    Admin,
+}
+
+/// One route: method, path and access level.
+#[derive(Clone, Copy, Debug)]
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub access: Access,
+}
+
+const fn route(method: &'static str, path: &'static str, access: Access) -> Route {
+    Route { method, path, access }
+}
+
+/// Every route (the OpenAPI document must list exactly these).
+pub const ROUTES: &[Route] = &[
+    route("GET", "/health", Access::Public),
+    route("GET", "/ready", Access::Public),
+    route("GET", "/openapi.json", Access::Public),
+    route("GET", "/metrics", Access::Metrics),
+    route("GET", "/judge", Access::Open),
+    route("GET", "/get-proxy", Access::Key),
+    route("GET", "/stat", Access::Key),
+    route("POST", "/reload", Access::Admin),
 ];
+
+/// The handler of a route in [`ROUTES`]. A path missing here is a bug caught by the route
+/// test; a handler missing from `ROUTES` is never routed (closed, not open).
+fn handler(r: &Route) -> MethodRouter<Arc<AppState>> {
+    match (r.method, r.path) {
+        ("GET", "/health") => get(routes::health),
+        ("GET", "/ready") => get(routes::ready),
+        ("GET", "/openapi.json") => get(routes::openapi),
+        ("GET", "/metrics") => get(routes::metrics),
+        ("GET", "/judge") => get(routes::judge),
+        ("GET", "/get-proxy") => get(routes::get_proxy),
+        ("GET", "/stat") => get(routes::stat),
+        ("POST", "/reload") => post(routes::reload),
+        _ => unreachable!("route {} {} has no handler", r.method, r.path),
+    }
+}
 
 /// Query parameters `/get-proxy` accepts.
 pub const GET_PROXY_PARAMS: &[&str] = &["limit", "all", "format", "protocol", "max_latency_ms", "order", "api_key"];
@@ -126,17 +180,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The router with all middleware. Serve it with `into_make_service_with_connect_info`.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/health", get(routes::health))
-        .route("/ready", get(routes::ready))
-        .route("/metrics", get(routes::metrics))
-        .route("/judge", get(routes::judge))
-        .route("/get-proxy", get(routes::get_proxy))
-        .route("/stat", get(routes::stat))
-        .route("/reload", post(routes::reload))
-        .route("/openapi.json", get(routes::openapi))
-        .fallback(routes::not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), admit))
+    let mut app = Router::new();
+    for r in ROUTES {
+        let one = Router::new().route(r.path, handler(r));
+        app = app.merge(match r.access {
+            Access::Public => one,
+            level => one.route_layer(middleware::from_fn_with_state((state.clone(), level), admit)),
+        });
+    }
+    app.fallback(routes::not_found)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
@@ -164,22 +216,12 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
 }
 
 #[derive(Clone, Copy)]
-struct LimitedBy(&'static str);
+pub(crate) struct LimitedBy(pub(crate) &'static str);
 
-/// The client address: the peer, or the first `X-Forwarded-For` hop if trusted.
-fn client_ip(req: &Request, trust_forwarded_for: bool) -> IpAddr {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-    if trust_forwarded_for
-        && let Some(ip) = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse().ok())
-    {
-        return ip;
-    }
-    peer.unwrap_or(IpAddr::from([0, 0, 0, 0]))
+/// The client address: the peer, or behind trusted proxies the forwarded client.
+fn client_ip(req: &Request, guard: &Guard) -> IpAddr {
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
+    guard.client_ip(peer, req.headers())
 }
 
 fn presented_key(req: &Request) -> Option<String> {
@@ -190,25 +232,24 @@ fn presented_key(req: &Request) -> Option<String> {
     url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "api_key").map(|(_, v)| v.into_owned())
 }
 
-/// Per-IP limit for every route but the probes; key auth and the per-key limit for the
-/// protected ones.
-async fn admit(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let route = route_of(&req);
-    if route == "/health" || route == "/ready" || route == "/openapi.json" {
-        return next.run(req).await;
-    }
+/// The per-IP limit, and for keyed levels the key, its admin mark and the per-key limit.
+async fn admit(State((state, access)): State<(Arc<AppState>, Access)>, req: Request, next: Next) -> Response {
     let guard = state.guard.load();
-    let protected =
-        matches!(route.as_str(), "/get-proxy" | "/stat" | "/reload") || (route == "/metrics" && guard.metrics_auth);
-    let verdict = guard
-        .admit_ip(client_ip(&req, guard.trust_forwarded_for))
-        .and_then(|()| if protected { guard.authorize(presented_key(&req).as_deref()) } else { Ok(()) });
+    let keyed = match access {
+        Access::Public => return next.run(req).await,
+        Access::Open => false,
+        Access::Metrics => guard.metrics_auth,
+        Access::Key | Access::Admin => true,
+    };
+    let verdict = guard.admit_ip(client_ip(&req, &guard)).and_then(|()| {
+        if keyed { guard.authorize(presented_key(&req).as_deref(), access == Access::Admin) } else { Ok(()) }
+    });
     match verdict {
         Ok(()) => next.run(req).await,
         Err(r) => {
             let limiter = match &r {
                 Refusal::Limited { limiter, .. } => Some(*limiter),
-                Refusal::Unauthorized => None,
+                Refusal::Unauthorized | Refusal::Forbidden => None,
             };
             let mut resp = ApiError::from(r).into_response();
             if let Some(l) = limiter {

@@ -57,17 +57,52 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.service.metrics.render()).into_response()
 }
 
-/// The service as its own judge: echoes query, headers and client address.
-pub async fn judge(ConnectInfo(peer): ConnectInfo<SocketAddr>, RawQuery(q): RawQuery, headers: HeaderMap) -> Response {
+/// Longest query `/judge` echoes (a judge URL with a nonce is far shorter).
+const JUDGE_MAX_QUERY: usize = 2048;
+/// Headers `/judge` echoes at most, and bytes of each value.
+const JUDGE_MAX_HEADERS: usize = 48;
+const JUDGE_MAX_VALUE: usize = 512;
+
+/// The service as its own judge: echoes query, headers and client address — never the
+/// credentials and cookies the caller sent (`api.judge_hide_headers` adds to that list),
+/// and only so much of each. 404 when `api.judge_enabled` is off.
+pub async fn judge(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let cfg = state.service.config.load();
+    if !cfg.api.judge_enabled {
+        return not_found().await;
+    }
     let q = q.unwrap_or_default();
+    if q.len() > JUDGE_MAX_QUERY {
+        return ApiError::BadParam {
+            param: "query".into(),
+            message: format!("the judge echoes queries up to {JUDGE_MAX_QUERY} bytes ({} sent)", q.len()),
+        }
+        .into_response();
+    }
     let args: BTreeMap<String, String> = url::form_urlencoded::parse(q.as_bytes()).into_owned().collect();
-    let headers: BTreeMap<&str, String> = headers
-        .iter()
-        .filter(|(k, _)| *k != "x-api-key")
-        .map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
-        .collect();
-    Json(serde_json::json!({"args": args, "query": q, "headers": headers, "origin": peer.ip().to_string()}))
-        .into_response()
+    let hidden = &cfg.api.judge_hide_headers;
+    let mut echoed: BTreeMap<&str, String> = BTreeMap::new();
+    let mut truncated = false;
+    for (k, v) in headers.iter().filter(|(k, _)| !hidden.iter().any(|h| h == k.as_str())) {
+        if echoed.len() == JUDGE_MAX_HEADERS && !echoed.contains_key(k.as_str()) {
+            truncated = true;
+            continue;
+        }
+        let bytes = v.as_bytes();
+        truncated |= bytes.len() > JUDGE_MAX_VALUE;
+        let value = String::from_utf8_lossy(&bytes[..bytes.len().min(JUDGE_MAX_VALUE)]).into_owned();
+        // A repeated header is echoed once per name (its first value); the rest is dropped.
+        echoed.entry(k.as_str()).or_insert(value);
+    }
+    Json(serde_json::json!({
+        "args": args, "query": q, "headers": echoed, "origin": peer.ip().to_string(), "truncated": truncated,
+    }))
+    .into_response()
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -338,6 +373,11 @@ pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
     let (status, id) = match state.service.request_round() {
         ReloadOutcome::Started(id) => ("started", id),
         ReloadOutcome::AlreadyRunning(id) => ("running", id),
+        ReloadOutcome::TooSoon(retry_after) => {
+            let mut resp = ApiError::RateLimited { limiter: "reload", retry_after }.into_response();
+            resp.extensions_mut().insert(super::LimitedBy("reload"));
+            return resp;
+        }
     };
     (StatusCode::ACCEPTED, Json(serde_json::json!({"status": status, "round_id": id}))).into_response()
 }

@@ -200,21 +200,50 @@ struct Job {
     attempt: u8,
     /// Times this job was put back for a local failure (paces its next try).
     local: u8,
+    /// The judge of the forward test (or of every test when only one judge is used).
     judge: usize,
+    /// The judge of tunnel and SOCKS tests: an `https://` one when one is configured, so
+    /// that a proxy reading the nonce in a plain request cannot forge the tunnel capability.
+    tunnel_judge: usize,
     tests: [Option<(Test, State)>; 2],
 }
 
 impl Job {
-    fn new(cand: Candidate, mode: Mode, judge: usize, judge_https: bool) -> Self {
+    /// `forward_judge`: a plain `http://` judge for the forward test (`None`: only
+    /// `https://` judges, which cannot be fetched by forwarding, so tunnel only).
+    fn new(cand: Candidate, mode: Mode, forward_judge: Option<usize>, tunnel_judge: usize) -> Self {
         let tests = match (mode, cand.proxy.protocol) {
             (Mode::ConnectOnly, _) => [Some(Test::Connect), None],
             (Mode::FullHttp, Protocol::Socks4) => [Some(Test::Socks4), None],
             (Mode::FullHttp, Protocol::Socks5) => [Some(Test::Socks5), None],
-            // An `https://` judge cannot be fetched by forwarding: tunnel only.
-            (Mode::FullHttp, Protocol::Http | Protocol::Https) if judge_https => [Some(Test::Tunnel), None],
+            (Mode::FullHttp, Protocol::Http | Protocol::Https) if forward_judge.is_none() => [Some(Test::Tunnel), None],
             (Mode::FullHttp, Protocol::Http | Protocol::Https) => [Some(Test::Forward), Some(Test::Tunnel)],
         };
-        Self { cand, attempt: 0, local: 0, judge, tests: tests.map(|t| t.map(|t| (t, State::Pending))) }
+        Self {
+            cand,
+            attempt: 0,
+            local: 0,
+            judge: forward_judge.unwrap_or(tunnel_judge),
+            tunnel_judge,
+            tests: tests.map(|t| t.map(|t| (t, State::Pending))),
+        }
+    }
+
+    /// The judge that a failed job's verdict is held against: the one of the test whose
+    /// failure the verdict reports.
+    fn judge_of_failure(&self) -> usize {
+        let mut deepest: Option<(Reason, Test)> = None;
+        for (test, state) in self.tests.iter().flatten() {
+            if let State::Failed(r) = state
+                && deepest.is_none_or(|(cur, _)| depth(*r) > depth(cur))
+            {
+                deepest = Some((*r, *test));
+            }
+        }
+        match deepest {
+            Some((_, Test::Forward)) | None => self.judge,
+            Some(_) => self.tunnel_judge,
+        }
     }
 
     fn states(&self) -> impl Iterator<Item = State> + '_ {
@@ -275,7 +304,14 @@ fn depth(r: Reason) -> u8 {
 
 /// Runs the pending probes of a job, in order, on one socket at a time, all within one
 /// deadline: an attempt costs at most `timeout`, however many capabilities it tests.
-async fn run_job(ex: &Exchange, judge: Option<&Judge>, job: &mut Job, progress: &Progress, timeout: Duration) {
+async fn run_job(
+    ex: &Exchange,
+    judges: (Option<&Judge>, Option<&Judge>),
+    job: &mut Job,
+    progress: &Progress,
+    timeout: Duration,
+) {
+    let (forward_judge, tunnel_judge) = judges;
     let deadline = tokio::time::Instant::now() + timeout;
     let addr = job.cand.addr;
     let creds = job.cand.proxy.credentials.as_deref();
@@ -301,6 +337,7 @@ async fn run_job(ex: &Exchange, judge: Option<&Judge>, job: &mut Job, progress: 
             continue;
         }
         progress.probes.fetch_add(1, Ordering::Relaxed);
+        let judge = if *test == Test::Forward { forward_judge } else { tunnel_judge };
         let result = match (*test, judge) {
             (Test::Connect, _) => probe::connect_only(addr, ex, deadline).await,
             (Test::Forward, Some(j)) => ex.forward(addr, creds, j, deadline).await,
@@ -416,23 +453,29 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
         }
     }
 
-    fn pick_judge(&mut self) -> Option<usize> {
+    /// The next healthy judge, round robin, among those whose scheme is `https`.
+    fn pick_judge(&mut self, https: bool) -> Option<usize> {
         let n = self.judges.len();
         for _ in 0..n {
             let i = self.next_judge % n;
             self.next_judge = self.next_judge.wrapping_add(1);
-            if self.judges[i].healthy {
+            if self.judges[i].healthy && self.judges[i].judge.https == https {
                 return Some(i);
             }
         }
         None
     }
 
+    /// Forward tests use plain judges; tunnel and SOCKS tests use `https://` judges when a
+    /// healthy one exists (a proxy cannot read or forge what is inside the TLS session).
     fn new_job(&mut self, cand: Candidate) -> Job {
         let mode = self.engine.settings.mode;
-        let judge = if mode == Mode::FullHttp { self.pick_judge().unwrap_or(0) } else { 0 };
-        let https = self.judges.get(judge).is_some_and(|j| j.judge.https);
-        Job::new(cand, mode, judge, https)
+        if mode != Mode::FullHttp {
+            return Job::new(cand, mode, None, 0);
+        }
+        let plain = self.pick_judge(false);
+        let tunnel = self.pick_judge(true).or(plain).unwrap_or(0);
+        Job::new(cand, mode, plain, tunnel)
     }
 
     /// The next job to start: a requeued one, else a candidate the input has ready now.
@@ -533,12 +576,13 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
     fn spawn(&mut self, mut job: Job, slot: super::limit::Slot) {
         let ex = self.engine.exchange.clone();
         let judge = self.judges.get(job.judge).map(|j| j.judge.clone());
+        let tunnel_judge = self.judges.get(job.tunnel_judge).map(|j| j.judge.clone());
         let progress = self.progress.clone();
         let timeout = self.engine.settings.timeout;
         progress.in_flight.fetch_add(1, Ordering::Relaxed);
         self.tasks.spawn(async move {
             guarded(&mut job, &progress, async |job: &mut Job| {
-                run_job(&ex, judge.as_deref(), job, &progress, timeout).await;
+                run_job(&ex, (judge.as_deref(), tunnel_judge.as_deref()), job, &progress, timeout).await;
             })
             .await;
             drop(slot);
@@ -599,7 +643,9 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
 
         let verdict = job.verdict();
         match verdict.outcome {
-            Err(r) if r.may_be_judge() && job.judge < self.judges.len() => self.hold(job.judge, verdict),
+            Err(r) if r.may_be_judge() && job.judge_of_failure() < self.judges.len() => {
+                self.hold(job.judge_of_failure(), verdict)
+            }
             _ => {
                 self.progress.record(&verdict);
                 sink(verdict);
@@ -738,8 +784,8 @@ mod tests {
         });
         let cand = candidate();
         let progress = Progress::default();
-        let mut job = Job::new(cand, Mode::FullHttp, 0, false);
-        let task = run_job(&ex, None, &mut job, &progress, Duration::from_secs(1));
+        let mut job = Job::new(cand, Mode::FullHttp, Some(0), 0);
+        let task = run_job(&ex, (None, None), &mut job, &progress, Duration::from_secs(1));
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3072, "a check task's future is {size} bytes");
         assert!(std::mem::size_of::<Job>() <= 192);
@@ -751,7 +797,7 @@ mod tests {
     async fn a_panic_in_a_check_is_the_proxys_internal_error() {
         let cand = candidate();
         let progress = Progress::default();
-        let mut job = Job::new(cand.clone(), Mode::FullHttp, 0, false);
+        let mut job = Job::new(cand.clone(), Mode::FullHttp, Some(0), 0);
         guarded(&mut job, &progress, async |job: &mut Job| {
             job.tests[0].as_mut().unwrap().1 = State::Failed(Reason::ConnectRefused);
             panic!("a chunk size that overflowed");
@@ -762,7 +808,7 @@ mod tests {
         assert_eq!(progress.internal_errors.load(Ordering::Relaxed), 1);
 
         // A capability found before the panic is kept: the proxy is alive with it.
-        let mut job = Job::new(cand, Mode::FullHttp, 0, false);
+        let mut job = Job::new(cand, Mode::FullHttp, Some(0), 0);
         let ok = Success { latency: Duration::from_millis(30), connect: Duration::from_millis(1) };
         guarded(&mut job, &progress, async |job: &mut Job| {
             job.tests[0].as_mut().unwrap().1 = State::Ok(ok);
@@ -777,7 +823,7 @@ mod tests {
     #[test]
     fn the_deepest_failure_explains_a_dead_proxy() {
         let cand = candidate();
-        let mut job = Job::new(cand, Mode::FullHttp, 0, false);
+        let mut job = Job::new(cand, Mode::FullHttp, Some(0), 0);
         job.tests[0].as_mut().unwrap().1 = State::Failed(Reason::ContentMismatch);
         job.tests[1].as_mut().unwrap().1 = State::Failed(Reason::ProxyRejected);
         assert_eq!(job.verdict().outcome.unwrap_err(), Reason::ContentMismatch);

@@ -62,8 +62,53 @@ pub struct ApiConfig {
     pub api_keys: Vec<String>,
     pub rate_limit_per_minute: u32,
     pub rate_limit_per_ip_per_minute: u32,
-    pub trust_forwarded_for: bool,
+    /// Reverse proxies whose forwarding header is believed (`api.trusted_proxies`).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// The header they write (`api.forwarded_header`).
+    pub forwarded_header: ForwardedHeader,
     pub metrics_require_auth: bool,
+    /// Keys that may call `POST /reload` (empty: every key may).
+    pub admin_keys: Vec<String>,
+    /// Minimum time between two rounds started by `POST /reload`.
+    pub reload_min_interval: Duration,
+    /// Whether `/judge` answers.
+    pub judge_enabled: bool,
+    /// Request headers `/judge` never echoes, lower-case (the built-in list plus
+    /// `api.judge_hide_headers`).
+    pub judge_hide_headers: Vec<String>,
+}
+
+/// Headers `/judge` never echoes, whatever the config says.
+pub const JUDGE_ALWAYS_HIDDEN: &[&str] = &["authorization", "proxy-authorization", "cookie", "x-api-key"];
+
+/// Which header the trusted proxies write (only one can be trusted: a proxy that writes
+/// one passes the other through from the client untouched).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (nginx, HAProxy, most load balancers).
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client;proto=https, for="[2001:db8::1]:443"`.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        }
+    }
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(Self::XForwardedFor),
+            "forwarded" => Ok(Self::Forwarded),
+            _ => Err(format!("`{s}` is not a forwarding header (allowed: x-forwarded-for, forwarded)")),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,8 +152,9 @@ pub struct Config {
 /// The example config shipped at the repository root, embedded.
 pub const EXAMPLE: &str = include_str!("../../../../config.example.json");
 
-/// The built-in defaults (what `config.example.json` spells out).
-pub const DEFAULT_JUDGE: &str = "http://httpbin.org/get";
+/// The built-in judges (what `config.example.json` spells out): a plain one for the
+/// forward test and an `https://` one for tunnels, which a proxy cannot forge.
+pub const DEFAULT_JUDGES: &[&str] = &["http://httpbin.org/get", "https://httpbin.org/get"];
 
 impl Config {
     /// Parses and validates a JSON document; `path` is only used in messages.
@@ -129,6 +175,24 @@ impl Config {
     /// The built-in defaults of every key: no sources, file storage.
     pub fn defaults() -> Self {
         validate(raw::RawConfig::default()).expect("the defaults are valid")
+    }
+}
+
+impl Config {
+    /// Settings that work but weaken what a check proves; logged at start and by
+    /// `config check`.
+    pub fn warnings(&self) -> Vec<String> {
+        let s = &self.checker.settings;
+        let mut out = Vec::new();
+        if s.mode == Mode::FullHttp && !s.judges.is_empty() && s.judges.iter().all(|j| j.scheme() == "http") {
+            out.push(
+                "checker.judge_url: every judge is plain http://, so a proxy that reads the nonce in the request can \
+                 forge the judge's answer without forwarding anything; add an https:// judge beside it: tunnel and \
+                 SOCKS checks then use that one, and their capability cannot be forged"
+                    .to_string(),
+            );
+        }
+        out
     }
 }
 

@@ -33,6 +33,9 @@ pub enum RawSource {
 #[serde(deny_unknown_fields)]
 pub struct RawSourceObject {
     pub url: String,
+    /// Shown instead of the URL in `/stat`, logs, metrics and the `source` field.
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default)]
     pub protocol: Option<String>,
 }
@@ -84,8 +87,15 @@ pub struct RawApi {
     pub api_keys: Option<Vec<String>>,
     pub rate_limit_per_minute: Option<u32>,
     pub rate_limit_per_ip_per_minute: Option<u32>,
-    pub trust_forwarded_for: Option<bool>,
+    /// Replaced by `trusted_proxies`; kept only to say so.
+    pub trust_forwarded_for: Option<serde_json::Value>,
+    pub trusted_proxies: Option<Vec<String>>,
+    pub forwarded_header: Option<String>,
     pub metrics_require_auth: Option<bool>,
+    pub admin_keys: Option<Vec<String>>,
+    pub reload_min_interval_secs: Option<u64>,
+    pub judge_enabled: Option<bool>,
+    pub judge_hide_headers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

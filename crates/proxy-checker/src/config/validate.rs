@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::raw::{OneOrMany, RawConfig, RawSource};
-use super::{ApiConfig, CheckerConfig, Config, DEFAULT_JUDGE, LogConfig, LogFormat, StorageConfig, StorageKind};
+use super::{
+    ApiConfig, CheckerConfig, Config, DEFAULT_JUDGES, ForwardedHeader, JUDGE_ALWAYS_HIDDEN, LogConfig, LogFormat,
+    StorageConfig, StorageKind,
+};
 use crate::check::{CheckSettings, Mode, Validation};
 use crate::proxy::Protocol;
 use crate::source::{FetchSettings, Location, SourceSpec};
@@ -66,16 +69,28 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     let mut sources = Vec::new();
     for (i, s) in raw.sources.iter().enumerate() {
         let field = format!("sources[{i}]");
-        let (loc, proto) = match s {
-            RawSource::Plain(s) => (s.as_str(), None),
-            RawSource::Full(o) => (o.url.as_str(), o.protocol.as_deref()),
+        let (loc, proto, name) = match s {
+            RawSource::Plain(s) => (s.as_str(), None, None),
+            RawSource::Full(o) => (o.url.as_str(), o.protocol.as_deref(), o.name.as_deref()),
+        };
+        let name = match name {
+            None => None,
+            Some(n) if n.trim().is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control) => {
+                return Err(bad(format!("{field}.name"), "must be 1 to 64 characters without control characters"));
+            }
+            Some(n) => {
+                if let Some(j) = sources.iter().position(|s: &SourceSpec| s.name.as_deref() == Some(n)) {
+                    return Err(bad(format!("{field}.name"), format!("`{n}` is already the name of sources[{j}]")));
+                }
+                Some(n.to_string())
+            }
         };
         let location = Location::parse(loc).map_err(|m| bad(&field, m))?;
         let protocol = match proto {
             Some(p) => Some(p.parse::<Protocol>().map_err(|e| bad(format!("{field}.protocol"), e.to_string()))?),
             None => None,
         };
-        sources.push(SourceSpec { location, protocol });
+        sources.push(SourceSpec { location, protocol, name });
     }
 
     let a = &raw.aggregation;
@@ -102,7 +117,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
             .ok_or_else(|| bad("checker.mode", format!("`{m}` is not a mode (allowed: connect-only, full-http)")))?,
     };
     let judge_strings = match &c.judge_url {
-        None => vec![DEFAULT_JUDGE.to_string()],
+        None => DEFAULT_JUDGES.iter().map(|j| j.to_string()).collect(),
         Some(OneOrMany::One(s)) => vec![s.clone()],
         Some(OneOrMany::Many(v)) => v.clone(),
     };
@@ -175,6 +190,36 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     for (i, k) in api_keys.iter().enumerate() {
         check_api_key(k).map_err(|why| bad(format!("api.api_keys[{i}]"), why))?;
     }
+    let admin_keys = api.admin_keys.clone().unwrap_or_default();
+    for (i, k) in admin_keys.iter().enumerate() {
+        check_api_key(k).map_err(|why| bad(format!("api.admin_keys[{i}]"), why))?;
+    }
+    if api.trust_forwarded_for.is_some() {
+        return Err(bad(
+            "api.trust_forwarded_for",
+            "was replaced by `api.trusted_proxies`: list your reverse proxies' addresses or CIDRs \
+             (for example [\"127.0.0.1\", \"10.0.0.0/8\"]); forwarding headers from anyone else are ignored",
+        ));
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, s) in api.trusted_proxies.iter().flatten().enumerate() {
+        let net = s
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| bad(format!("api.trusted_proxies[{i}]"), format!("`{s}` is not an address or a CIDR")))?;
+        trusted_proxies.push(net.trunc());
+    }
+    let forwarded_header = match &api.forwarded_header {
+        None => ForwardedHeader::XForwardedFor,
+        Some(h) => h.parse().map_err(|e| bad("api.forwarded_header", e))?,
+    };
+    let mut judge_hide_headers: Vec<String> = JUDGE_ALWAYS_HIDDEN.iter().map(|h| h.to_string()).collect();
+    for (i, h) in api.judge_hide_headers.iter().flatten().enumerate() {
+        if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(bad(format!("api.judge_hide_headers[{i}]"), format!("`{h}` is not a header name")));
+        }
+        judge_hide_headers.push(h.to_ascii_lowercase());
+    }
     let api = ApiConfig {
         listen,
         auth: api.enable_api_key_auth.unwrap_or(true),
@@ -187,8 +232,19 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
             1,
             10_000_000,
         )?,
-        trust_forwarded_for: api.trust_forwarded_for.unwrap_or(false),
+        trusted_proxies,
+        forwarded_header,
         metrics_require_auth: api.metrics_require_auth.unwrap_or(false),
+        admin_keys,
+        reload_min_interval: Duration::from_secs(ranged(
+            "api.reload_min_interval_secs",
+            api.reload_min_interval_secs,
+            30,
+            0,
+            86_400,
+        )?),
+        judge_enabled: api.judge_enabled.unwrap_or(true),
+        judge_hide_headers,
     };
 
     let st = &raw.storage;
@@ -290,6 +346,21 @@ mod tests {
         assert_eq!(d.checker.settings.mode, crate::check::Mode::FullHttp);
         assert_eq!(d.checker.settings.validation, crate::check::Validation::Nonce);
         assert!(matches!(Config::load("/nonexistent/x.json".as_ref()), Err(ConfigError::Read { .. })));
+    }
+}
+
+#[cfg(test)]
+mod keys {
+    use super::{check_api_key, parse_key_list};
+
+    /// Whatever `env.example` ships as `PROXY_API_KEY` can never become a key.
+    #[test]
+    fn the_env_example_placeholder_is_refused() {
+        let env = include_str!("../../../../env.example");
+        let value = env.lines().find_map(|l| l.strip_prefix("PROXY_API_KEY=")).expect("env.example sets PROXY_API_KEY");
+        assert!(check_api_key(value).unwrap_err().contains("placeholder"), "{value}");
+        assert!(parse_key_list(&format!("0123456789abcdef0,{value}")).unwrap_err().starts_with("key 2:"));
+        assert!(parse_key_list("short").unwrap_err().contains("at least 16"));
     }
 }
 

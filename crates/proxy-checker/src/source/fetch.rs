@@ -90,7 +90,13 @@ struct BlockedTarget(String);
 struct TooManyRedirects;
 
 fn blocked_message(what: &str, ip: IpAddr) -> String {
-    format!("{what} is {ip}, a private or unroutable address (set aggregation.allow_private_sources to fetch it)")
+    match guard::classify(ip) {
+        Some((guard::Blocked::Private, why)) => {
+            format!("{what} is {ip}, a private address ({why}; set aggregation.allow_private_sources to fetch it)")
+        }
+        Some((_, why)) => format!("{what} is {ip}, which is never fetched ({why})"),
+        None => format!("{what} is {ip}"),
+    }
 }
 
 /// The guard's verdict on a URL whose host is an IP literal (hostnames go through
@@ -232,12 +238,16 @@ mod tests {
     #[test]
     fn ip_literals_are_guarded() {
         let url = |s: &str| url::Url::parse(s).unwrap();
-        for private in ["http://127.0.0.1/x", "http://10.1.2.3/", "http://[::1]:8080/", "http://169.254.169.254/latest"]
-        {
+        for private in ["http://127.0.0.1/x", "http://10.1.2.3/", "http://[::1]:8080/", "http://[::ffff:10.0.0.1]/"] {
             assert!(literal_blocked(&url(private), false).is_some(), "{private}");
             assert!(literal_blocked(&url(private), true).is_none(), "{private}");
         }
-        assert!(literal_blocked(&url("http://0.0.0.0/"), true).is_some(), "unroutable even when allowed");
+        for never in
+            ["http://0.0.0.0/", "http://169.254.169.254/latest", "http://[fd00:ec2::254]/", "http://192.0.2.1/"]
+        {
+            let e = literal_blocked(&url(never), true).unwrap_or_else(|| panic!("{never}: refused even when allowed"));
+            assert!(e.0.contains("never fetched"), "{never}: {}", e.0);
+        }
         assert!(literal_blocked(&url("http://1.1.1.1/"), false).is_none());
         assert!(literal_blocked(&url("http://example.com/"), false).is_none(), "names go through the resolver");
     }

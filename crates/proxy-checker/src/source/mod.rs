@@ -32,7 +32,7 @@ pub enum Location {
 }
 
 impl fmt::Display for Location {
-    /// URLs are shown without their password, which may be a token.
+    /// URLs are shown without their user part and query values, which may be tokens.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Location::Url(u) => f.write_str(&redacted(u)),
@@ -41,14 +41,56 @@ impl fmt::Display for Location {
     }
 }
 
-/// A URL as it may be shown in logs and `/stat`: any password replaced.
+/// A URL as it may be shown in logs, metrics, `/stat` and errors: the user part
+/// (`https://TOKEN@host/`, `user:password@`) and every query value (`?key=…`, `?token=…`)
+/// replaced by `redacted`, the fragment dropped. Scheme, host, port, path and the query's
+/// parameter names stay, so the source can still be recognised. Give the source a `name`
+/// to tell apart URLs that differ only in redacted parts.
 pub fn redacted(u: &url::Url) -> String {
-    if u.password().is_none() {
-        return u.to_string();
-    }
     let mut u = u.clone();
-    let _ = u.set_password(Some("redacted"));
+    if !u.username().is_empty() {
+        let _ = u.set_username("redacted");
+    }
+    if u.password().is_some() {
+        let _ = u.set_password(Some("redacted"));
+    }
+    if let Some(q) = u.query().filter(|q| !q.is_empty()) {
+        let shown: Vec<String> = q
+            .split('&')
+            .filter(|part| !part.is_empty())
+            .map(|part| match part.split_once('=') {
+                Some((name, _)) => format!("{name}=redacted"),
+                None => "redacted".to_string(),
+            })
+            .collect();
+        u.set_query(Some(&shown.join("&")));
+    }
+    u.set_fragment(None);
     u.to_string()
+}
+
+/// A string that should have been a URL but did not parse, as it may be shown: anything
+/// between `://` and the last `@` of the authority, and everything from `?` or `#` on, is
+/// replaced (a malformed URL may still carry a password or a token).
+pub fn redacted_str(s: &str) -> String {
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, s),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = match authority.rfind('@') {
+        Some(at) => format!("redacted@{}", authority.get(at.saturating_add(1)..).unwrap_or("")),
+        None => authority.to_string(),
+    };
+    let path = match tail.find(['?', '#']) {
+        Some(q) => format!("{}?redacted", tail.get(..q).unwrap_or("")),
+        None => tail.to_string(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}{path}"),
+        None => format!("{host}{path}"),
+    }
 }
 
 impl Location {
@@ -57,9 +99,9 @@ impl Location {
     pub fn parse(s: &str) -> Result<Self, String> {
         let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
-            let url = url::Url::parse(s).map_err(|e| format!("invalid URL `{s}`: {e}"))?;
+            let url = url::Url::parse(s).map_err(|e| format!("invalid URL `{}`: {e}", redacted_str(s)))?;
             if url.host_str().is_none() {
-                return Err(format!("URL `{s}` has no host"));
+                return Err(format!("URL `{}` has no host", redacted_str(s)));
             }
             return Ok(Location::Url(url));
         }
@@ -82,6 +124,20 @@ pub struct SourceSpec {
     pub location: Location,
     /// Protocol for lines without a scheme (default `http`).
     pub protocol: Option<Protocol>,
+    /// What users see for this source (`/stat`, logs, metrics, the `source` field): the
+    /// configured `name`, else the redacted location.
+    pub name: Option<String>,
+}
+
+impl SourceSpec {
+    pub fn new(location: Location, protocol: Option<Protocol>) -> Self {
+        Self { location, protocol, name: None }
+    }
+
+    /// The name users see: the configured one, else the location with secrets redacted.
+    pub fn shown(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.location.to_string())
+    }
 }
 
 /// Why a source produced nothing.
@@ -184,7 +240,7 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
 /// What one source contributed in one round.
 #[derive(Clone, Debug, Default)]
 pub struct SourceStats {
-    /// The location as shown to users (password redacted).
+    /// The source as shown to users: its configured name, else its redacted location.
     pub name: String,
     pub fetched_at: Option<SystemTime>,
     /// From the first request to the parsed list, retries and backoff included.
@@ -259,7 +315,7 @@ pub async fn collect(
     allow_private: bool,
 ) -> (Vec<(Proxy, u32)>, SourceStats) {
     let started = Instant::now();
-    let name = spec.location.to_string();
+    let name = spec.shown();
     let mut st = SourceStats { name: name.clone(), fetched_at: Some(SystemTime::now()), ..Default::default() };
     let (body, attempts) = fetch::fetch(client, &spec.location, settings).await;
     st.attempts = attempts;

@@ -30,6 +30,8 @@ pub enum RejectReason {
     Unroutable,
     /// Loopback, private, CGNAT or link-local, and `allow_private` is off.
     Private,
+    /// A cloud metadata or host endpoint (refused even with `allow_private`).
+    Metadata,
     /// Seen before (same protocol family, host, port and credentials), in any source.
     Duplicate,
     /// A hostname that did not resolve (within its deadline).
@@ -39,12 +41,13 @@ pub enum RejectReason {
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         Self::Syntax,
         Self::InvalidPort,
         Self::UnknownScheme,
         Self::Unroutable,
         Self::Private,
+        Self::Metadata,
         Self::Duplicate,
         Self::Unresolvable,
         Self::ResolveBudget,
@@ -57,6 +60,7 @@ impl RejectReason {
             Self::UnknownScheme => "unknown_scheme",
             Self::Unroutable => "unroutable",
             Self::Private => "private",
+            Self::Metadata => "metadata",
             Self::Duplicate => "duplicate",
             Self::Unresolvable => "unresolvable",
             Self::ResolveBudget => "resolve_budget",
@@ -69,6 +73,7 @@ impl From<Blocked> for RejectReason {
         match b {
             Blocked::Unroutable => Self::Unroutable,
             Blocked::Private => Self::Private,
+            Blocked::Metadata => Self::Metadata,
         }
     }
 }
@@ -692,7 +697,7 @@ mod tests {
         ok("user:pa%40ss@1.2.3.4:3128", "http://1.2.3.4:3128 user:pa@ss");
         ok("1.2.3.4:3128:user:pass", "http://1.2.3.4:3128 user:pass");
         ok("https://1.2.3.4:3128:user:pass", "https://1.2.3.4:3128 user:pass");
-        ok("[2001:db8::1]:8080", "http://[2001:db8::1]:8080");
+        ok("[2a00:1450::1]:8080", "http://[2a00:1450::1]:8080");
         ok("socks5://[2606:4700::1111]:1080", "socks5://[2606:4700::1111]:1080");
         ok("1.2.3.4:80 US 120ms", "http://1.2.3.4:80");
         ok("1.2.3.4:80\tanonymous", "http://1.2.3.4:80");
@@ -711,14 +716,16 @@ mod tests {
         bad("1.2.3.4:http", RejectReason::InvalidPort);
         bad("1.2.3.999:80", RejectReason::Syntax);
         bad("ftp://1.2.3.4:21", RejectReason::UnknownScheme);
-        bad("2001:db8::1:8080", RejectReason::Syntax);
+        bad("2a00:1450::1:8080", RejectReason::Syntax);
         bad("0.0.0.0:80", RejectReason::Unroutable);
         bad("224.0.0.1:80", RejectReason::Unroutable);
         bad("255.255.255.255:80", RejectReason::Unroutable);
         bad("127.0.0.1:80", RejectReason::Private);
         bad("10.1.2.3:80", RejectReason::Private);
         bad("100.64.1.1:80", RejectReason::Private);
-        bad("169.254.169.254:80", RejectReason::Private);
+        bad("169.254.169.254:80", RejectReason::Metadata);
+        bad("169.254.1.1:80", RejectReason::Private);
+        bad("192.0.2.1:80", RejectReason::Unroutable);
         bad("[::1]:80", RejectReason::Private);
         bad(":@1.2.3.4:80", RejectReason::Syntax);
         let relaxed = ParseOptions { allow_private: true, ..OPTS };
@@ -747,7 +754,7 @@ mod tests {
 
     #[test]
     fn v6_list_is_not_json() {
-        let (got, _, format) = doc("[2001:db8::1]:8080\n[2001:db8::2]:8081\n", Protocol::Http);
+        let (got, _, format) = doc("[2a00:1450::1]:8080\n[2a00:1450::2]:8081\n", Protocol::Http);
         assert_eq!(format, Format::Lines);
         assert_eq!(got.len(), 2);
     }

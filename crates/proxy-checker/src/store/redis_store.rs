@@ -53,9 +53,10 @@ impl RedisStore {
     }
 }
 
-/// `redis://user:secret@host` → `redis://user:redacted@host`.
-fn redact(url: &str) -> String {
-    url::Url::parse(url).map_or_else(|_| url.to_string(), |u| crate::source::redacted(&u))
+/// `redis://user:secret@host` → `redis://redacted:redacted@host`; a URL that does not
+/// parse is redacted as text (it may still hold the password).
+pub fn redact(url: &str) -> String {
+    url::Url::parse(url).map_or_else(|_| crate::source::redacted_str(url), |u| crate::source::redacted(&u))
 }
 
 impl Store for RedisStore {

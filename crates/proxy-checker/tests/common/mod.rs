@@ -30,7 +30,8 @@ pub fn config(farm: &Farm, sources: Vec<String>, dir: &Path) -> Value {
         "aggregation": {"interval_secs": 3600, "source_timeout_ms": 10000, "source_retries": 0, "allow_private_sources": true},
         "checker": {"judge_url": farm.judge_url(), "allow_private": true, "timeout_ms": 1500, "connect_timeout_ms": 500,
                     "retries": 0, "concurrency_total": 200},
-        "api": {"listen": "127.0.0.1:0", "api_keys": [KEY], "rate_limit_per_minute": 100000, "rate_limit_per_ip_per_minute": 100000},
+        "api": {"listen": "127.0.0.1:0", "api_keys": [KEY], "rate_limit_per_minute": 100000, "rate_limit_per_ip_per_minute": 100000,
+                "reload_min_interval_secs": 0},
         "storage": {"type": "file", "path": dir.join("snap.json")},
         "log": {"level": "warn"}
     })

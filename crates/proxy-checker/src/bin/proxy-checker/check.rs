@@ -47,7 +47,7 @@ fn overlay(args: &CheckArgs, raw: &mut raw::RawConfig) -> Result<(), CheckError>
         if url.is_empty() {
             return Err(CheckError::SourceFlag(s.clone(), "empty location".into()));
         }
-        raw.sources.push(raw::RawSource::Full(raw::RawSourceObject { url, protocol }));
+        raw.sources.push(raw::RawSource::Full(raw::RawSourceObject { url, protocol, name: None }));
     }
     if args.allow_private {
         raw.aggregation.allow_private_sources = Some(true);
@@ -85,6 +85,9 @@ pub async fn run(args: CheckArgs) -> Result<(), CheckError> {
     };
     overlay(&args, &mut raw)?;
     let mut cfg = config::from_raw(raw, &origin)?;
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
     if cfg.sources.is_empty() {
         return Err(RoundError::NoUsableSource {
             why: "no sources given (use --source or a config with `sources`)".into(),

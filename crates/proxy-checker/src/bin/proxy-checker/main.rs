@@ -109,6 +109,9 @@ fn main() -> ExitCode {
         Command::CheckConfig { file } => match proxy_checker::config::Config::load(&file) {
             Ok(c) => {
                 println!("{}: ok ({} sources; {})", file.display(), c.sources.len(), c.checker.summary());
+                for w in c.warnings() {
+                    println!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {
