@@ -4,43 +4,24 @@
 // A counting allocator is the one way to measure this; it only forwards to `System`.
 #![allow(unsafe_code)]
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
 use proxy_checker::proxy::Protocol;
 use proxy_checker::source::parse::{Format, ParseOptions, parse_document};
 
-struct Counting;
-
-static NOW: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let now = NOW.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-        PEAK.fetch_max(now, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        NOW.fetch_sub(layout.size(), Ordering::Relaxed);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 
 #[global_allocator]
-static ALLOC: Counting = Counting;
+static ALLOC: counting_alloc::Counting = counting_alloc::Counting;
 
 /// Parses `doc`; returns (peak heap above the start, heap still held by the result).
 fn measure(doc: &[u8]) -> (usize, usize, usize) {
     let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: 10_000_000 };
-    let before = NOW.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
+    let before = counting_alloc::reset_peak();
     let mut rejects = 0usize;
     let (parsed, format) = parse_document(doc, opts, &mut |_| rejects += 1);
     assert_eq!(format, Format::Json);
-    let peak = PEAK.load(Ordering::Relaxed) - before;
-    let kept = NOW.load(Ordering::Relaxed) - before;
+    let peak = counting_alloc::peak() - before;
+    let kept = counting_alloc::now() - before;
     let n = parsed.proxies.len();
     drop(parsed);
     (peak, kept, n)
