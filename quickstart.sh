@@ -16,7 +16,7 @@ listen="" storage="" mode="" judge="" concurrency=""
 ask listen "API listen address" "127.0.0.1:8080"
 ask storage "Storage (file, sqlite, redis)" "file"
 ask mode "Check mode (full-http, connect-only)" "full-http"
-ask judge "Judge URL" "http://httpbin.org/get"
+ask judge "Judge URLs, space-separated (keep an https:// one: tunnels are checked on it)" "http://httpbin.org/get https://httpbin.org/get"
 ask concurrency "Checks in flight" "10000"
 case "$storage" in
   file) store='{"type": "file", "path": "data/proxies.json"}' ;;
@@ -24,7 +24,11 @@ case "$storage" in
   redis) store='{"type": "redis", "redis_url": "redis://127.0.0.1:6379"}' ;;
   *) echo "storage must be file, sqlite or redis" >&2; exit 2 ;;
 esac
-key=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+judges=""
+for j in $judge; do judges="$judges${judges:+, }\"$j\""; done
+# 256 bits each, from the kernel's CSPRNG.
+key=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+grafana=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 mkdir -p "$dir"
 umask 077
 cat > "$dir/config.json" <<JSON
@@ -33,7 +37,7 @@ cat > "$dir/config.json" <<JSON
     "https://raw.githubusercontent.com/TheSpeedX/PROXY-List/master/http.txt",
     {"url": "https://raw.githubusercontent.com/TheSpeedX/PROXY-List/master/socks5.txt", "protocol": "socks5"}
   ],
-  "checker": {"mode": "$mode", "judge_url": "$judge", "concurrency_total": $concurrency},
+  "checker": {"mode": "$mode", "judge_url": [$judges], "concurrency_total": $concurrency},
   "api": {"listen": "$listen"},
   "storage": $store,
   "log": {"level": "info", "format": "json"}
@@ -41,6 +45,8 @@ cat > "$dir/config.json" <<JSON
 JSON
 cat > "$dir/.env" <<ENV
 PROXY_API_KEY=$key
+# Grafana's admin password (docker compose --profile monitoring).
+GRAFANA_ADMIN_PASSWORD=$grafana
 ENV
 echo "wrote $dir/config.json and $dir/.env (API key inside, mode 0600)"
 echo "start:  set -a; . $dir/.env; set +a; proxy-checker serve --config $dir/config.json"

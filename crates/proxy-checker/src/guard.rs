@@ -34,6 +34,8 @@ const METADATA: &[(IpAddr, &str)] = &[
         IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
         "instance metadata (AWS, GCP, Azure, OCI, DigitalOcean, OpenStack)",
     ),
+    (IpAddr::V4(Ipv4Addr::new(169, 254, 169, 253)), "AWS VPC DNS resolver (host service)"),
+    (IpAddr::V4(Ipv4Addr::new(169, 254, 169, 123)), "AWS time sync (host service)"),
     (IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)), "AWS ECS task metadata"),
     (IpAddr::V4(Ipv4Addr::new(169, 254, 170, 23)), "AWS EKS pod identity"),
     (IpAddr::V4(Ipv4Addr::new(169, 254, 0, 23)), "Tencent Cloud metadata"),
@@ -42,6 +44,8 @@ const METADATA: &[(IpAddr, &str)] = &[
     (IpAddr::V4(Ipv4Addr::new(192, 0, 0, 192)), "Oracle Cloud legacy metadata"),
     (IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)), "AWS instance metadata (IPv6)"),
     (IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)), "AWS EKS pod identity (IPv6)"),
+    (IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x253)), "AWS VPC DNS resolver (IPv6, host service)"),
+    (IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x123)), "AWS time sync (IPv6, host service)"),
     (IpAddr::V6(Ipv6Addr::new(0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254)), "GCP instance metadata (IPv6)"),
 ];
 
@@ -207,6 +211,9 @@ mod tests {
             // Metadata, always.
             ("169.254.169.254", Some(Metadata), "instance metadata"),
             ("169.254.170.2", Some(Metadata), "ECS"),
+            ("169.254.169.253", Some(Metadata), "DNS"),
+            ("169.254.169.123", Some(Metadata), "time sync"),
+            ("fd00:ec2::253", Some(Metadata), "DNS"),
             ("169.254.170.23", Some(Metadata), "EKS"),
             ("169.254.0.23", Some(Metadata), "Tencent"),
             ("100.100.100.200", Some(Metadata), "Alibaba"),

@@ -20,6 +20,7 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod proxy;
+pub mod redact;
 pub mod report;
 pub mod round;
 pub mod server;

@@ -70,6 +70,17 @@ impl std::fmt::Display for Fault {
     }
 }
 
+impl Fault {
+    /// What the unauthenticated probes (`/health`, `/ready`) say: the kind of fault, with
+    /// no error text (that may name sources or hosts; `/stat` and the logs have it).
+    pub fn summary(&self) -> String {
+        match self {
+            Fault::SchedulerStopped(_) => "the round scheduler stopped (see the logs or /stat)".to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A round that failed, as `/stat.last_failed_round` shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FailedRound {

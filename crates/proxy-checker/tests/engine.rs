@@ -317,3 +317,18 @@ async fn with_an_https_judge_beside_a_plain_one_the_tunnel_cannot_be_forged() {
         }
     }
 }
+
+/// With an `https://` judge configured, tunnels are never checked on a plain one: when no
+/// `https://` judge answers, the run fails (no proxy is marked, and nothing can be forged)
+/// instead of quietly falling back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_never_fall_back_to_a_plain_judge() {
+    let farm = Farm::start(FarmSpec { groups: vec![Group::new(4, Protocol::Socks5, Behavior::Mitm)] }).await.unwrap();
+    // The https judge's CA is not given: it fails its probe; the plain judge answers.
+    let judges = vec![farm.judge_url(), farm.judge_tls_url()];
+    let err = run(settings(Mode::FullHttp, judges, None), candidates(&farm)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, RunError::JudgeDown(_)), "{text}");
+    assert!(text.contains("https:// judges") && text.contains("forged"), "{text}");
+    assert_eq!(farm.connections(), 0, "no proxy was dialed");
+}

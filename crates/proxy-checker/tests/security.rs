@@ -141,7 +141,7 @@ async fn the_judge_hides_credentials_caps_its_echo_and_can_be_off() {
     ];
     let mut headers: Vec<(&str, &str)> = secrets.to_vec();
     headers.extend([("Via", "1.1 proxy"), ("X-Forwarded-For", "198.51.100.9")]);
-    let (status, body) = send(&h, "GET", "/judge?pc_nonce=abc123", None, &headers).await;
+    let (status, body) = send(&h, "GET", "/judge?pc_nonce=abc123&api_key=s3cret-query-key", None, &headers).await;
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("s3cret"), "the judge echoed a secret: {body}");
     let v: Value = serde_json::from_str(&body).unwrap();

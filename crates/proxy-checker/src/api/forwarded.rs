@@ -29,19 +29,17 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet], header: F
     let mut client = peer;
     let mut walked = 0;
     for value in headers.get_all(header.name()).iter().rev() {
-        let Ok(v) = value.to_str() else {
-            // Not visible ASCII: nothing from here leftwards can be believed.
-            return client;
-        };
-        for hop in v.rsplit(',') {
+        // Split on the raw bytes: a hop that is not UTF-8 is one garbage hop, and it does
+        // not taint the hops a proxy appended to the right of it on the same line.
+        for hop in value.as_bytes().rsplit(|b| *b == b',') {
             if walked == MAX_HOPS {
                 return client;
             }
             walked += 1;
-            let addr = match header {
+            let addr = std::str::from_utf8(hop).ok().and_then(|hop| match header {
                 ForwardedHeader::XForwardedFor => parse_addr(hop.trim()),
                 ForwardedHeader::Forwarded => forwarded_for(hop),
-            };
+            });
             match addr {
                 Some(ip) if is_trusted(&ip) => client = ip,
                 Some(ip) => return ip,
@@ -154,10 +152,13 @@ mod tests {
         // Garbage left of the client does not matter.
         let h = headers("x-forwarded-for", &["garbage, 203.0.113.9"]);
         assert_eq!(client_ip(ip(LB), &h, &trusted, xff), ip("203.0.113.9"));
-        // Non-ASCII bytes in the header: the peer.
+        // Non-ASCII bytes where the client should be: the peer; left of it: ignored (the
+        // client wrote them, the proxy appended the real address on the same line).
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", HeaderValue::from_bytes(b"8.8.8.8, \xff").unwrap());
         assert_eq!(client_ip(ip(LB), &h, &trusted, xff), ip(LB));
+        h.insert("x-forwarded-for", HeaderValue::from_bytes(b"\x80\xff, 203.0.113.9").unwrap());
+        assert_eq!(client_ip(ip(LB), &h, &trusted, xff), ip("203.0.113.9"));
         // Every hop trusted (an internal client): the leftmost.
         let h = headers("x-forwarded-for", &["10.7.7.7, 10.8.8.8"]);
         assert_eq!(client_ip(ip(LB), &h, &trusted, xff), ip("10.7.7.7"));

@@ -61,6 +61,11 @@ fn digest(key: &str) -> [u8; 32] {
 /// IPv6 clients are keyed by their /64: one host usually owns the whole prefix.
 pub fn limiter_key(ip: IpAddr) -> IpAddr {
     match ip {
+        // NAT64 (64:ff9b::/96): the IPv4 client inside, not the gateway's /64.
+        IpAddr::V6(v6) if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
+            let [.., a, b, c, d] = v6.octets();
+            IpAddr::from([a, b, c, d])
+        }
         IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
             let s = v6.segments();
             IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
@@ -73,20 +78,21 @@ pub fn limiter_key(ip: IpAddr) -> IpAddr {
 impl Guard {
     /// Keys come from the config and from [`API_KEY_ENV`] (passed in as `env_keys`).
     pub fn new(api: &ApiConfig, env_keys: Option<&str>) -> Self {
-        let mut keys: Vec<[u8; 32]> = api.api_keys.iter().map(|k| digest(k)).collect();
-        if let Some(env) = env_keys {
-            keys.extend(env.split(',').map(str::trim).filter(|k| !k.is_empty()).map(digest));
-        }
-        let mut admin = vec![false; keys.len()];
-        for k in api.admin_keys.iter().map(|k| digest(k)) {
-            match keys.iter().position(|have| *have == k) {
-                Some(i) => admin[i] = true,
+        let env = env_keys.into_iter().flat_map(|e| e.split(',')).map(str::trim).filter(|k| !k.is_empty());
+        let plain = api.api_keys.iter().map(String::as_str).chain(env).map(|k| (digest(k), false));
+        let admin = api.admin_keys.iter().map(|k| (digest(k), true));
+        // One entry per distinct key (listed twice, it is an admin key if either says so).
+        let (mut keys, mut admin_marks): (Vec<[u8; 32]>, Vec<bool>) = (Vec::new(), Vec::new());
+        for (d, is_admin) in plain.chain(admin) {
+            match keys.iter().position(|have| *have == d) {
+                Some(i) => admin_marks[i] |= is_admin,
                 None => {
-                    keys.push(k);
-                    admin.push(true);
+                    keys.push(d);
+                    admin_marks.push(is_admin);
                 }
             }
         }
+        let admin = admin_marks;
         Self {
             auth: api.auth,
             metrics_auth: api.metrics_require_auth,
@@ -120,7 +126,9 @@ impl Guard {
     /// Authenticates, checks the admin mark if `admin` is asked, and applies the per-key
     /// limit.
     pub fn authorize(&self, presented: Option<&str>, admin: bool) -> Result<(), Refusal> {
-        if !self.auth {
+        // With auth off, admin routes still need an admin key when admin keys are set.
+        let key_needed = self.auth || (admin && self.admin_required);
+        if !key_needed {
             return Ok(());
         }
         let i = presented.and_then(|k| self.key_index(k)).ok_or(Refusal::Unauthorized)?;
@@ -214,6 +222,8 @@ mod tests {
         assert_eq!(limiter_key(a), limiter_key(b));
         assert_ne!(limiter_key(a), limiter_key("2001:db8:1:3::1".parse().unwrap()));
         assert_eq!(limiter_key("::ffff:1.2.3.4".parse().unwrap()), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_eq!(limiter_key("64:ff9b::1.2.3.4".parse().unwrap()), "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert_ne!(limiter_key("64:ff9b::1.2.3.4".parse().unwrap()), limiter_key("64:ff9b::1.2.3.5".parse().unwrap()));
         let g = Guard::new(&api(1), None);
         assert!(g.admit_ip(a).is_ok());
         assert!(matches!(g.admit_ip(b), Err(Refusal::Limited { limiter: "ip", .. })));
@@ -236,5 +246,15 @@ mod tests {
         assert!(g.authorize(Some("admin-key-0123456789"), false).is_ok(), "an admin key is a key");
         assert!(g.authorize(Some("0123456789abcdef"), true).is_ok(), "a config key marked admin");
         assert!(matches!(g.authorize(Some("nope"), true), Err(Refusal::Unauthorized)));
+        // A key listed twice (config and environment) and as an admin key: admin.
+        let g = Guard::new(&a, Some("admin-key-0123456789"));
+        assert!(g.authorize(Some("admin-key-0123456789"), true).is_ok());
+        // Auth off: every route is open but the admin ones, which still need an admin key.
+        a.auth = false;
+        let g = Guard::new(&a, None);
+        assert!(g.authorize(None, false).is_ok());
+        assert!(matches!(g.authorize(None, true), Err(Refusal::Unauthorized)));
+        assert!(matches!(g.authorize(Some("0123456789abcdef0"), true), Err(Refusal::Unauthorized)));
+        assert!(g.authorize(Some("admin-key-0123456789"), true).is_ok());
     }
 }

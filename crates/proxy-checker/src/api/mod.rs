@@ -84,10 +84,9 @@ impl IntoResponse for ApiError {
             ApiError::NoProxy(message) => {
                 (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "no_proxy", "message": message}))
             }
-            ApiError::Unhealthy(fault) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                serde_json::json!({"error": "unhealthy", "message": fault.to_string()}),
-            ),
+            ApiError::Unhealthy(fault) => {
+                (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "unhealthy", "message": fault.summary()}))
+            }
             ApiError::NotReady(message) => {
                 (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "not_ready", "message": message}))
             }

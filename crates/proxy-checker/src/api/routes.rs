@@ -24,12 +24,17 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
+/// What `/ready` says before the first good round.
+const NOT_READY: &str = "no snapshot yet: no round has succeeded so far (GET /stat with a key says why)";
+
 /// 200 once a snapshot is served and while the service is healthy.
 pub async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.service.fault() {
         Some(fault) => ApiError::Unhealthy(fault).into_response(),
         None if state.service.is_ready() => (StatusCode::OK, "ready").into_response(),
-        None => ApiError::NotReady(empty_pool(&state.service)).into_response(),
+        // A fixed text: this probe needs no key, and why rounds fail may name sources or
+        // hosts (`/stat` and `/get-proxy`, with a key, say it).
+        None => ApiError::NotReady(NOT_READY.to_string()).into_response(),
     }
 }
 
@@ -84,7 +89,10 @@ pub async fn judge(
         }
         .into_response();
     }
-    let args: BTreeMap<String, String> = url::form_urlencoded::parse(q.as_bytes()).into_owned().collect();
+    // The API key never comes back, from the query either.
+    let args: BTreeMap<String, String> =
+        url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "api_key").collect();
+    let q: String = q.split('&').filter(|kv| kv.split('=').next() != Some("api_key")).collect::<Vec<_>>().join("&");
     let hidden = &cfg.api.judge_hide_headers;
     let mut echoed: BTreeMap<&str, String> = BTreeMap::new();
     let mut truncated = false;
@@ -95,7 +103,13 @@ pub async fn judge(
         }
         let bytes = v.as_bytes();
         truncated |= bytes.len() > JUDGE_MAX_VALUE;
-        let value = String::from_utf8_lossy(&bytes[..bytes.len().min(JUDGE_MAX_VALUE)]).into_owned();
+        let mut value = String::from_utf8_lossy(&bytes[..bytes.len().min(JUDGE_MAX_VALUE)]).into_owned();
+        // Replacement characters take 3 bytes each: cap again after the conversion.
+        let mut end = value.len().min(JUDGE_MAX_VALUE);
+        while !value.is_char_boundary(end) {
+            end -= 1;
+        }
+        value.truncate(end);
         // A repeated header is echoed once per name (its first value); the rest is dropped.
         echoed.entry(k.as_str()).or_insert(value);
     }

@@ -171,7 +171,7 @@ impl Engine {
             probes: p.probes.load(Ordering::Relaxed),
             min_limit: run.min_limit,
             duration: started.elapsed(),
-            judges: run.judges.iter().map(|j| j.judge.url.to_string()).collect(),
+            judges: run.judges.iter().map(|j| j.judge.shown.clone()).collect(),
         })
     }
 }
@@ -410,6 +410,8 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 struct Run<'e, It> {
     engine: &'e Engine,
     judges: Vec<JudgeSlot>,
+    /// The run has an `https://` judge: tunnels are checked only on those.
+    has_https: bool,
     next_judge: usize,
     progress: Arc<Progress>,
     input: It,
@@ -429,6 +431,7 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
         progress.limit.store(limit.current(), Ordering::Relaxed);
         Self {
             engine,
+            has_https: judges.iter().any(|j| j.https),
             judges: judges
                 .into_iter()
                 .map(|judge| JudgeSlot {
@@ -466,16 +469,26 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
         None
     }
 
-    /// Forward tests use plain judges; tunnel and SOCKS tests use `https://` judges when a
-    /// healthy one exists (a proxy cannot read or forge what is inside the TLS session).
+    /// Forward tests use plain judges; tunnel and SOCKS tests use `https://` judges when
+    /// one is configured (a proxy cannot read or forge what is inside the TLS session),
+    /// never falling back to a plain one: a run whose judges of one role are all down
+    /// fails instead ([`Self::judges_usable`]).
     fn new_job(&mut self, cand: Candidate) -> Job {
         let mode = self.engine.settings.mode;
         if mode != Mode::FullHttp {
             return Job::new(cand, mode, None, 0);
         }
         let plain = self.pick_judge(false);
-        let tunnel = self.pick_judge(true).or(plain).unwrap_or(0);
-        Job::new(cand, mode, plain, tunnel)
+        let tunnel = if self.has_https { self.pick_judge(true) } else { plain };
+        Job::new(cand, mode, plain, tunnel.unwrap_or(0))
+    }
+
+    /// Whether every judge role of this run still has a healthy judge: plain judges for
+    /// the forward test (if the run has any), `https://` judges for tunnels (if any).
+    fn judges_usable(&self) -> bool {
+        let healthy = |https: bool| self.judges.iter().any(|j| j.healthy && j.judge.https == https);
+        let has_plain = self.judges.iter().any(|j| !j.judge.https);
+        (!has_plain || healthy(false)) && (!self.has_https || healthy(true))
     }
 
     /// The next job to start: a requeued one, else a candidate the input has ready now.
@@ -669,7 +682,7 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
     }
 
     fn recheck(&mut self, cand: Candidate) -> Result<(), RunError> {
-        if !self.judges.iter().any(|j| j.healthy) {
+        if !self.judges_usable() {
             return Err(self.all_judges_down());
         }
         let job = self.new_job(cand);
@@ -678,7 +691,7 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
     }
 
     fn all_judges_down(&self) -> RunError {
-        let urls: Vec<_> = self.judges.iter().map(|j| j.judge.url.to_string()).collect();
+        let urls: Vec<_> = self.judges.iter().map(|j| j.judge.shown.clone()).collect();
         RunError::JudgeDown(JudgeError::Down {
             url: urls.join(", "),
             reason: "stopped answering during the run".into(),
@@ -718,7 +731,7 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
             let probed = AssertUnwindSafe(probe::probe_direct(&judge, &ex, timeout)).catch_unwind().await;
             let result = probed.unwrap_or_else(|payload| {
                 let reason = format!("the probe panicked: {}", crate::panic_message(&*payload));
-                Err(JudgeError::Down { url: judge.url.to_string(), reason })
+                Err(JudgeError::Down { url: judge.shown.clone(), reason })
             });
             (j, covered, result)
         });
@@ -745,11 +758,11 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(judge = %slot.judge.url, error = %e, held = slot.held.len(), "judge down during the run; its failures are rechecked");
+                tracing::warn!(judge = %slot.judge.shown, error = %e, held = slot.held.len(), "judge down during the run; its failures are rechecked");
                 slot.healthy = false;
                 let held = std::mem::take(&mut slot.held);
                 slot.held_at_probe = 0;
-                if !self.judges.iter().any(|j| j.healthy) {
+                if !self.judges_usable() {
                     return Err(RunError::JudgeDown(e));
                 }
                 for v in held {

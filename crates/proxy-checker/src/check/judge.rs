@@ -31,6 +31,8 @@ pub enum JudgeError {
 #[derive(Debug)]
 pub struct Judge {
     pub url: url::Url,
+    /// The URL as it may be shown (logs, errors, `/stat`): no user part or query values.
+    pub shown: String,
     pub https: bool,
     pub addr: SocketAddr,
     /// `host[:port]` as written in `Host` and `CONNECT`.
@@ -46,24 +48,25 @@ pub struct Judge {
 impl Judge {
     /// Parses and resolves a judge URL (once per run).
     pub async fn resolve(url: &url::Url) -> Result<Self, JudgeError> {
+        let shown = crate::redact::redacted(url);
         let https = match url.scheme() {
             "http" => false,
             "https" => true,
-            _ => return Err(JudgeError::Scheme(url.to_string())),
+            _ => return Err(JudgeError::Scheme(shown.clone())),
         };
-        let host = url.host_str().ok_or_else(|| JudgeError::NoHost(url.to_string()))?;
+        let host = url.host_str().ok_or_else(|| JudgeError::NoHost(shown.clone()))?;
         let port = url.port_or_known_default().unwrap_or(if https { 443 } else { 80 });
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((bare, port)));
         let addr = lookup
             .await
             .map_err(|_| JudgeError::Resolve {
-                url: url.to_string(),
+                url: shown.clone(),
                 error: format!("no answer in {RESOLVE_TIMEOUT:?}"),
             })?
-            .map_err(|e| JudgeError::Resolve { url: url.to_string(), error: e.to_string() })?
+            .map_err(|e| JudgeError::Resolve { url: shown.clone(), error: e.to_string() })?
             .next()
-            .ok_or_else(|| JudgeError::Resolve { url: url.to_string(), error: "no addresses".into() })?;
+            .ok_or_else(|| JudgeError::Resolve { url: shown.clone(), error: "no addresses".into() })?;
         let authority = match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
@@ -74,9 +77,10 @@ impl Judge {
             target.push('?');
             target.push_str(q);
         }
-        let server_name = ServerName::try_from(bare.to_string()).map_err(|_| JudgeError::NoHost(url.to_string()))?;
+        let server_name = ServerName::try_from(bare.to_string()).map_err(|_| JudgeError::NoHost(shown.clone()))?;
         Ok(Self {
             url: url.clone(),
+            shown,
             https,
             addr,
             authority,

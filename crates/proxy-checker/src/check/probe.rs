@@ -252,12 +252,12 @@ pub async fn probe_direct(judge: &Judge, ex: &Exchange, timeout: Duration) -> Re
     loop {
         match probe_once(judge, ex, timeout).await {
             Err(Probe::Local(e)) if tries < 50 => {
-                tracing::debug!(judge = %judge.url, error = %e, "local failure probing the judge; retrying");
+                tracing::debug!(judge = %judge.shown, error = %e, "local failure probing the judge; retrying");
                 tries = tries.saturating_add(1);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(Probe::Local(e)) => {
-                return Err(JudgeError::Down { url: judge.url.to_string(), reason: format!("local error: {e}") });
+                return Err(JudgeError::Down { url: judge.shown.clone(), reason: format!("local error: {e}") });
             }
             Err(Probe::Down(e)) => return Err(e),
             Ok(d) => return Ok(d),
@@ -271,7 +271,7 @@ enum Probe {
 }
 
 async fn probe_once(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Duration, Probe> {
-    let down = |reason: String| Probe::Down(JudgeError::Down { url: judge.url.to_string(), reason });
+    let down = |reason: String| Probe::Down(JudgeError::Down { url: judge.shown.clone(), reason });
     let start = Instant::now();
     let deadline = start.checked_add(timeout).unwrap_or(start);
     let stream = match tokio::time::timeout_at(deadline, tokio::net::TcpStream::connect(judge.addr)).await {
@@ -319,8 +319,14 @@ fn describe(r: Reason, ex: &Exchange) -> String {
 /// The healthy judges of a run, probed up front.
 pub async fn probe_all(urls: &[url::Url], ex: &Exchange, timeout: Duration) -> Result<Vec<Arc<Judge>>, JudgeError> {
     let mut healthy = Vec::new();
-    let mut last_err = None;
+    // Per scheme (plain, https): whether one is configured, and the last error.
+    let mut configured = [false; 2];
+    let mut last_err: [Option<JudgeError>; 2] = [None, None];
     for url in urls {
+        let role = usize::from(url.scheme() == "https");
+        if let Some(c) = configured.get_mut(role) {
+            *c = true;
+        }
         let judge = Judge::resolve(url).await;
         let result = match judge {
             Ok(j) => probe_direct(&j, ex, timeout).await.map(|_| j),
@@ -329,16 +335,36 @@ pub async fn probe_all(urls: &[url::Url], ex: &Exchange, timeout: Duration) -> R
         match result {
             Ok(j) => healthy.push(Arc::new(j)),
             Err(e) => {
-                tracing::warn!(judge = %url, error = %e, "judge skipped for this run");
-                last_err = Some(e);
+                tracing::warn!(judge = %crate::redact::redacted(url), error = %e, "judge skipped for this run");
+                if let Some(slot) = last_err.get_mut(role) {
+                    *slot = Some(e);
+                }
             }
         }
     }
-    match (healthy.is_empty(), last_err) {
-        (true, Some(e)) => Err(e),
-        (true, None) => Err(JudgeError::Down { url: String::new(), reason: "no judge configured".into() }),
-        _ => Ok(healthy),
+    // Each role needs a judge: forward tests a plain one, tunnel tests an https one when
+    // one is configured (a plain judge's answer can be forged by the proxy).
+    for (role, what) in [
+        (0, "forward tests need an http:// judge"),
+        (
+            1,
+            "tunnel and SOCKS tests use only the https:// judges when one is configured (a plain judge's answer can be forged by the proxy)",
+        ),
+    ] {
+        let missing =
+            configured.get(role).copied().unwrap_or(false) && !healthy.iter().any(|j| usize::from(j.https) == role);
+        if missing {
+            return Err(match last_err.get_mut(role).and_then(Option::take) {
+                Some(JudgeError::Down { url, reason }) => JudgeError::Down { url, reason: format!("{reason}; {what}") },
+                Some(other) => other,
+                None => JudgeError::Down { url: String::new(), reason: what.to_string() },
+            });
+        }
     }
+    if healthy.is_empty() {
+        return Err(JudgeError::Down { url: String::new(), reason: "no judge configured".into() });
+    }
+    Ok(healthy)
 }
 
 /// SOCKS4 (SOCKS4a for a judge without an IPv4 address), written here rather than with

@@ -79,7 +79,19 @@ pub struct ApiConfig {
 }
 
 /// Headers `/judge` never echoes, whatever the config says.
-pub const JUDGE_ALWAYS_HIDDEN: &[&str] = &["authorization", "proxy-authorization", "cookie", "x-api-key"];
+pub const JUDGE_ALWAYS_HIDDEN: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "x-api-key",
+    // Identity tokens that access proxies in front of a service add.
+    "x-forwarded-access-token",
+    "x-auth-request-access-token",
+    "cf-access-jwt-assertion",
+    "x-amzn-oidc-data",
+    "x-amzn-oidc-accesstoken",
+    "x-goog-iap-jwt-assertion",
+];
 
 /// Which header the trusted proxies write (only one can be trusted: a proxy that writes
 /// one passes the other through from the client untouched).
@@ -246,9 +258,17 @@ fn parse_raw(text: &str, path: &str) -> Result<raw::RawConfig, ConfigError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let at = e.path().to_string();
         let inner = e.into_inner();
-        let message = if at == "." { inner.to_string() } else { format!("at `{at}`: {inner}") };
+        // serde quotes the offending value (`invalid type: string "…"`): a key or a token
+        // pasted in the wrong place must not be echoed into logs.
+        let inner = quoted_strings().replace_all(&inner.to_string(), "a string").into_owned();
+        let message = if at == "." { inner } else { format!("at `{at}`: {inner}") };
         ConfigError::Syntax { path: path.to_string(), message }
     })
+}
+
+fn quoted_strings() -> &'static regex::Regex {
+    static RE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| regex::Regex::new(r#"string "(?:[^"\\]|\\.)*""#).expect("a valid regex"))
 }
 
 /// Validates a raw config; `path` names its origin in messages.

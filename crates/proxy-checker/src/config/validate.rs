@@ -26,6 +26,9 @@ pub fn check_api_key(key: &str) -> Result<(), &'static str> {
     if key.len() < 16 {
         return Err("keys must be at least 16 characters");
     }
+    if key.contains(',') {
+        return Err("keys must not contain commas (key lists are comma-separated)");
+    }
     if !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("keys must be printable ASCII without spaces");
     }
@@ -207,6 +210,12 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
             .parse::<ipnet::IpNet>()
             .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
             .map_err(|_| bad(format!("api.trusted_proxies[{i}]"), format!("`{s}` is not an address or a CIDR")))?;
+        if net.prefix_len() == 0 {
+            return Err(bad(
+                format!("api.trusted_proxies[{i}]"),
+                format!("`{s}` trusts every address, so any client could write its own address; list your proxies"),
+            ));
+        }
         trusted_proxies.push(net.trunc());
     }
     let forwarded_header = match &api.forwarded_header {
@@ -319,6 +328,22 @@ mod tests {
             (r#"{"api": {"listen": "8080"}}"#, "`api.listen`"),
             (r#"{"checker": {"validation": "contains"}}"#, "needs a non-empty expect_body"),
             (r#"{"checker": {"retries": "two"}}"#, "at `checker.retries`: invalid type"),
+            (r#"{"api": {"trusted_proxies": ["::/0"]}}"#, "`api.trusted_proxies[0]`: `::/0` trusts every address"),
+            (
+                r#"{"api": {"trusted_proxies": ["10.0.0.300"]}}"#,
+                "`api.trusted_proxies[0]`: `10.0.0.300` is not an address",
+            ),
+            (
+                r#"{"api": {"forwarded_header": "x-real-ip"}}"#,
+                "`api.forwarded_header`: `x-real-ip` is not a forwarding header",
+            ),
+            (r#"{"api": {"judge_hide_headers": ["bad header"]}}"#, "`api.judge_hide_headers[0]`"),
+            (r#"{"api": {"admin_keys": ["short"]}}"#, "`api.admin_keys[0]`: keys must be at least 16"),
+            (r#"{"sources": [{"url": "a.txt", "name": ""}]}"#, "`sources[0].name`: must be 1 to 64"),
+            (
+                r#"{"sources": [{"url": "a.txt", "name": "x"}, {"url": "b.txt", "name": "x"}]}"#,
+                "`sources[1].name`: `x` is already the name of sources[0]",
+            ),
             ("{", "EOF while parsing"),
         ] {
             let got = err(json);
@@ -361,6 +386,17 @@ mod keys {
         assert!(check_api_key(value).unwrap_err().contains("placeholder"), "{value}");
         assert!(parse_key_list(&format!("0123456789abcdef0,{value}")).unwrap_err().starts_with("key 2:"));
         assert!(parse_key_list("short").unwrap_err().contains("at least 16"));
+        assert!(check_api_key("0123456789abcdef,x").unwrap_err().contains("commas"));
+    }
+
+    /// A key pasted where a list belongs is not echoed by the parse error.
+    #[test]
+    fn parse_errors_do_not_quote_string_values() {
+        let e = crate::config::Config::from_json(r#"{"api": {"api_keys": "s3cret-key-0123456789"}}"#, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at `api.api_keys`: invalid type: a string, expected a sequence"), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }
 

@@ -134,10 +134,12 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
-/// Fetches a source with retries; returns the body and the attempts made.
+/// Fetches a source with retries; returns the body and the attempts made. `shown` is the
+/// source as logs may name it (its name, or its redacted URL).
 pub async fn fetch(
     client: &reqwest::Client,
     location: &Location,
+    shown: &str,
     s: &FetchSettings,
 ) -> (Result<Vec<u8>, SourceError>, u32) {
     let mut attempt: u32 = 0;
@@ -153,7 +155,7 @@ pub async fn fetch(
             Err(e) if e.is_transient() && attempt < s.retries => {
                 let base = s.backoff.saturating_mul(1 << attempt.min(10));
                 let jitter = base.mul_f64(fastrand::f64() * 0.5);
-                tracing::debug!(source = %location, error = %e, attempt, "source fetch failed; retrying");
+                tracing::debug!(source = shown, error = %e, attempt, "source fetch failed; retrying");
                 tokio::time::sleep(base.saturating_add(jitter)).await;
                 attempt = attempt.saturating_add(1);
             }

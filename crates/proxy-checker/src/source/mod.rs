@@ -41,62 +41,13 @@ impl fmt::Display for Location {
     }
 }
 
-/// A URL as it may be shown in logs, metrics, `/stat` and errors: the user part
-/// (`https://TOKEN@host/`, `user:password@`) and every query value (`?key=…`, `?token=…`)
-/// replaced by `redacted`, the fragment dropped. Scheme, host, port, path and the query's
-/// parameter names stay, so the source can still be recognised. Give the source a `name`
-/// to tell apart URLs that differ only in redacted parts.
-pub fn redacted(u: &url::Url) -> String {
-    let mut u = u.clone();
-    if !u.username().is_empty() {
-        let _ = u.set_username("redacted");
-    }
-    if u.password().is_some() {
-        let _ = u.set_password(Some("redacted"));
-    }
-    if let Some(q) = u.query().filter(|q| !q.is_empty()) {
-        let shown: Vec<String> = q
-            .split('&')
-            .filter(|part| !part.is_empty())
-            .map(|part| match part.split_once('=') {
-                Some((name, _)) => format!("{name}=redacted"),
-                None => "redacted".to_string(),
-            })
-            .collect();
-        u.set_query(Some(&shown.join("&")));
-    }
-    u.set_fragment(None);
-    u.to_string()
-}
-
-/// A string that should have been a URL but did not parse, as it may be shown: anything
-/// between `://` and the last `@` of the authority, and everything from `?` or `#` on, is
-/// replaced (a malformed URL may still carry a password or a token).
-pub fn redacted_str(s: &str) -> String {
-    let (scheme, rest) = match s.split_once("://") {
-        Some((scheme, rest)) => (Some(scheme), rest),
-        None => (None, s),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    let host = match authority.rfind('@') {
-        Some(at) => format!("redacted@{}", authority.get(at.saturating_add(1)..).unwrap_or("")),
-        None => authority.to_string(),
-    };
-    let path = match tail.find(['?', '#']) {
-        Some(q) => format!("{}?redacted", tail.get(..q).unwrap_or("")),
-        None => tail.to_string(),
-    };
-    match scheme {
-        Some(scheme) => format!("{scheme}://{host}{path}"),
-        None => format!("{host}{path}"),
-    }
-}
+pub use crate::redact::{redacted, redacted_str};
 
 impl Location {
     /// `http://…` and `https://…` are URLs; anything else is a file path
     /// (`file://` URLs are accepted as paths).
     pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
         let lower = s.get(..8).unwrap_or(s).to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
             let url = url::Url::parse(s).map_err(|e| format!("invalid URL `{}`: {e}", redacted_str(s)))?;
@@ -109,7 +60,7 @@ impl Location {
             return Ok(Location::File(PathBuf::from(path)));
         }
         if s.contains("://") {
-            return Err(format!("`{s}`: only http://, https:// and file paths are sources"));
+            return Err(format!("`{}`: only http://, https:// and file paths are sources", redacted_str(s)));
         }
         if s.trim().is_empty() {
             return Err("empty source".into());
@@ -317,7 +268,7 @@ pub async fn collect(
     let started = Instant::now();
     let name = spec.shown();
     let mut st = SourceStats { name: name.clone(), fetched_at: Some(SystemTime::now()), ..Default::default() };
-    let (body, attempts) = fetch::fetch(client, &spec.location, settings).await;
+    let (body, attempts) = fetch::fetch(client, &spec.location, &name, settings).await;
     st.attempts = attempts;
     let opts = ParseOptions {
         default_protocol: spec.protocol.unwrap_or(Protocol::Http),
