@@ -54,7 +54,7 @@ def hostile_proxies(out):
     m = re.search(r"TIME ([\d.]+) (\d+)", t.stderr)
     wall, rss = float(m.group(1)), int(m.group(2)) / 1024
     head = re.search(r"checked (\d+) in [\d.]+s \(\d+/s\): (\d+) alive, (\d+) dead", t.stderr)
-    reasons = re.findall(r"^  ([a-z_]+)\s+(\d+)$", t.stderr, re.M)
+    reasons = re.findall(r"^  ([a-z_]+)\s+(\d+)(?:\s|$)", t.stderr, re.M)
     out.append(f"### Hostile proxies: {total:,} ({total - 2000:,} hostile, 2,000 working), HTTPS judge\n")
     out.append("`check --retries 0 --timeout-ms 5000 --connect-timeout-ms 2000 --concurrency 20000` (clamped by the fd "
                "limit). 625 each of endless head, 4 GB body, slowloris trickle, TLS garbage, for HTTP and SOCKS5 "
