@@ -37,3 +37,32 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
         .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("non-text panic payload")
 }
+
+/// An error shown with its causes, `a: b: c`, each said once: layers that repeat their
+/// cause's text (hyper, reqwest) do not make it appear twice. Errors keep their causes as
+/// `source()`; logs, `/stat` and exit messages show them through this.
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        let mut cur = self.0.source();
+        while let Some(c) = cur {
+            let text = c.to_string();
+            if !shown.contains(&text) {
+                shown.push_str(": ");
+                shown.push_str(&text);
+            }
+            cur = c.source();
+        }
+        f.write_str(&shown)
+    }
+}
+
+/// [`Chain`] as a `String`.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    Chain(e).to_string()
+}
+
+/// A boxed error cause.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

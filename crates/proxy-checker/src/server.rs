@@ -125,11 +125,6 @@ impl Server {
             rt.shutdown_background();
         }
     }
-
-    /// A token that triggers [`Server::shutdown`]'s first step (for signal handlers).
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
 }
 
 /// Starts everything. The listener is already bound (tests pass `127.0.0.1:0`).
@@ -210,6 +205,9 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
         idle,
         request_timeout: opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
     };
+    // Not a no-op: `SocketAddr: Connected<IncomingStream<TapIo<L, _>>>` is implemented by
+    // axum for any listener whose address is a `SocketAddr`, and the orphan rule keeps us
+    // from implementing it for our own `CappedListener`; `tap_io` is axum's adapter for it.
     let capped = CappedListener::new(listener, limits).tap_io(|_| {});
     let token = shutdown.clone();
     let grace = if opts.grace.is_zero() { Duration::from_secs(10) } else { opts.grace };
@@ -290,7 +288,7 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => {
                 metrics.config_reloads_total.with_label_values(&["rejected"]).inc();
-                tracing::warn!(error = %e, "config reload rejected; the running config stays");
+                tracing::warn!(error = %crate::Chain(&e), "config reload rejected; the running config stays");
                 return;
             }
         };

@@ -157,7 +157,7 @@ impl Service {
             }
             Ok(None) => None,
             Err(e) => {
-                tracing::warn!(error = %e, "could not load the persisted snapshot; starting empty");
+                tracing::warn!(error = %crate::Chain(&e), "could not load the persisted snapshot; starting empty");
                 None
             }
         };
@@ -424,10 +424,10 @@ impl Service {
                 ctx.observer = Some(Arc::new(move |v: &crate::check::Verdict| metrics.observe(v)));
                 ctx.run(progress, round_cancel).await.map_err(|e| match e {
                     RoundError::NoUsableSource { why, sources } => (format!("no usable source: {why}"), sources),
-                    other => (other.to_string(), Vec::new()),
+                    other => (crate::error_chain(&other), Vec::new()),
                 })
             }
-            Err(e) => Err((e.to_string(), Vec::new())),
+            Err(e) => Err((crate::error_chain(&e), Vec::new())),
         };
         match result {
             Ok(report) => {
@@ -497,7 +497,7 @@ impl Service {
             Ok(()) => self.metrics.store_writes_total.with_label_values(&["ok"]).inc(),
             Err(e) => {
                 self.metrics.store_writes_total.with_label_values(&["error"]).inc();
-                tracing::warn!(error = %e, "persisting the snapshot failed; retried after the next round");
+                tracing::warn!(error = %crate::Chain(&e), "persisting the snapshot failed; retried after the next round");
             }
         }
     }

@@ -586,3 +586,61 @@ async fn a_first_round_that_fails_says_so_everywhere() {
         assert!(metrics.lines().any(|l| l == line), "missing `{line}` in:\n{metrics}");
     }
 }
+
+/// A snapshot written by a newer binary (a higher format version) is refused by every
+/// store with an error that says so, and the service starts empty instead of serving
+/// fields it does not understand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_from_a_newer_binary_is_refused_by_every_store() {
+    use proxy_checker::snapshot::{FORMAT_VERSION, SnapshotData};
+    use proxy_checker::store::{self, StoreError};
+    let dir = tempfile::tempdir().unwrap();
+    let mut storages = vec![
+        json!({"type": "file", "path": dir.path().join("snap.json")}),
+        json!({"type": "sqlite", "path": dir.path().join("pool.sqlite3")}),
+    ];
+    let prefix = format!("pctest:{:x}:", fastrand::u64(..));
+    if redis_available().await {
+        storages.push(json!({"type": "redis", "redis_url": redis_url(), "redis_key_prefix": prefix}));
+    }
+    for storage in storages {
+        let cfg = proxy_checker::config::Config::from_json(&json!({"storage": storage}).to_string(), "c.json").unwrap();
+        let s = store::open(&cfg.storage).unwrap();
+        let newer = SnapshotData { version: FORMAT_VERSION + 1, ..Default::default() };
+        s.save(Arc::new(newer)).await.unwrap();
+        let err = s.load().await.unwrap_err();
+        assert!(matches!(err, StoreError::NewerFormat { .. }), "{storage}: {err}");
+        let text = err.to_string();
+        assert!(text.contains(&format!("format version {}", FORMAT_VERSION + 1)) && text.contains("newer"), "{text}");
+        // The current version loads.
+        s.save(Arc::new(SnapshotData { version: FORMAT_VERSION, ..Default::default() })).await.unwrap();
+        assert!(s.load().await.unwrap().is_some(), "{storage}");
+    }
+    if redis_available().await {
+        let c = redis::Client::open(redis_url()).unwrap();
+        let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+    }
+}
+
+/// Errors keep their causes: a store that cannot write says which store, where, and the
+/// OS's reason, through the whole chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_errors_keep_their_cause() {
+    use proxy_checker::snapshot::SnapshotData;
+    let dir = tempfile::tempdir().unwrap();
+    // A path under a regular file cannot be created.
+    std::fs::write(dir.path().join("afile"), b"x").unwrap();
+    let cfg = proxy_checker::config::Config::from_json(
+        &json!({"storage": {"type": "file", "path": dir.path().join("afile/snap.json")}}).to_string(),
+        "c.json",
+    )
+    .unwrap();
+    let s = proxy_checker::store::open(&cfg.storage).unwrap();
+    let err = s.save(Arc::new(SnapshotData::default())).await.unwrap_err();
+    let source = std::error::Error::source(&err).expect("the cause is kept");
+    assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");
+    let shown = proxy_checker::error_chain(&err);
+    assert!(shown.starts_with("file at ") && shown.contains("(os error "), "{shown}");
+}

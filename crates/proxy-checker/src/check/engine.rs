@@ -40,8 +40,12 @@ use crate::proxy::Protocol;
 /// Why an engine could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("CA file `{path}`: {error}")]
-    CaFile { path: String, error: String },
+    #[error("CA file `{path}`")]
+    CaFile {
+        path: String,
+        #[source]
+        source: crate::BoxError,
+    },
     #[error("full-http mode needs at least one judge URL")]
     NoJudge,
 }
@@ -80,11 +84,11 @@ pub struct RunStats {
 pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<rustls::ClientConfig>, EngineError> {
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(path) = ca_file {
-        let err = |error: String| EngineError::CaFile { path: path.display().to_string(), error };
-        let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let err = |e: crate::BoxError| EngineError::CaFile { path: path.display().to_string(), source: e };
+        let pem = std::fs::read(path).map_err(|e| err(e.into()))?;
         let mut n = 0;
         for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.map_err(|e| err(e.to_string()))?).map_err(|e| err(e.to_string()))?;
+            roots.add(cert.map_err(|e| err(e.into()))?).map_err(|e| err(e.into()))?;
             n += 1;
         }
         if n == 0 {
@@ -758,7 +762,7 @@ impl<'e, It: Stream<Item = Candidate> + Unpin> Run<'e, It> {
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(judge = %slot.judge.shown, error = %e, held = slot.held.len(), "judge down during the run; its failures are rechecked");
+                tracing::warn!(judge = %slot.judge.shown, error = %crate::Chain(&e), held = slot.held.len(), "judge down during the run; its failures are rechecked");
                 slot.healthy = false;
                 let held = std::mem::take(&mut slot.held);
                 slot.held_at_probe = 0;

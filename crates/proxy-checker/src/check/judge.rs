@@ -2,6 +2,7 @@
 //! bytes sent to them (with a fresh nonce). The direct health probe lives in `probe`.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use base64::Engine as _;
 use rustls::pki_types::ServerName;
@@ -14,17 +15,30 @@ const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// The query parameter carrying the nonce.
 pub const NONCE_PARAM: &str = "pc_nonce";
 
-/// Why a judge cannot be used.
+/// Why a judge cannot be used. URLs are shown redacted; causes are kept as `source()`.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum JudgeError {
     #[error("judge URL `{0}`: only http:// and https:// judges are supported")]
     Scheme(String),
     #[error("judge URL `{0}` has no host")]
     NoHost(String),
-    #[error("judge `{url}`: host does not resolve: {error}")]
-    Resolve { url: String, error: String },
+    #[error("judge `{url}`: host does not resolve")]
+    Resolve {
+        url: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("judge `{url}`: host does not resolve: no answer in {after:?}")]
+    ResolveTimeout { url: String, after: std::time::Duration },
     #[error("judge `{url}` is down: {reason}")]
     Down { url: String, reason: String },
+    /// Probing the judge kept failing on our side (no free descriptor or port).
+    #[error("judge `{url}` could not be probed: local error")]
+    Local {
+        url: String,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
 }
 
 /// A judge URL, resolved.
@@ -60,13 +74,13 @@ impl Judge {
         let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((bare, port)));
         let addr = lookup
             .await
-            .map_err(|_| JudgeError::Resolve {
-                url: shown.clone(),
-                error: format!("no answer in {RESOLVE_TIMEOUT:?}"),
-            })?
-            .map_err(|e| JudgeError::Resolve { url: shown.clone(), error: e.to_string() })?
+            .map_err(|_| JudgeError::ResolveTimeout { url: shown.clone(), after: RESOLVE_TIMEOUT })?
+            .map_err(|e| JudgeError::Resolve { url: shown.clone(), source: Arc::new(e) })?
             .next()
-            .ok_or_else(|| JudgeError::Resolve { url: shown.clone(), error: "no addresses".into() })?;
+            .ok_or_else(|| JudgeError::Resolve {
+                url: shown.clone(),
+                source: Arc::new(std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses")),
+            })?;
         let authority = match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),

@@ -257,7 +257,7 @@ pub async fn probe_direct(judge: &Judge, ex: &Exchange, timeout: Duration) -> Re
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(Probe::Local(e)) => {
-                return Err(JudgeError::Down { url: judge.shown.clone(), reason: format!("local error: {e}") });
+                return Err(JudgeError::Local { url: judge.shown.clone(), source: Arc::new(e) });
             }
             Err(Probe::Down(e)) => return Err(e),
             Ok(d) => return Ok(d),
@@ -335,7 +335,7 @@ pub async fn probe_all(urls: &[url::Url], ex: &Exchange, timeout: Duration) -> R
         match result {
             Ok(j) => healthy.push(Arc::new(j)),
             Err(e) => {
-                tracing::warn!(judge = %crate::redact::redacted(url), error = %e, "judge skipped for this run");
+                tracing::warn!(judge = %crate::redact::redacted(url), error = %crate::Chain(&e), "judge skipped for this run");
                 if let Some(slot) = last_err.get_mut(role) {
                     *slot = Some(e);
                 }

@@ -9,20 +9,28 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use validate::{PLACEHOLDER_KEY, check_api_key, parse_key_list, validate};
+pub use validate::{FieldError, PLACEHOLDER_KEY, check_api_key, parse_key_list, validate};
 
 use crate::check::{CheckSettings, Mode, Validation};
 use crate::source::{FetchSettings, SourceSpec};
 
 /// An invalid config: which field, and what is allowed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: {message}")]
     Syntax { path: String, message: String },
-    #[error("{path}: `{field}`: {message}")]
-    Field { path: String, field: String, message: String },
     #[error("{path}: {error}")]
-    Read { path: String, error: String },
+    Field {
+        path: String,
+        #[source]
+        error: FieldError,
+    },
+    #[error("{path}: cannot read the file")]
+    Read {
+        path: String,
+        #[source]
+        source: std::sync::Arc<std::io::Error>,
+    },
 }
 
 /// Where the validated checker settings come from and what the fd clamp did to them.
@@ -248,8 +256,8 @@ impl CheckerConfig {
 /// before validating).
 pub fn load_raw(path: &Path) -> Result<raw::RawConfig, ConfigError> {
     let shown = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| ConfigError::Read { path: shown.clone(), error: e.to_string() })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Read { path: shown.clone(), source: std::sync::Arc::new(e) })?;
     parse_raw(&text, &shown)
 }
 
@@ -273,5 +281,5 @@ fn quoted_strings() -> &'static regex::Regex {
 
 /// Validates a raw config; `path` names its origin in messages.
 pub fn from_raw(raw: raw::RawConfig, path: &str) -> Result<Config, ConfigError> {
-    validate(raw).map_err(|(field, message)| ConfigError::Field { path: path.to_string(), field, message })
+    validate(raw).map_err(|error| ConfigError::Field { path: path.to_string(), error })
 }

@@ -14,7 +14,16 @@ use crate::check::{CheckSettings, Mode, Validation};
 use crate::proxy::Protocol;
 use crate::source::{FetchSettings, Location, SourceSpec};
 
-type Invalid = (String, String);
+/// A field that is not valid: which one (`checker.timeout_ms`, `sources[2].protocol`) and
+/// what is wrong or allowed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("`{field}`: {message}")]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+type Invalid = FieldError;
 
 /// The placeholder `env.example` ships with: never a key, wherever it comes from.
 pub const PLACEHOLDER_KEY: &str = "change-me-to-a-long-random-key";
@@ -50,7 +59,7 @@ pub fn parse_key_list(list: &str) -> Result<Vec<String>, String> {
 }
 
 fn bad(field: impl Into<String>, message: impl Into<String>) -> Invalid {
-    (field.into(), message.into())
+    FieldError { field: field.into(), message: message.into() }
 }
 
 fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
@@ -67,7 +76,7 @@ fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(v)
 }
 
-/// Validates a raw config. Errors are `(field, message)`.
+/// Validates a raw config; the error names the field.
 pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     let mut sources = Vec::new();
     for (i, s) in raw.sources.iter().enumerate() {

@@ -172,21 +172,7 @@ impl SourceError {
     }
 }
 
-/// An error and its causes, `a: b: c`, each said once: layers that repeat their cause's
-/// text (hyper, reqwest) do not make it appear twice.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let text = c.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        cur = c.source();
-    }
-    s
-}
+pub(crate) use crate::error_chain;
 
 /// What one source contributed in one round.
 #[derive(Clone, Debug, Default)]

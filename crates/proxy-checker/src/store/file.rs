@@ -20,8 +20,8 @@ impl FileStore {
         Self { path }
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Io { backend: "file", location: self.path.display().to_string(), error: e.to_string() }
+    fn err(&self, e: impl Into<crate::BoxError>) -> StoreError {
+        StoreError::io("file", &self.path.display().to_string(), e)
     }
 
     fn dir(&self) -> PathBuf {
@@ -59,11 +59,9 @@ impl FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(self.err(e)),
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Corrupt {
-            backend: "file",
-            location: self.path.display().to_string(),
-            error: e.to_string(),
-        })
+        let location = self.path.display().to_string();
+        let data = serde_json::from_slice(&bytes).map_err(|e| StoreError::corrupt("file", &location, e))?;
+        super::vet(data, "file", &location).map(Some)
     }
 }
 

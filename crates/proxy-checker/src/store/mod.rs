@@ -16,19 +16,60 @@ pub use file::FileStore;
 pub use redis_store::RedisStore;
 pub use sqlite::SqliteStore;
 
+use crate::BoxError;
 use crate::config::{StorageConfig, StorageKind};
-use crate::snapshot::SnapshotData;
+use crate::snapshot::{FORMAT_VERSION, SnapshotData};
 
 /// A boxed future, so `Store` stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// Why a store operation failed.
+/// Why a store operation failed. The cause is kept as `source()` (shown with
+/// [`crate::Chain`]).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{backend} at {location}: {error}")]
-    Io { backend: &'static str, location: String, error: String },
-    #[error("{backend} at {location}: stored snapshot is unreadable: {error}")]
-    Corrupt { backend: &'static str, location: String, error: String },
+    #[error("{backend} at {location}")]
+    Io {
+        backend: &'static str,
+        location: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("{backend} at {location}: stored snapshot is unreadable")]
+    Corrupt {
+        backend: &'static str,
+        location: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error(
+        "{backend} at {location}: the stored snapshot has format version {found}, newer than the {supported} this \
+         binary reads: it was written by a newer proxy-checker; run that version, or remove the snapshot to start empty"
+    )]
+    NewerFormat { backend: &'static str, location: String, found: u32, supported: u32 },
+}
+
+impl StoreError {
+    pub(crate) fn io(backend: &'static str, location: &str, e: impl Into<BoxError>) -> Self {
+        StoreError::Io { backend, location: location.to_string(), source: e.into() }
+    }
+
+    pub(crate) fn corrupt(backend: &'static str, location: &str, e: impl Into<BoxError>) -> Self {
+        StoreError::Corrupt { backend, location: location.to_string(), source: e.into() }
+    }
+}
+
+/// A loaded snapshot, refused if a newer binary wrote it (its fields may mean something
+/// this one does not know).
+pub(crate) fn vet(data: SnapshotData, backend: &'static str, location: &str) -> Result<SnapshotData, StoreError> {
+    if data.version > FORMAT_VERSION {
+        return Err(StoreError::NewerFormat {
+            backend,
+            location: location.to_string(),
+            found: data.version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    Ok(data)
 }
 
 /// Where snapshots are kept.

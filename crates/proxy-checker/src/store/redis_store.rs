@@ -22,16 +22,12 @@ pub struct RedisStore {
 impl RedisStore {
     pub fn new(url: &str, prefix: &str) -> Result<Self, StoreError> {
         let location = redact(url);
-        let client = redis::Client::open(url).map_err(|e| StoreError::Io {
-            backend: "redis",
-            location: location.clone(),
-            error: e.to_string(),
-        })?;
+        let client = redis::Client::open(url).map_err(|e| StoreError::io("redis", &location, e))?;
         Ok(Self { client, manager: tokio::sync::Mutex::new(None), prefix: prefix.to_string(), location })
     }
 
-    fn err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Io { backend: "redis", location: self.location.clone(), error: e.to_string() }
+    fn err(&self, e: impl Into<crate::BoxError>) -> StoreError {
+        StoreError::io("redis", &self.location, e)
     }
 
     async fn conn(&self) -> Result<ConnectionManager, StoreError> {
@@ -91,11 +87,8 @@ impl Store for RedisStore {
             };
             let body: Option<Vec<u8>> = c.get(&key).await.map_err(|e| self.err(e))?;
             let Some(body) = body else { return Ok(None) };
-            serde_json::from_slice(&body).map(Some).map_err(|e| StoreError::Corrupt {
-                backend: "redis",
-                location: self.location.clone(),
-                error: e.to_string(),
-            })
+            let data = serde_json::from_slice(&body).map_err(|e| StoreError::corrupt("redis", &self.location, e))?;
+            super::vet(data, "redis", &self.location).map(Some)
         })
     }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{BoxFuture, Store, StoreError};
-use crate::snapshot::{FORMAT_VERSION, ProxyEntry, RoundSummary, SnapshotData};
+use crate::snapshot::{ProxyEntry, RoundSummary, SnapshotData};
 
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
@@ -25,24 +25,20 @@ CREATE TABLE IF NOT EXISTS proxies (
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let location = path.display().to_string();
-        let err = |e: &dyn std::fmt::Display| StoreError::Io {
-            backend: "sqlite",
-            location: location.clone(),
-            error: e.to_string(),
-        };
+        let err = |e: rusqlite::Error| Self::err(&location, e);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+            std::fs::create_dir_all(dir).map_err(|e| Self::err(&location, e))?;
         }
-        let conn = Connection::open(path).map_err(|e| err(&e))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(|e| err(&e))?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(|e| err(&e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(|e| err(&e))?;
-        conn.execute_batch(SCHEMA).map_err(|e| err(&e))?;
+        let conn = Connection::open(path).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), location })
     }
 
-    fn err(location: &str, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Io { backend: "sqlite", location: location.to_string(), error: e.to_string() }
+    fn err(location: &str, e: impl Into<crate::BoxError>) -> StoreError {
+        StoreError::io("sqlite", location, e)
     }
 }
 
@@ -76,15 +72,22 @@ fn write(conn: &mut Connection, data: &SnapshotData) -> rusqlite::Result<()> {
     tx.commit()
 }
 
-fn read(conn: &mut Connection) -> Result<Option<SnapshotData>, String> {
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
-    let round: Option<String> =
-        tx.query_row("SELECT v FROM meta WHERE k = 'round'", [], |r| r.get(0)).optional().map_err(|e| e.to_string())?;
-    let Some(round) = round else { return Ok(None) };
-    let round: RoundSummary = serde_json::from_str(&round).map_err(|e| e.to_string())?;
+fn read(conn: &mut Connection, location: &str) -> Result<Option<SnapshotData>, StoreError> {
+    let io = |e: rusqlite::Error| SqliteStore::err(location, e);
+    let tx = conn.transaction().map_err(io)?;
+    let meta = |k: &str| -> Result<Option<String>, StoreError> {
+        tx.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0)).optional().map_err(io)
+    };
+    let Some(round) = meta("round")? else { return Ok(None) };
+    let round: RoundSummary = serde_json::from_str(&round).map_err(|e| StoreError::corrupt("sqlite", location, e))?;
+    // Databases written before the version was stored hold version 1.
+    let version = match meta("version")? {
+        None => 1,
+        Some(v) => v.parse::<u32>().map_err(|e| StoreError::corrupt("sqlite", location, e))?,
+    };
     let mut stmt = tx
         .prepare("SELECT proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source FROM proxies ORDER BY latency_ms")
-        .map_err(|e| e.to_string())?;
+        .map_err(io)?;
     let proxies = stmt
         .query_map([], |r| {
             Ok(ProxyEntry {
@@ -101,10 +104,10 @@ fn read(conn: &mut Connection) -> Result<Option<SnapshotData>, String> {
                 source: r.get(10)?,
             })
         })
-        .map_err(|e| e.to_string())?
+        .map_err(io)?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-    Ok(Some(SnapshotData { version: FORMAT_VERSION, round, proxies }))
+        .map_err(|e| StoreError::corrupt("sqlite", location, e))?;
+    super::vet(SnapshotData { version, round, proxies }, "sqlite", location).map(Some)
 }
 
 impl Store for SqliteStore {
@@ -127,18 +130,14 @@ impl Store for SqliteStore {
 
     fn load(&self) -> BoxFuture<'_, Result<Option<SnapshotData>, StoreError>> {
         let conn = self.conn.clone();
+        let location = self.location.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
-                read(&mut c)
+                read(&mut c, &location)
             })
             .await
             .map_err(|e| Self::err(&self.location, e))?
-            .map_err(|error| StoreError::Corrupt {
-                backend: "sqlite",
-                location: self.location.clone(),
-                error,
-            })
         })
     }
 }

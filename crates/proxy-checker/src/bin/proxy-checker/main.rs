@@ -115,7 +115,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", proxy_checker::Chain(&e));
                 ExitCode::from(2)
             }
         },
@@ -126,7 +126,7 @@ fn main() -> ExitCode {
             match runtime.block_on(check::run(*args)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {}", proxy_checker::Chain(&e));
                     ExitCode::from(e.exit_code())
                 }
             }

@@ -42,7 +42,7 @@ pub fn main(args: ServeArgs) -> ExitCode {
         Some(p) => match Config::load(p) {
             Ok(c) => (c, Some(p.clone())),
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", proxy_checker::Chain(&e));
                 return ExitCode::from(2);
             }
         },
@@ -100,11 +100,11 @@ pub fn main(args: ServeArgs) -> ExitCode {
             Ok(s) => s,
             // A bad key is bad input, like a bad config: exit 2.
             Err(e @ server::StartError::Key { .. }) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", proxy_checker::Chain(&e));
                 return ExitCode::from(2);
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", proxy_checker::Chain(&e));
                 return ExitCode::FAILURE;
             }
         };
