@@ -83,15 +83,14 @@ pub async fn handle(shared: Arc<Shared>, mut s: TcpStream) {
         }
         _ => {}
     }
-    let mut first = [0u8; 1];
-    if s.read_exact(&mut first).await.is_err() {
+    let Ok(first) = s.read_u8().await else {
         return;
-    }
+    };
     if ctx.behavior == Behavior::Garbage {
         let _ = s.write_all(GARBAGE).await;
         return finish(&mut s).await;
     }
-    match (first[0], ctx.protocol) {
+    match (first, ctx.protocol) {
         (5, Protocol::Socks5) => socks5(&ctx, s).await,
         (4, Protocol::Socks4) => socks4(&ctx, s).await,
         (4 | 5, _) if ctx.protocol.is_http() => {
@@ -99,7 +98,7 @@ pub async fn handle(shared: Arc<Shared>, mut s: TcpStream) {
                 .await;
             finish(&mut s).await;
         }
-        (_, p) if p.is_http() => http_proxy(&ctx, s, first[0]).await,
+        (_, p) if p.is_http() => http_proxy(&ctx, s, first).await,
         _ => {}
     }
 }
@@ -283,87 +282,70 @@ async fn inline_judge<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S) {
     finish(s).await;
 }
 
-async fn socks5(ctx: &Ctx, mut s: TcpStream) {
-    let mut n = [0u8; 1];
-    if s.read_exact(&mut n).await.is_err() {
-        return;
-    }
-    let mut methods = vec![0u8; usize::from(n[0])];
-    if s.read_exact(&mut methods).await.is_err() {
-        return;
-    }
+async fn socks5(ctx: &Ctx, s: TcpStream) {
+    // A client that hangs up mid-handshake ends the session: there is no one to answer.
+    let _ = socks5_session(ctx, s).await;
+}
+
+/// Reads exactly `N` bytes.
+async fn read_array<const N: usize>(s: &mut TcpStream) -> std::io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    s.read_exact(&mut b).await?;
+    Ok(b)
+}
+
+/// Reads exactly `n` bytes (a length the client sent: at most 255 here).
+async fn read_vec(s: &mut TcpStream, n: u8) -> std::io::Result<Vec<u8>> {
+    let mut b = vec![0u8; usize::from(n)];
+    s.read_exact(&mut b).await?;
+    Ok(b)
+}
+
+async fn socks5_session(ctx: &Ctx, mut s: TcpStream) -> std::io::Result<()> {
+    let n = s.read_u8().await?;
+    let methods = read_vec(&mut s, n).await?;
     if let Some(reply) = hostile::socks5_method(ctx.behavior) {
         hostile::send(&mut s, reply).await;
-        return finish(&mut s).await;
+        finish(&mut s).await;
+        return Ok(());
     }
     if needs_auth(ctx) {
         if !methods.contains(&2) {
             let _ = s.write_all(&[5, 0xff]).await;
-            return finish(&mut s).await;
+            finish(&mut s).await;
+            return Ok(());
         }
-        let _ = s.write_all(&[5, 2]).await;
-        let mut head = [0u8; 2];
-        if s.read_exact(&mut head).await.is_err() {
-            return;
-        }
-        let mut user = vec![0u8; usize::from(head[1])];
-        let mut plen = [0u8; 1];
-        if s.read_exact(&mut user).await.is_err() || s.read_exact(&mut plen).await.is_err() {
-            return;
-        }
-        let mut pass = vec![0u8; usize::from(plen[0])];
-        if s.read_exact(&mut pass).await.is_err() {
-            return;
-        }
+        s.write_all(&[5, 2]).await?;
+        let [_version, ulen] = read_array::<2>(&mut s).await?;
+        let user = read_vec(&mut s, ulen).await?;
+        let plen = s.read_u8().await?;
+        let pass = read_vec(&mut s, plen).await?;
         let (u, p) = credentials(ctx.index);
         let ok = ctx.behavior == Behavior::AuthGood && user == u.as_bytes() && pass == p.as_bytes();
         let _ = s.write_all(&[1, if ok { 0 } else { 1 }]).await;
         if !ok {
-            return finish(&mut s).await;
+            finish(&mut s).await;
+            return Ok(());
         }
     } else if methods.contains(&0) {
-        let _ = s.write_all(&[5, 0]).await;
+        s.write_all(&[5, 0]).await?;
     } else {
         let _ = s.write_all(&[5, 0xff]).await;
-        return finish(&mut s).await;
+        finish(&mut s).await;
+        return Ok(());
     }
-    let mut req = [0u8; 4];
-    if s.read_exact(&mut req).await.is_err() {
-        return;
-    }
+    let req = read_array::<4>(&mut s).await?;
     let host = match req[3] {
-        1 => {
-            let mut a = [0u8; 4];
-            if s.read_exact(&mut a).await.is_err() {
-                return;
-            }
-            std::net::Ipv4Addr::from(a).to_string()
-        }
+        1 => std::net::Ipv4Addr::from(read_array::<4>(&mut s).await?).to_string(),
         3 => {
-            let mut l = [0u8; 1];
-            if s.read_exact(&mut l).await.is_err() {
-                return;
-            }
-            let mut name = vec![0u8; usize::from(l[0])];
-            if s.read_exact(&mut name).await.is_err() {
-                return;
-            }
-            String::from_utf8_lossy(&name).into_owned()
+            let len = s.read_u8().await?;
+            String::from_utf8_lossy(&read_vec(&mut s, len).await?).into_owned()
         }
-        4 => {
-            let mut a = [0u8; 16];
-            if s.read_exact(&mut a).await.is_err() {
-                return;
-            }
-            format!("[{}]", std::net::Ipv6Addr::from(a))
-        }
-        _ => return,
+        4 => format!("[{}]", std::net::Ipv6Addr::from(read_array::<16>(&mut s).await?)),
+        _ => return Ok(()),
     };
-    let mut port = [0u8; 2];
-    if s.read_exact(&mut port).await.is_err() {
-        return;
-    }
-    let target = ctx.shared.farm_target(&format!("{host}:{}", u16::from_be_bytes(port)));
+    let port = u16::from_be_bytes(read_array::<2>(&mut s).await?);
+    let target = ctx.shared.farm_target(&format!("{host}:{port}"));
     let code = match target {
         _ if req[1] != 1 => 7,
         None => 4,
@@ -371,29 +353,31 @@ async fn socks5(ctx: &Ctx, mut s: TcpStream) {
         Some(_) => 0,
     };
     if ctx.behavior == Behavior::ResetAfterRequest {
-        return hostile::reset(s);
+        hostile::reset(s);
+        return Ok(());
     }
     if ctx.behavior == Behavior::BogusSocks {
         // Address type "domain", length 255, then 8 bytes and a close.
         let _ = s.write_all(&[5, 0, 0, 3, 255, b'a', b'b', b'c', b'd', b'e', b'f', b'g', b'h']).await;
-        return finish(&mut s).await;
+        finish(&mut s).await;
+        return Ok(());
     }
     if let Some(reply) = hostile::socks5_failure(ctx.behavior) {
         let _ = s.write_all(reply).await;
-        return finish(&mut s).await;
+        finish(&mut s).await;
+        return Ok(());
     }
     let usual = [5, code, 0, 1, 0, 0, 0, 0, 0, 0];
     let reply = match hostile::socks5_success(ctx.behavior) {
         Some(odd) if code == 0 => odd,
         _ => &usual,
     };
-    if s.write_all(reply).await.is_err() {
-        return;
-    }
+    s.write_all(reply).await?;
     match target {
         Some(t) if code == 0 => after_reply(ctx, s, t).await,
         _ => finish(&mut s).await,
     }
+    Ok(())
 }
 
 /// Enters the tunnel after a successful SOCKS reply, unless the behaviour spoils it first.
@@ -407,10 +391,9 @@ async fn after_reply(ctx: &Ctx, mut s: TcpStream, target: crate::Target) {
 }
 
 async fn socks4(ctx: &Ctx, mut s: TcpStream) {
-    let mut head = [0u8; 7];
-    if s.read_exact(&mut head).await.is_err() {
+    let Ok(head) = read_array::<7>(&mut s).await else {
         return;
-    }
+    };
     let port = u16::from_be_bytes([head[1], head[2]]);
     let ip = std::net::Ipv4Addr::new(head[3], head[4], head[5], head[6]);
     let Some(user) = read_cstr(&mut s).await else {

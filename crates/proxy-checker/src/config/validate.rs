@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{OneOrMany, RawConfig, RawSource};
+use super::raw::{OneOrMany, RawAggregation, RawApi, RawChecker, RawConfig, RawLog, RawSource, RawStorage};
 use super::{
     ApiConfig, CheckerConfig, Config, DEFAULT_JUDGES, ForwardedHeader, JUDGE_ALWAYS_HIDDEN, LogConfig, LogFormat,
     StorageConfig, StorageKind,
@@ -76,10 +76,24 @@ fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
     Ok(v)
 }
 
-/// Validates a raw config; the error names the field.
+/// Validates a raw config, one section after another; the error names the field.
 pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
+    let sources = sources(&raw.sources)?;
+    let (interval, fetch) = aggregation(&raw.aggregation)?;
+    Ok(Config {
+        sources,
+        interval,
+        fetch,
+        checker: checker(&raw.checker)?,
+        api: api(&raw.api)?,
+        storage: storage(&raw.storage)?,
+        log: log(&raw.log)?,
+    })
+}
+
+fn sources(raw: &[RawSource]) -> Result<Vec<SourceSpec>, Invalid> {
     let mut sources = Vec::new();
-    for (i, s) in raw.sources.iter().enumerate() {
+    for (i, s) in raw.iter().enumerate() {
         let field = format!("sources[{i}]");
         let (loc, proto, name) = match s {
             RawSource::Plain(s) => (s.as_str(), None, None),
@@ -104,8 +118,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         };
         sources.push(SourceSpec { location, protocol, name });
     }
+    Ok(sources)
+}
 
-    let a = &raw.aggregation;
+fn aggregation(a: &RawAggregation) -> Result<(Duration, FetchSettings), Invalid> {
     let interval = Duration::from_secs(ranged("aggregation.interval_secs", a.interval_secs, 300, 5, 7 * 86_400)?);
     let fetch = FetchSettings {
         timeout: Duration::from_millis(ranged(
@@ -121,50 +137,17 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         allow_private: a.allow_private_sources.unwrap_or(false),
         ..FetchSettings::default()
     };
+    Ok((interval, fetch))
+}
 
-    let c = &raw.checker;
+fn checker(c: &RawChecker) -> Result<CheckerConfig, Invalid> {
     let mode = match c.mode.as_deref() {
         None => Mode::FullHttp,
         Some(m) => Mode::parse(m)
             .ok_or_else(|| bad("checker.mode", format!("`{m}` is not a mode (allowed: connect-only, full-http)")))?,
     };
-    let judge_strings = match &c.judge_url {
-        None => DEFAULT_JUDGES.iter().map(|j| j.to_string()).collect(),
-        Some(OneOrMany::One(s)) => vec![s.clone()],
-        Some(OneOrMany::Many(v)) => v.clone(),
-    };
-    if judge_strings.is_empty() {
-        return Err(bad("checker.judge_url", "needs at least one URL"));
-    }
-    let mut judges = Vec::new();
-    for s in &judge_strings {
-        let url: url::Url = s.parse().map_err(|e| bad("checker.judge_url", format!("`{s}` is not a URL: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return Err(bad("checker.judge_url", format!("`{s}`: must be an http:// or https:// URL with a host")));
-        }
-        judges.push(url);
-    }
-    let validation = match (c.validation.as_deref(), &c.expect_body) {
-        (None | Some("nonce"), None) => Validation::Nonce,
-        (None | Some("contains"), Some(text)) if !text.is_empty() => Validation::Contains(text.clone()),
-        (Some("contains"), _) => {
-            return Err(bad("checker.expect_body", "`contains` validation needs a non-empty expect_body"));
-        }
-        (Some("none"), None) => Validation::None,
-        (Some(v @ ("nonce" | "none")), Some(_)) => {
-            return Err(bad(
-                "checker.expect_body",
-                format!("only used with validation `contains` (validation is `{v}`)"),
-            ));
-        }
-        (Some(v), _) => {
-            return Err(bad(
-                "checker.validation",
-                format!("`{v}` is not a validation (allowed: nonce, contains, none)"),
-            ));
-        }
-        (None, Some(_)) => return Err(bad("checker.expect_body", "must not be empty")),
-    };
+    let judges = judges(c)?;
+    let validation = validation(c)?;
     let timeout_ms = ranged("checker.timeout_ms", c.timeout_ms, 10_000, 100, 600_000)?;
     let connect_timeout_ms =
         ranged("checker.connect_timeout_ms", c.connect_timeout_ms, 5_000.min(timeout_ms), 50, 600_000)?;
@@ -185,60 +168,76 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         adaptive: c.enable_adaptive_concurrency.unwrap_or(true),
         ca_file: c.ca_file.as_ref().map(PathBuf::from),
     };
-    let checker = CheckerConfig {
+    Ok(CheckerConfig {
         settings,
         concurrency_requested: concurrency,
         batch_size: ranged("checker.batch_size", c.batch_size, 256, 1, 100_000)?,
         allow_private: c.allow_private.unwrap_or(false),
         fd_reserve: c.fd_reserve,
-    };
+    })
+}
 
-    let api = &raw.api;
+/// `checker.judge_url`: one URL or several, http(s) with a host (default: httpbin's two).
+fn judges(c: &RawChecker) -> Result<Vec<url::Url>, Invalid> {
+    let judge_strings = match &c.judge_url {
+        None => DEFAULT_JUDGES.iter().map(|j| j.to_string()).collect(),
+        Some(OneOrMany::One(s)) => vec![s.clone()],
+        Some(OneOrMany::Many(v)) => v.clone(),
+    };
+    if judge_strings.is_empty() {
+        return Err(bad("checker.judge_url", "needs at least one URL"));
+    }
+    let mut judges = Vec::new();
+    for s in &judge_strings {
+        let shown = crate::redact::redacted_str(s);
+        let url: url::Url = s.parse().map_err(|e| bad("checker.judge_url", format!("`{shown}` is not a URL: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            return Err(bad("checker.judge_url", format!("`{shown}`: must be an http:// or https:// URL with a host")));
+        }
+        judges.push(url);
+    }
+    Ok(judges)
+}
+
+/// `checker.validation` and `checker.expect_body`, which go together.
+fn validation(c: &RawChecker) -> Result<Validation, Invalid> {
+    Ok(match (c.validation.as_deref(), &c.expect_body) {
+        (None | Some("nonce"), None) => Validation::Nonce,
+        (None | Some("contains"), Some(text)) if !text.is_empty() => Validation::Contains(text.clone()),
+        (Some("contains"), _) => {
+            return Err(bad("checker.expect_body", "`contains` validation needs a non-empty expect_body"));
+        }
+        (Some("none"), None) => Validation::None,
+        (Some(v @ ("nonce" | "none")), Some(_)) => {
+            return Err(bad(
+                "checker.expect_body",
+                format!("only used with validation `contains` (validation is `{v}`)"),
+            ));
+        }
+        (Some(v), _) => {
+            return Err(bad(
+                "checker.validation",
+                format!("`{v}` is not a validation (allowed: nonce, contains, none)"),
+            ));
+        }
+        (None, Some(_)) => return Err(bad("checker.expect_body", "must not be empty")),
+    })
+}
+
+fn api(api: &RawApi) -> Result<ApiConfig, Invalid> {
     let listen_s = api.listen.clone().unwrap_or_else(|| "127.0.0.1:8080".into());
     let listen: SocketAddr = listen_s
         .parse()
         .map_err(|_| bad("api.listen", format!("`{listen_s}` is not an address:port (for example 0.0.0.0:8080)")))?;
-    let api_keys = api.api_keys.clone().unwrap_or_default();
-    for (i, k) in api_keys.iter().enumerate() {
-        check_api_key(k).map_err(|why| bad(format!("api.api_keys[{i}]"), why))?;
-    }
-    let admin_keys = api.admin_keys.clone().unwrap_or_default();
-    for (i, k) in admin_keys.iter().enumerate() {
-        check_api_key(k).map_err(|why| bad(format!("api.admin_keys[{i}]"), why))?;
-    }
-    if api.trust_forwarded_for.is_some() {
-        return Err(bad(
-            "api.trust_forwarded_for",
-            "was replaced by `api.trusted_proxies`: list your reverse proxies' addresses or CIDRs \
-             (for example [\"127.0.0.1\", \"10.0.0.0/8\"]); forwarding headers from anyone else are ignored",
-        ));
-    }
-    let mut trusted_proxies = Vec::new();
-    for (i, s) in api.trusted_proxies.iter().flatten().enumerate() {
-        let net = s
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| bad(format!("api.trusted_proxies[{i}]"), format!("`{s}` is not an address or a CIDR")))?;
-        if net.prefix_len() == 0 {
-            return Err(bad(
-                format!("api.trusted_proxies[{i}]"),
-                format!("`{s}` trusts every address, so any client could write its own address; list your proxies"),
-            ));
-        }
-        trusted_proxies.push(net.trunc());
-    }
+    let api_keys = keys("api.api_keys", api.api_keys.as_deref())?;
+    let admin_keys = keys("api.admin_keys", api.admin_keys.as_deref())?;
+    let trusted_proxies = trusted_proxies(api)?;
     let forwarded_header = match &api.forwarded_header {
         None => ForwardedHeader::XForwardedFor,
         Some(h) => h.parse().map_err(|e| bad("api.forwarded_header", e))?,
     };
-    let mut judge_hide_headers: Vec<String> = JUDGE_ALWAYS_HIDDEN.iter().map(|h| h.to_string()).collect();
-    for (i, h) in api.judge_hide_headers.iter().flatten().enumerate() {
-        if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-            return Err(bad(format!("api.judge_hide_headers[{i}]"), format!("`{h}` is not a header name")));
-        }
-        judge_hide_headers.push(h.to_ascii_lowercase());
-    }
-    let api = ApiConfig {
+    let judge_hide_headers = judge_hide_headers(api.judge_hide_headers.as_deref())?;
+    Ok(ApiConfig {
         listen,
         auth: api.enable_api_key_auth.unwrap_or(true),
         api_keys,
@@ -263,9 +262,58 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         )?),
         judge_enabled: api.judge_enabled.unwrap_or(true),
         judge_hide_headers,
-    };
+    })
+}
 
-    let st = &raw.storage;
+/// A key list (`api.api_keys`, `api.admin_keys`): every key by the one key rule.
+fn keys(field: &str, keys: Option<&[String]>) -> Result<Vec<String>, Invalid> {
+    let keys = keys.unwrap_or_default().to_vec();
+    for (i, k) in keys.iter().enumerate() {
+        check_api_key(k).map_err(|why| bad(format!("{field}[{i}]"), why))?;
+    }
+    Ok(keys)
+}
+
+/// `api.trusted_proxies`: addresses or CIDRs, never all of them (and the old switch is
+/// refused, naming its replacement).
+fn trusted_proxies(api: &RawApi) -> Result<Vec<ipnet::IpNet>, Invalid> {
+    if api.trust_forwarded_for.is_some() {
+        return Err(bad(
+            "api.trust_forwarded_for",
+            "was replaced by `api.trusted_proxies`: list your reverse proxies' addresses or CIDRs \
+             (for example [\"127.0.0.1\", \"10.0.0.0/8\"]); forwarding headers from anyone else are ignored",
+        ));
+    }
+    let mut trusted_proxies = Vec::new();
+    for (i, s) in api.trusted_proxies.iter().flatten().enumerate() {
+        let net = s
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| bad(format!("api.trusted_proxies[{i}]"), format!("`{s}` is not an address or a CIDR")))?;
+        if net.prefix_len() == 0 {
+            return Err(bad(
+                format!("api.trusted_proxies[{i}]"),
+                format!("`{s}` trusts every address, so any client could write its own address; list your proxies"),
+            ));
+        }
+        trusted_proxies.push(net.trunc());
+    }
+    Ok(trusted_proxies)
+}
+
+/// `api.judge_hide_headers`, added to the headers `/judge` always hides.
+fn judge_hide_headers(extra: Option<&[String]>) -> Result<Vec<String>, Invalid> {
+    let mut judge_hide_headers: Vec<String> = JUDGE_ALWAYS_HIDDEN.iter().map(|h| h.to_string()).collect();
+    for (i, h) in extra.unwrap_or_default().iter().enumerate() {
+        if axum::http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            return Err(bad(format!("api.judge_hide_headers[{i}]"), format!("`{h}` is not a header name")));
+        }
+        judge_hide_headers.push(h.to_ascii_lowercase());
+    }
+    Ok(judge_hide_headers)
+}
+
+fn storage(st: &RawStorage) -> Result<StorageConfig, Invalid> {
     let kind = match st.kind.as_deref() {
         None | Some("file") => StorageKind::File,
         Some("sqlite") => StorageKind::Sqlite,
@@ -278,7 +326,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         StorageKind::Sqlite => "data/proxies.sqlite3",
         _ => "data/proxies.json",
     };
-    let storage = StorageConfig {
+    Ok(StorageConfig {
         path: PathBuf::from(st.path.clone().unwrap_or_else(|| default_path.into())),
         redis_url: st.redis_url.clone(),
         redis_prefix: match &st.redis_key_prefix {
@@ -289,15 +337,16 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
             None => "proxychecker:".into(),
         },
         kind,
-    };
+    })
+}
 
-    let level = raw.log.level.clone().unwrap_or_else(|| "info".into());
+fn log(raw: &RawLog) -> Result<LogConfig, Invalid> {
+    let level = raw.level.clone().unwrap_or_else(|| "info".into());
     if !matches!(level.as_str(), "error" | "warn" | "info" | "debug" | "trace") {
         return Err(bad("log.level", format!("`{level}` is not a level (allowed: error, warn, info, debug, trace)")));
     }
-    let format = raw.log.format.as_deref().map_or(Ok(LogFormat::Auto), str::parse).map_err(|e| bad("log.format", e))?;
-
-    Ok(Config { sources, interval, fetch, checker, api, storage, log: LogConfig { level, format } })
+    let format = raw.format.as_deref().map_or(Ok(LogFormat::Auto), str::parse).map_err(|e| bad("log.format", e))?;
+    Ok(LogConfig { level, format })
 }
 
 #[cfg(test)]
