@@ -7,7 +7,7 @@
 use proxy_checker::proxy::Protocol;
 use proxy_checker::source::parse::{Format, ParseOptions, parse_document};
 
-#[path = "common/counting_alloc.rs"]
+#[path = "shared/counting_alloc.rs"]
 mod counting_alloc;
 
 #[global_allocator]

@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, HeaderValue};
 use proxy_checker::api::{BYTES_PER_CLIENT, Guard, MAX_TRACKED_IPS};
 use proxy_checker::config::Config;
 
-#[path = "common/counting_alloc.rs"]
+#[path = "shared/counting_alloc.rs"]
 mod counting_alloc;
 
 #[global_allocator]

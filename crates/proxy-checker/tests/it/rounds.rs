@@ -2,7 +2,7 @@
 //! own proxies and is reported honestly; a cancelled round leaves no task behind; a round
 //! that stops moving turns `/health` red in the real server.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

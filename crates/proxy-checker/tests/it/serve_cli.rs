@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
 
+use crate::common::HANG_GUARD;
+
 const BIN: &str = env!("CARGO_BIN_EXE_proxy-checker");
 const KEY: &str = "serve-cli-key-0123456789";
 
@@ -114,7 +116,7 @@ async fn serve_logs_json_reloads_on_sighup_and_exits_zero_on_sigterm() {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "serve did not stop on SIGTERM");
+        assert!(started.elapsed() < HANG_GUARD, "serve did not stop on SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(status.code(), Some(0));
@@ -218,12 +220,10 @@ async fn serve_speaks_sd_notify_and_pings_the_watchdog() {
     };
     let ready = next();
     assert!(ready.starts_with("READY=1\nSTATUS=serving on 127.0.0.1:"), "{ready}");
-    let started = Instant::now();
+    // Pings keep coming (each `recv` is bounded by the socket's read timeout).
     for _ in 0..3 {
         assert_eq!(next(), "WATCHDOG=1");
     }
-    // Three pings at half the 200 ms interval: well under the time systemd would wait.
-    assert!(started.elapsed() < Duration::from_secs(10));
     signal(child.id(), "TERM");
     loop {
         let m = next();

@@ -11,6 +11,8 @@ use proxy_checker::check::{Candidate, CheckSettings, Engine, Mode, Progress, Run
 use proxy_checker::proxy::Protocol as P;
 use proxy_checker::source::parse::{ParseOptions, parse_token};
 use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
+
+use crate::common::HANG_GUARD;
 use tokio_util::sync::CancellationToken;
 
 const BEHAVIORS: [Behavior; 22] = [
@@ -272,15 +274,14 @@ async fn hostile_proxies_end_dead_with_the_right_reason_within_the_timeout() {
     s.retries = 0;
     // Debug-build TLS on a shared 2-core machine: room for 180 handshakes at once.
     s.timeout = Duration::from_secs(3);
-    let timeout = s.timeout;
-    let started = std::time::Instant::now();
-    let (verdicts, _) = run(s, candidates(&farm)).await.unwrap();
-    let took = started.elapsed();
+    // All 180 run at once; a reader that ignored its deadline would hang here for the
+    // farm's hour-long streams. The guard only catches a hang: it is no speed target.
+    let (verdicts, _) = tokio::time::timeout(HANG_GUARD, run(s, candidates(&farm)))
+        .await
+        .expect("the run hung: a reader ignored its deadline")
+        .unwrap();
     assert_truth(&farm, &verdicts, true, true);
     assert!(verdicts.iter().all(|v| v.outcome.is_err() && v.attempts == 1));
-    // All 180 run at once; a reader that ignored its deadline would hang here for the
-    // farm's hour-long streams. The bound is loose on purpose (shared machines).
-    assert!(took < timeout * 10, "took {took:?}");
 }
 
 /// A proxy that reads the nonce in a plain request can forge the judge's answer without

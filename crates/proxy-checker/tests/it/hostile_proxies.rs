@@ -15,7 +15,7 @@ use proxy_farm::{Behavior, Farm, FarmProxy, FarmSpec, Group, Protocol, expect};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-mod common;
+use crate::common;
 
 const PROTOCOLS: [Protocol; 4] = [Protocol::Http, Protocol::Https, Protocol::Socks4, Protocol::Socks5];
 /// Generous for a slow, loaded machine: no verdict below may depend on its speed.

@@ -13,6 +13,11 @@ use serde_json::{Value, json};
 
 pub const KEY: &str = "test-key-0123456789abcdef";
 
+/// How long a test waits before calling something hung. Only a hang guard: no test
+/// asserts how fast anything is (that is what the benchmarks are for), so this is far
+/// above any duration a slow or busy machine could take.
+pub const HANG_GUARD: Duration = Duration::from_secs(300);
+
 pub fn farm_spec() -> FarmSpec {
     FarmSpec {
         groups: vec![

@@ -10,9 +10,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
 

@@ -10,9 +10,7 @@ use proxy_checker::api::{Access, ROUTES};
 use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
 use serde_json::{Value, json};
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 const ADMIN: &str = "admin-key-0123456789abcdef";
 
@@ -262,12 +260,8 @@ async fn secrets_in_source_and_redis_urls_are_never_shown() {
         u.set_fragment(Some("SECRETFRAG"));
         u.to_string()
     };
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        format!("http://127.0.0.1:{port}/list.txt")
-    };
+    // Port 1 (tcpmux): nothing listens there, so the connection is refused.
+    let refused = "http://127.0.0.1:1/list.txt".to_string();
     let failing = farm.add_source(
         "500.txt",
         proxy_farm::SourceBody {
