@@ -110,7 +110,7 @@ mod tests {
         assert!(key.bytes().all(|b| b.is_ascii_hexdigit()));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert_eq!(load_or_create(&path).unwrap(), (key.clone(), Origin::Existing));
+        assert_eq!(load_or_create(&path).unwrap(), (key, Origin::Existing));
         // Fresh keys differ (the old generator drew 128 bits from a non-cryptographic PRNG).
         let keys: std::collections::HashSet<String> = (0..64).map(|_| generate().unwrap()).collect();
         assert_eq!(keys.len(), 64);

@@ -10,6 +10,10 @@
 //! - [`config`]: the JSON config, raw → validated;
 //! - [`report`]: rendering verdicts as text, JSON or CSV.
 
+// The library never prints (the binaries and logs do), never unwraps outside tests (an
+// `expect` says why it cannot fail), and clones only what it must.
+#![deny(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used, clippy::redundant_clone)]
+
 pub mod api;
 pub mod check;
 pub mod config;

@@ -159,7 +159,7 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
     let scheduler = checker_rt.spawn(supervise_scheduler(service.clone(), shutdown.clone(), rounds));
     let _ = service.metrics.checker_runtime.set(checker_rt.handle().clone());
     let mut background = Vec::new();
-    let watched = service.clone();
+    let watched = service;
     let stall_limit = opts.stall_limit;
     background.push(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -187,7 +187,7 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
         watcher = Some(w);
         background.push(task);
         if opts.sighup {
-            let r = reloader.clone();
+            let r = reloader;
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             background.push(tokio::spawn(async move {
                 while hup.recv().await.is_some() {
