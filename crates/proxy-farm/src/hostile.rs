@@ -219,7 +219,21 @@ pub fn query_args(target: &str) -> Vec<(&str, &str)> {
     target.split_once('?').map(|(_, q)| q.split('&').filter_map(|kv| kv.split_once('=')).collect()).unwrap_or_default()
 }
 
-/// The judge's echo of an earlier request: every query value is [`STALE_NONCE`].
+/// The header that may carry a nonce (proxy-checker's `X-Pc-Nonce`).
+const NONCE_HEADER: &str = "x-pc-nonce";
+
+/// Every value a nonce may be in: the query arguments and the nonce header.
+fn nonce_values(req: &Request) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> =
+        query_args(&req.target).iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    if let Some(h) = req.header(NONCE_HEADER) {
+        v.push((NONCE_HEADER.to_string(), h.to_string()));
+    }
+    v
+}
+
+/// The judge's echo of an earlier request: every query value and the nonce header are
+/// [`STALE_NONCE`].
 fn stale_answer(req: &Request, origin: &str) -> Vec<u8> {
     let target = match req.target.split_once('?') {
         Some((path, query)) => {
@@ -231,7 +245,14 @@ fn stale_answer(req: &Request, origin: &str) -> Vec<u8> {
         }
         None => req.target.clone(),
     };
-    let earlier = Request { method: req.method.clone(), target, headers: req.headers.clone() };
+    let headers = req
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            (n.clone(), if n.eq_ignore_ascii_case(NONCE_HEADER) { STALE_NONCE.to_string() } else { v.clone() })
+        })
+        .collect();
+    let earlier = Request { method: req.method.clone(), target, headers };
     http::judge_body(&earlier, origin)
 }
 
@@ -247,23 +268,21 @@ fn echo(req: &Request) -> Vec<u8> {
 
 /// A login form keeping each query value in a hidden field.
 fn portal_form(req: &Request) -> String {
-    let fields: String = query_args(&req.target)
-        .iter()
-        .map(|(k, v)| format!("<input type=\"hidden\" name=\"{k}\" value=\"{v}\">"))
-        .collect();
+    let fields: String =
+        nonce_values(req).iter().map(|(k, v)| format!("<input type=\"hidden\" name=\"{k}\" value=\"{v}\">")).collect();
     format!("<html><body><form action=\"/login\" method=\"post\">{fields}<button>Log in</button></form></body></html>")
 }
 
 /// A JSON page with each query value under keys that are not the argument's name.
 fn shadow_json(req: &Request) -> Vec<u8> {
-    let args = query_args(&req.target);
+    let args = nonce_values(req);
     let mut page = serde_json::Map::new();
-    let shadowed: serde_json::Map<_, _> = args.iter().map(|(k, v)| (format!("x_{k}"), (*v).into())).collect();
+    let shadowed: serde_json::Map<_, _> = args.iter().map(|(k, v)| (format!("x_{k}"), v.as_str().into())).collect();
     page.insert("args".into(), shadowed.into());
     for (k, v) in &args {
-        page.insert(format!("{k}_seen"), (*v).into());
+        page.insert(format!("{k}_seen"), v.as_str().into());
     }
-    page.insert("values".into(), args.iter().map(|(_, v)| *v).collect::<Vec<_>>().into());
+    page.insert("values".into(), args.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().into());
     page.insert("url".into(), req.target.as_str().into());
     serde_json::to_vec(&page).unwrap_or_default()
 }

@@ -93,20 +93,64 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     let _ = s.flush().await;
 }
 
-/// The judge's echo: path (with the nonce), query arguments, headers, and the address the
-/// request came from.
+/// The judge families the farm answers as, by path: what judges people run look like.
+pub const JUDGE_FAMILIES: &[(&str, &str)] = &[
+    // httpbin `/get`: `args`, Title-Case `headers`, `origin`, `url`.
+    ("httpbin", "/get"),
+    // azenv.php: `KEY = value` lines in a `<pre>` (REQUEST_URI, QUERY_STRING, HTTP_*).
+    ("azenv", "/azenv.php"),
+    // A path-and-headers JSON echo: `path`, lower-case `headers`, `remote_addr`.
+    ("path-echo", "/echo"),
+    // This service's own `/judge`: `args`, `query`, lower-case `headers`, `origin`.
+    ("service", "/judge"),
+];
+
+/// A page that echoes nothing: calibration must refuse it.
+pub const NO_ECHO_PATH: &str = "/static";
+
+/// The judge's echo of `req` in the family its path selects (httpbin's by default), with
+/// `origin` as the address the request came from.
 pub fn judge_body(req: &Request, origin: &str) -> Vec<u8> {
     let path = match req.target.find("://") {
         Some(i) => req.target[i + 3..].find('/').map_or("/".to_string(), |p| req.target[i + 3 + p..].to_string()),
         None => req.target.clone(),
     };
-    let args: HashMap<&str, &str> = path
-        .split_once('?')
-        .map(|(_, q)| q.split('&').filter_map(|kv| kv.split_once('=')).collect())
-        .unwrap_or_default();
-    let headers: HashMap<&str, &str> = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-    serde_json::to_vec(&serde_json::json!({ "args": args, "headers": headers, "origin": origin, "path": path }))
-        .expect("json")
+    let (route, query) = path.split_once('?').unwrap_or((path.as_str(), ""));
+    let args: std::collections::BTreeMap<&str, &str> = query.split('&').filter_map(|kv| kv.split_once('=')).collect();
+    let lower = |n: &str| n.to_ascii_lowercase();
+    match route {
+        "/azenv.php" => {
+            let mut page = format!(
+                "<html><head><title>AZ Environment variables 1.04</title></head><body><pre>\nREMOTE_ADDR = {origin}\nREMOTE_PORT = 51234\nREQUEST_METHOD = GET\nREQUEST_URI = {path}\nQUERY_STRING = {query}\nREQUEST_TIME = 1764590000\n"
+            );
+            for (n, v) in &req.headers {
+                page.push_str(&format!("HTTP_{} = {v}\n", n.to_ascii_uppercase().replace('-', "_")));
+            }
+            page.push_str("</pre></body></html>");
+            page.into_bytes()
+        }
+        "/echo" => {
+            let headers: HashMap<String, &str> = req.headers.iter().map(|(n, v)| (lower(n), v.as_str())).collect();
+            serde_json::to_vec(&serde_json::json!({ "path": path, "headers": headers, "remote_addr": origin }))
+                .expect("json")
+        }
+        "/judge" => {
+            let headers: HashMap<String, &str> = req.headers.iter().map(|(n, v)| (lower(n), v.as_str())).collect();
+            serde_json::to_vec(
+                &serde_json::json!({ "args": args, "query": query, "headers": headers, "origin": origin }),
+            )
+            .expect("json")
+        }
+        NO_ECHO_PATH => b"<html><body><h1>It works!</h1></body></html>".to_vec(),
+        _ => {
+            let headers: HashMap<&str, &str> = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+            let host = req.header("host").unwrap_or("judge");
+            serde_json::to_vec(&serde_json::json!({
+                "args": args, "headers": headers, "origin": origin, "url": format!("http://{host}{path}"),
+            }))
+            .expect("json")
+        }
+    }
 }
 
 /// Answers a judge request (direct, or inline through a proxy) honouring judge-down.

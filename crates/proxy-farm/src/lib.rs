@@ -328,6 +328,16 @@ impl Farm {
         format!("http://{}/get", self.shared.judge)
     }
 
+    /// The plain judge at `path` (one of [`http::JUDGE_FAMILIES`], or [`http::NO_ECHO_PATH`]).
+    pub fn judge_url_at(&self, path: &str) -> String {
+        format!("http://{}{path}", self.shared.judge)
+    }
+
+    /// The TLS judge at `path`.
+    pub fn judge_tls_url_at(&self, path: &str) -> String {
+        format!("https://{}{path}", self.shared.judge_tls)
+    }
+
     pub fn judge_tls_url(&self) -> String {
         format!("https://{}/get", self.shared.judge_tls)
     }

@@ -168,6 +168,8 @@ pub enum Expect<'a> {
     /// requested URL (a captive portal's `?redirect=…`) contains `name=value` instead and
     /// does not pass.
     Echoed { name: &'a str, value: &'a [u8] },
+    /// The nonce at the place the judge's calibration found ([`super::echo`]).
+    Placed { place: &'a super::echo::Place, nonce: &'a [u8] },
 }
 
 impl Expect<'_> {
@@ -177,6 +179,7 @@ impl Expect<'_> {
         match *self {
             Expect::Text(t) => t.len(),
             Expect::Echoed { name, value } => name.len().saturating_add(value.len()).saturating_add(64),
+            Expect::Placed { place, nonce } => place.overlap(nonce),
         }
     }
 
@@ -195,6 +198,36 @@ impl Expect<'_> {
                     .is_some_and(|b| b.ends_with(b"\""));
                 member && after.get(value.len()) == Some(&b'"')
             }),
+            Expect::Placed { place, nonce } => place.found(body, nonce),
+        }
+    }
+}
+
+/// Reads the whole body after `head` (its first bytes already in `buf`), de-framed, up to
+/// `cap` bytes (what is past the cap is not read). For a judge's calibration answer.
+pub async fn read_body<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    head: Head,
+    cap: usize,
+    deadline: Instant,
+) -> Result<Vec<u8>, Failure> {
+    buf.drain(..head.len.min(buf.len()));
+    let mut body = BodyReader::new(head.framing);
+    let mut out = Vec::with_capacity(buf.len().clamp(256, BODY_READ));
+    loop {
+        let end = body.take(buf, &mut out).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
+        buf.clear();
+        if end || out.len() >= cap {
+            out.truncate(cap);
+            return Ok(out);
+        }
+        let n = within(deadline, Reason::Timeout, read_more(s, buf, BODY_READ)).await?;
+        if n == 0 {
+            return match body.framing {
+                Framing::Close => Ok(out),
+                Framing::Length(_) | Framing::Chunked => Err(Reason::ProxyClosed.into()),
+            };
         }
     }
 }

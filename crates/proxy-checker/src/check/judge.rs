@@ -32,6 +32,14 @@ pub enum JudgeError {
     ResolveTimeout { url: String, after: std::time::Duration },
     #[error("judge `{url}` is down: {reason}")]
     Down { url: String, reason: String },
+    /// The judge answers, but echoes neither nonce in a form the checker can verify.
+    #[error(
+        "judge `{url}` does not echo the request in a form the checker can verify (the `pc_nonce` query \
+         parameter as a JSON member, a JSON string or a `KEY = value` line, or the `X-Pc-Nonce` header); \
+         its answer starts: `{answer}`. For a judge like this, set `checker.validation` to `contains` with \
+         `checker.expect_body`"
+    )]
+    Uncalibrated { url: String, answer: String },
     /// Probing the judge kept failing on our side (no free descriptor or port).
     #[error("judge `{url}` could not be probed: local error")]
     Local {
@@ -57,6 +65,10 @@ pub struct Judge {
     server_name: ServerName<'static>,
     /// Host without brackets, as resolved.
     host: String,
+    /// Where this judge echoes the nonce, learned before the run's checks (`None` before
+    /// calibration, and with `contains`/`none` validation: the nonce then goes in the
+    /// query, unchecked).
+    pub calibration: Option<super::echo::Calibration>,
 }
 
 impl Judge {
@@ -102,6 +114,7 @@ impl Judge {
             target,
             server_name,
             host: bare.to_string(),
+            calibration: None,
         })
     }
 
@@ -119,14 +132,27 @@ impl Judge {
         &self.connect_target
     }
 
+    /// Where a check's nonce goes: the header when the judge echoes it (the URL then
+    /// holds nothing a proxy could forge an answer from), else the query.
+    fn carrier(&self) -> super::echo::Carrier {
+        self.calibration.as_ref().map_or(super::echo::Carrier::Query, |c| c.carrier)
+    }
+
     fn push_target(&self, out: &mut Vec<u8>, nonce: Option<&str>) {
         out.extend_from_slice(self.target.as_bytes());
-        if let Some(n) = nonce {
+        if let Some(n) = nonce.filter(|_| self.carrier() == super::echo::Carrier::Query) {
             out.push(if self.target.contains('?') { b'&' } else { b'?' });
             out.extend_from_slice(NONCE_PARAM.as_bytes());
             out.push(b'=');
             out.extend_from_slice(n.as_bytes());
         }
+    }
+
+    fn push_header_nonce(out: &mut Vec<u8>, nonce: &str) {
+        out.extend_from_slice(super::echo::NONCE_HEADER.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(nonce.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
 
     fn push_common(&self, out: &mut Vec<u8>) {
@@ -148,6 +174,24 @@ impl Judge {
         out.extend_from_slice(b"GET ");
         self.push_target(&mut out, nonce);
         self.push_common(&mut out);
+        if let Some(n) = nonce.filter(|_| self.carrier() == super::echo::Carrier::Header) {
+            Self::push_header_nonce(&mut out, n);
+        }
+        out.extend_from_slice(b"\r\n");
+        out
+    }
+
+    /// The calibration request: one nonce in the query, another in the header.
+    pub fn calibration_request(&self, query_nonce: &str, header_nonce: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(224);
+        out.extend_from_slice(b"GET ");
+        out.extend_from_slice(self.target.as_bytes());
+        out.push(if self.target.contains('?') { b'&' } else { b'?' });
+        out.extend_from_slice(NONCE_PARAM.as_bytes());
+        out.push(b'=');
+        out.extend_from_slice(query_nonce.as_bytes());
+        self.push_common(&mut out);
+        Self::push_header_nonce(&mut out, header_nonce);
         out.extend_from_slice(b"\r\n");
         out
     }
@@ -159,6 +203,9 @@ impl Judge {
         out.extend_from_slice(self.authority.as_bytes());
         self.push_target(&mut out, nonce);
         self.push_common(&mut out);
+        if let Some(n) = nonce.filter(|_| self.carrier() == super::echo::Carrier::Header) {
+            Self::push_header_nonce(&mut out, n);
+        }
         push_proxy_auth(&mut out, creds);
         out.extend_from_slice(b"\r\n");
         out
@@ -196,6 +243,33 @@ fn push_proxy_auth(out: &mut Vec<u8>, creds: Option<&Credentials>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A judge that echoes headers gets the nonce in the header only: the URL a forward
+    /// proxy sees holds nothing to forge an answer from.
+    #[tokio::test]
+    async fn the_nonce_stays_out_of_the_url_for_a_header_echo_judge() {
+        use crate::check::echo::{Calibration, Carrier, Place};
+        let mut j = Judge::resolve(&"http://127.0.0.1:8080/get".parse().unwrap()).await.unwrap();
+        let cal = String::from_utf8(j.calibration_request("Q1", "H1")).unwrap();
+        assert!(
+            cal.starts_with("GET /get?pc_nonce=Q1 HTTP/1.1\r\n") && cal.contains("\r\nX-Pc-Nonce: H1\r\n"),
+            "{cal}"
+        );
+        j.calibration =
+            Some(Calibration { carrier: Carrier::Header, place: Place::JsonMember { key: b"X-Pc-Nonce".to_vec() } });
+        let fwd = String::from_utf8(j.forward_request(Some("N1"), None)).unwrap();
+        assert!(
+            fwd.starts_with("GET http://127.0.0.1:8080/get HTTP/1.1\r\n") && fwd.contains("X-Pc-Nonce: N1\r\n"),
+            "{fwd}"
+        );
+        assert!(!fwd.contains("pc_nonce"), "{fwd}");
+        let origin = String::from_utf8(j.origin_request(Some("N2"))).unwrap();
+        assert!(origin.starts_with("GET /get HTTP/1.1") && origin.contains("X-Pc-Nonce: N2"), "{origin}");
+        j.calibration =
+            Some(Calibration { carrier: Carrier::Query, place: Place::JsonMember { key: b"pc_nonce".to_vec() } });
+        let fwd = String::from_utf8(j.forward_request(Some("N3"), None)).unwrap();
+        assert!(fwd.contains("/get?pc_nonce=N3 ") && !fwd.contains("X-Pc-Nonce"), "{fwd}");
+    }
 
     #[tokio::test]
     async fn requests() {

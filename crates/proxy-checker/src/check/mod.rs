@@ -9,6 +9,7 @@
 //! The engine knows nothing of configuration files, JSON, the API or storage.
 
 pub mod deadline;
+pub mod echo;
 pub mod engine;
 pub mod fdbudget;
 pub mod http1;

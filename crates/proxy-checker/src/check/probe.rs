@@ -21,6 +21,7 @@ use tokio_rustls::TlsConnector;
 
 use super::Validation;
 use super::deadline::{expired, within};
+use super::echo::{self, Calibration};
 use super::http1::{self, Head};
 use super::judge::{Judge, JudgeError, nonce};
 use super::reason::{Failure, Local, Reason};
@@ -92,6 +93,7 @@ impl Exchange {
         s: &mut S,
         buf: &mut Vec<u8>,
         head: Head,
+        judge: &Judge,
         nonce: &str,
         deadline: Instant,
     ) -> Result<(), Failure> {
@@ -102,7 +104,10 @@ impl Exchange {
         match &self.validation {
             Validation::None => Ok(()),
             Validation::Nonce => {
-                let expect = http1::Expect::Echoed { name: super::judge::NONCE_PARAM, value: nonce.as_bytes() };
+                let expect = match &judge.calibration {
+                    Some(c) => http1::Expect::Placed { place: &c.place, nonce: nonce.as_bytes() },
+                    None => http1::Expect::Echoed { name: super::judge::NONCE_PARAM, value: nonce.as_bytes() },
+                };
                 http1::expect_in_body(s, buf, head, expect, deadline).await
             }
             Validation::Contains(text) => {
@@ -127,7 +132,7 @@ impl Exchange {
         let head = http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await?;
         let latency = start.elapsed();
         status(&head, self.expect_status)?;
-        self.validate(&mut s, &mut buf, head, &nonce, deadline).await?;
+        self.validate(&mut s, &mut buf, head, judge, &nonce, deadline).await?;
         Ok(Success { latency, connect })
     }
 
@@ -237,10 +242,32 @@ impl Exchange {
         write(s, &judge.origin_request(Some(&nonce)), deadline, Reason::Timeout).await?;
         let head = http1::read_head(s, buf, deadline, Reason::Timeout).await?;
         let at = Instant::now();
-        self.validate(s, buf, head, &nonce, deadline).await?;
+        self.validate(s, buf, head, judge, &nonce, deadline).await?;
         Ok(at)
     }
+
+    /// The calibration exchange: both nonces, the whole answer (up to [`CALIBRATION_CAP`]),
+    /// and where the judge echoed them. `Err(answer)` when it echoed neither usably.
+    async fn calibration_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        s: &mut S,
+        judge: &Judge,
+        deadline: Instant,
+    ) -> Result<Result<Calibration, Vec<u8>>, Failure> {
+        let (query_nonce, header_nonce) = (nonce(), nonce());
+        write(s, &judge.calibration_request(&query_nonce, &header_nonce), deadline, Reason::Timeout).await?;
+        let mut buf = Vec::with_capacity(1024);
+        let head = http1::read_head(s, &mut buf, deadline, Reason::Timeout).await?;
+        if head.status != self.expect_status {
+            return Err(Reason::BadStatus.into());
+        }
+        let body = http1::read_body(s, &mut buf, head, CALIBRATION_CAP, deadline).await?;
+        Ok(echo::calibrate(&body, query_nonce.as_bytes(), header_nonce.as_bytes()).ok_or(body))
+    }
 }
+
+/// Bytes of a judge's calibration answer read at most.
+const CALIBRATION_CAP: usize = 64 * 1024;
 
 // Direct judge health probes: no proxy, same validation, so a dead judge is told apart
 // from dead proxies.
@@ -248,9 +275,28 @@ impl Exchange {
 /// Fetches the judge directly and validates its answer like a check would. A local
 /// failure (no free fd or port) is retried: it says nothing about the judge.
 pub async fn probe_direct(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Duration, JudgeError> {
+    direct(judge, ex, timeout, false).await.map(|(d, _)| d)
+}
+
+/// Calibrates a judge ([`echo`]): a direct request with a nonce in the query and one in a
+/// header, and where its answer echoes them. A judge that echoes neither usably fails with
+/// the start of its answer and the way out (`contains` validation).
+pub async fn calibrate_direct(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Calibration, JudgeError> {
+    match direct(judge, ex, timeout, true).await? {
+        (_, Some(c)) => Ok(c),
+        (_, None) => Err(JudgeError::Down { url: judge.shown.clone(), reason: "calibration gave no answer".into() }),
+    }
+}
+
+async fn direct(
+    judge: &Judge,
+    ex: &Exchange,
+    timeout: Duration,
+    calibrate: bool,
+) -> Result<(Duration, Option<Calibration>), JudgeError> {
     let mut tries: u32 = 0;
     loop {
-        match probe_once(judge, ex, timeout).await {
+        match probe_once(judge, ex, timeout, calibrate).await {
             Err(Probe::Local(e)) if tries < 50 => {
                 tracing::debug!(judge = %judge.shown, error = %e, "local failure probing the judge; retrying");
                 tries = tries.saturating_add(1);
@@ -270,7 +316,12 @@ enum Probe {
     Down(JudgeError),
 }
 
-async fn probe_once(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<Duration, Probe> {
+async fn probe_once(
+    judge: &Judge,
+    ex: &Exchange,
+    timeout: Duration,
+    calibrate: bool,
+) -> Result<(Duration, Option<Calibration>), Probe> {
     let down = |reason: String| Probe::Down(JudgeError::Down { url: judge.shown.clone(), reason });
     let start = Instant::now();
     let deadline = start.checked_add(timeout).unwrap_or(start);
@@ -283,21 +334,39 @@ async fn probe_once(judge: &Judge, ex: &Exchange, timeout: Duration) -> Result<D
     };
     let result = if judge.https {
         match tokio::time::timeout_at(deadline, ex.tls.connect(judge.server_name(), stream)).await {
-            Ok(Ok(mut tls)) => ex.judge_exchange(&mut tls, judge, &mut Vec::with_capacity(1024), deadline).await,
+            Ok(Ok(mut tls)) => exchange(ex, &mut tls, judge, deadline, calibrate).await,
             Ok(Err(e)) => return Err(down(format!("TLS: {e}"))),
             Err(_) => return Err(late_or(deadline, down("TLS handshake timed out".into()))),
         }
     } else {
         let mut s = stream;
-        let r = ex.judge_exchange(&mut s, judge, &mut Vec::with_capacity(1024), deadline).await;
+        let r = exchange(ex, &mut s, judge, deadline, calibrate).await;
         let _ = s.shutdown().await;
         r
     };
     match result {
-        Ok(_) => Ok(start.elapsed()),
+        Ok(Ok(c)) => Ok((start.elapsed(), c)),
+        Ok(Err(answer)) => Err(Probe::Down(JudgeError::Uncalibrated {
+            url: judge.shown.clone(),
+            answer: echo::quote_start(&answer, 200),
+        })),
         Err(Failure::Dead(r)) => Err(down(describe(r, ex))),
         Err(Failure::Local(l)) => Err(Probe::Local(l.0)),
     }
+}
+
+/// One direct exchange: a health check (validated like a check), or a calibration.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    ex: &Exchange,
+    s: &mut S,
+    judge: &Judge,
+    deadline: Instant,
+    calibrate: bool,
+) -> Result<Result<Option<Calibration>, Vec<u8>>, Failure> {
+    if calibrate {
+        return ex.calibration_exchange(s, judge, deadline).await.map(|r| r.map(Some));
+    }
+    ex.judge_exchange(s, judge, &mut Vec::with_capacity(1024), deadline).await.map(|_| Ok(None))
 }
 
 /// `down`, unless the deadline's timer fired late (an overloaded runtime).
@@ -329,6 +398,14 @@ pub async fn probe_all(urls: &[url::Url], ex: &Exchange, timeout: Duration) -> R
         }
         let judge = Judge::resolve(url).await;
         let result = match judge {
+            // Nonce validation learns where this judge echoes the nonce first.
+            Ok(mut j) if matches!(ex.validation, Validation::Nonce) => {
+                calibrate_direct(&j, ex, timeout).await.map(|c| {
+                    tracing::debug!(judge = %j.shown, calibration = ?c, "judge calibrated");
+                    j.calibration = Some(c);
+                    j
+                })
+            }
             Ok(j) => probe_direct(&j, ex, timeout).await.map(|_| j),
             Err(e) => Err(e),
         };

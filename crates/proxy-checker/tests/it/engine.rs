@@ -333,3 +333,45 @@ async fn tunnels_never_fall_back_to_a_plain_judge() {
     assert!(text.contains("https:// judges") && text.contains("forged"), "{text}");
     assert_eq!(farm.connections(), 0, "no proxy was dialed");
 }
+
+/// Every judge family people run (httpbin `/get`, azenv pages, path-and-headers JSON
+/// echoes, this service's `/judge`), plain and over TLS: calibrated before the checks, each
+/// gives every protocol × behaviour the farm's verdict, and connect-only is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_judge_family_every_protocol_and_behaviour() {
+    let farm = Farm::start(matrix(1)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, farm.ca_pem()).unwrap();
+    for (family, path) in proxy_farm::http::JUDGE_FAMILIES {
+        let (verdicts, _) = run(settings(Mode::FullHttp, vec![farm.judge_url_at(path)], None), candidates(&farm))
+            .await
+            .unwrap_or_else(|e| panic!("{family} (http): {e}"));
+        assert_truth(&farm, &verdicts, true, false);
+        let (verdicts, _) =
+            run(settings(Mode::FullHttp, vec![farm.judge_tls_url_at(path)], Some(ca.clone())), candidates(&farm))
+                .await
+                .unwrap_or_else(|e| panic!("{family} (https): {e}"));
+        assert_truth(&farm, &verdicts, true, true);
+        let (verdicts, _) =
+            run(settings(Mode::ConnectOnly, vec![farm.judge_url_at(path)], None), candidates(&farm)).await.unwrap();
+        assert_truth(&farm, &verdicts, false, false);
+    }
+}
+
+/// A judge that echoes nothing the checker can verify fails calibration before any proxy
+/// is dialed, quoting the start of its answer and naming the way out; with that way out
+/// (`contains`) the same judge works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_judge_that_echoes_nothing_fails_calibration_and_says_what_to_do() {
+    let farm = Farm::start(FarmSpec { groups: vec![Group::new(3, Protocol::Http, Behavior::Working)] }).await.unwrap();
+    let judge = farm.judge_url_at(proxy_farm::http::NO_ECHO_PATH);
+    let err = run(settings(Mode::FullHttp, vec![judge.clone()], None), candidates(&farm)).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("It works!") && text.contains("`contains`") && text.contains("expect_body"), "{text}");
+    assert_eq!(farm.connections(), 0, "no proxy was dialed");
+    let mut s = settings(Mode::FullHttp, vec![judge], None);
+    s.validation = Validation::Contains("It works!".into());
+    let (verdicts, _) = run(s, candidates(&farm)).await.unwrap();
+    assert!(verdicts.iter().all(|v| v.outcome.is_ok()), "{verdicts:?}");
+}

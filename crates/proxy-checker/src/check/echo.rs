@@ -1,0 +1,276 @@
+//! Where a judge echoes what it was sent, learned once per run ([`calibrate`]) from a
+//! direct request carrying two nonces — one in the query (`pc_nonce=`), one in the
+//! [`NONCE_HEADER`] header — and then required of every answer through a proxy
+//! ([`Place::found`]).
+//!
+//! Judges people run answer in a few shapes: httpbin's `/get` (`"args": {"pc_nonce": …}`,
+//! `"headers": {"X-Pc-Nonce": …}`), path-and-headers JSON echoes (`"path": "/x?pc_nonce=…"`,
+//! lower-case header names), azenv pages (`QUERY_STRING = pc_nonce=…`,
+//! `HTTP_X_PC_NONCE = …` lines, often inside `<pre>`), and this service's own `/judge`.
+//! Each place is a *key* and a *form*; an answer through a proxy counts only if the fresh
+//! nonce comes back under the same key in the same form. A captive portal repeating the URL
+//! in a link, a cached page with an old nonce and a page of another shape do not.
+//!
+//! When the judge echoes headers, checks carry the nonce in the header only, so the URL a
+//! proxy sees holds nothing to forge an answer from.
+
+// Bytes from the network meet no unchecked arithmetic or indexing here.
+#![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
+
+/// The request header carrying the header nonce.
+pub const NONCE_HEADER: &str = "X-Pc-Nonce";
+
+/// Where the nonce goes in a check's request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// `?pc_nonce=…` in the URL.
+    Query,
+    /// The [`NONCE_HEADER`] header only: the URL carries no nonce.
+    Header,
+}
+
+/// Where and how a judge's answer holds the nonce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// A JSON member whose whole value is the nonce: `"key": "NONCE"`.
+    JsonMember { key: Vec<u8> },
+    /// A JSON string, under `key`, that holds the nonce among other text (a path, a URL):
+    /// `"key": "/judge?pc_nonce=NONCE"`.
+    JsonString { key: Vec<u8> },
+    /// A line `KEY = …NONCE…` (or `KEY: …`), HTML tags before the key ignored.
+    Line { key: Vec<u8> },
+}
+
+/// What calibration learned about one judge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Calibration {
+    pub carrier: Carrier,
+    pub place: Place,
+}
+
+/// Longest line or JSON string a placed nonce is looked for in.
+const MAX_CONTEXT: usize = 1024;
+
+fn is_nonce_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+
+impl Place {
+    /// Bytes of scanned body a match may still start in before its nonce: the key, the
+    /// line or string around it.
+    pub fn overlap(&self, nonce: &[u8]) -> usize {
+        let key = match self {
+            Place::JsonMember { key } | Place::JsonString { key } | Place::Line { key } => key.len(),
+        };
+        MAX_CONTEXT.saturating_add(key).saturating_add(nonce.len())
+    }
+
+    /// Whether `body` holds `nonce` at this place, in this form.
+    pub fn found(&self, body: &[u8], nonce: &[u8]) -> bool {
+        if nonce.is_empty() {
+            return false;
+        }
+        memchr::memmem::find_iter(body, nonce).any(|i| {
+            let (before, rest) = body.split_at(i);
+            let after = rest.get(nonce.len()..).unwrap_or_default();
+            // The whole token: `abc` must not match inside `abcd`.
+            if before.last().is_some_and(|b| is_nonce_byte(*b)) || after.first().is_some_and(|b| is_nonce_byte(*b)) {
+                return false;
+            }
+            self.classify_at(before, after).as_ref() == Some(self)
+        })
+    }
+
+    /// The places a nonce found between `before` and `after` may be at, strongest first
+    /// (a JSON member over a JSON string over a line).
+    fn classify_at(&self, before: &[u8], after: &[u8]) -> Option<Place> {
+        match self {
+            Place::JsonMember { .. } => json_member(before, after).map(|key| Place::JsonMember { key }),
+            Place::JsonString { .. } => json_string(before).map(|key| Place::JsonString { key }),
+            Place::Line { .. } => line_key(before).map(|key| Place::Line { key }),
+        }
+    }
+}
+
+/// `…"key"␣:␣"` before and `"` after: the member's key.
+fn json_member(before: &[u8], after: &[u8]) -> Option<Vec<u8>> {
+    if after.first() != Some(&b'"') {
+        return None;
+    }
+    json_key_before_value(before.strip_suffix(b"\"")?)
+}
+
+/// `"key": "` ending `before_value` (the value's opening quote already stripped): the key.
+fn json_key_before_value(before_value: &[u8]) -> Option<Vec<u8>> {
+    let b = before_value.trim_ascii_end().strip_suffix(b":")?.trim_ascii_end().strip_suffix(b"\"")?;
+    let start = memchr::memrchr(b'"', b)?;
+    let key = b.get(start.checked_add(1)?..)?;
+    (!key.is_empty() && key.len() <= 128 && !key.contains(&b'\\')).then(|| key.to_vec())
+}
+
+/// The nonce inside a JSON string (not its whole value) under some key: the key.
+fn json_string(before: &[u8]) -> Option<Vec<u8>> {
+    let floor = before.len().saturating_sub(MAX_CONTEXT);
+    let window = before.get(floor..)?;
+    let open = memchr::memrchr(b'"', window)?;
+    let inside = window.get(open.checked_add(1)?..)?;
+    if inside.is_empty() || inside.contains(&b'\n') {
+        return None;
+    }
+    // An escaped quote is not the opening one.
+    if open.checked_sub(1).and_then(|p| window.get(p)) == Some(&b'\\') {
+        return None;
+    }
+    json_key_before_value(window.get(..open)?)
+}
+
+/// The key of the line the nonce is on: `KEY = …` or `KEY: …`, after any HTML tags and
+/// whitespace at the start of the line.
+fn line_key(before: &[u8]) -> Option<Vec<u8>> {
+    let floor = before.len().saturating_sub(MAX_CONTEXT);
+    let window = before.get(floor..)?;
+    let start = memchr::memrchr(b'\n', window).map_or(0, |n| n.saturating_add(1));
+    if start == 0 && floor > 0 {
+        return None;
+    }
+    let mut line = window.get(start..)?.trim_ascii_start();
+    // `<pre>`, `<br>`, `<b>`… before the key.
+    while let Some(rest) = line.strip_prefix(b"<") {
+        let close = memchr::memchr(b'>', rest)?;
+        line = rest.get(close.checked_add(1)?..)?.trim_ascii_start();
+    }
+    let end = line.iter().position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')))?;
+    let (key, rest) = line.split_at(end);
+    let rest = rest.trim_ascii_start();
+    let sep = rest.first()?;
+    (!key.is_empty() && matches!(sep, b'=' | b':')).then(|| key.to_vec())
+}
+
+/// Learns where a judge echoes the nonces of a direct request: the header nonce first
+/// (checks then keep the nonce out of the URL), then the query nonce. `None`: the judge
+/// echoes neither in a form this checker can tell from a page that merely repeats it.
+pub fn calibrate(body: &[u8], query_nonce: &[u8], header_nonce: &[u8]) -> Option<Calibration> {
+    let place_of = |nonce: &[u8]| -> Option<Place> {
+        let mut best: Option<Place> = None;
+        for i in memchr::memmem::find_iter(body, nonce) {
+            let (before, rest) = body.split_at(i);
+            let after = rest.get(nonce.len()..).unwrap_or_default();
+            if before.last().is_some_and(|b| is_nonce_byte(*b)) || after.first().is_some_and(|b| is_nonce_byte(*b)) {
+                continue;
+            }
+            let here = json_member(before, after)
+                .map(|key| Place::JsonMember { key })
+                .or_else(|| line_key(before).map(|key| Place::Line { key }))
+                .or_else(|| json_string(before).map(|key| Place::JsonString { key }));
+            best = match (best, here) {
+                (Some(b @ Place::JsonMember { .. }), _) => Some(b),
+                (_, Some(h @ Place::JsonMember { .. })) => Some(h),
+                (Some(b @ Place::Line { .. }), _) => Some(b),
+                (b, h) => h.or(b),
+            };
+        }
+        best
+    };
+    if let Some(place) = place_of(header_nonce) {
+        return Some(Calibration { carrier: Carrier::Header, place });
+    }
+    place_of(query_nonce).map(|place| Calibration { carrier: Carrier::Query, place })
+}
+
+/// The start of an answer as an error may quote it: at most `max` bytes, control bytes
+/// escaped.
+pub fn quote_start(body: &[u8], max: usize) -> String {
+    let cut = body.get(..max.min(body.len())).unwrap_or_default();
+    let mut s = String::from_utf8_lossy(cut).escape_debug().to_string();
+    if body.len() > max {
+        s.push('…');
+    }
+    s
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    const Q: &str = "0a1b2c3d4e5f60718293a4b5";
+    const H: &str = "ffee00112233445566778899";
+
+    fn cal(body: &str) -> Option<Calibration> {
+        calibrate(body.as_bytes(), Q.as_bytes(), H.as_bytes())
+    }
+
+    fn member(k: &str) -> Place {
+        Place::JsonMember { key: k.as_bytes().to_vec() }
+    }
+
+    #[test]
+    fn each_judge_family_is_recognised() {
+        // httpbin /get: the header echo wins (the URL then carries no nonce).
+        let httpbin = format!(
+            r#"{{"args": {{"pc_nonce": "{Q}"}}, "headers": {{"Host": "j", "X-Pc-Nonce": "{H}"}}, "origin": "1.2.3.4", "url": "http://j/get?pc_nonce={Q}"}}"#
+        );
+        assert_eq!(cal(&httpbin), Some(Calibration { carrier: Carrier::Header, place: member("X-Pc-Nonce") }));
+        // httpbin without the header (a proxy in front of it strips X- headers): the args.
+        let args_only = format!(r#"{{"args": {{"pc_nonce": "{Q}"}}, "url": "http://j/get?pc_nonce={Q}"}}"#);
+        assert_eq!(cal(&args_only), Some(Calibration { carrier: Carrier::Query, place: member("pc_nonce") }));
+        // A path-and-headers echo, lower-case names.
+        let echo =
+            format!(r#"{{"path":"/echo?pc_nonce={Q}","headers":{{"x-pc-nonce":"{H}"}},"remote_addr":"1.2.3.4"}}"#);
+        assert_eq!(cal(&echo), Some(Calibration { carrier: Carrier::Header, place: member("x-pc-nonce") }));
+        // The same with the path only.
+        let path_only = format!(r#"{{"path": "/echo?pc_nonce={Q}", "remote_addr": "1.2.3.4"}}"#);
+        assert_eq!(
+            cal(&path_only),
+            Some(Calibration { carrier: Carrier::Query, place: Place::JsonString { key: b"path".to_vec() } })
+        );
+        // azenv, in <pre>, with the header.
+        let azenv = format!(
+            "<html><body><pre>\nREMOTE_ADDR = 1.2.3.4\nREQUEST_URI = /azenv.php?pc_nonce={Q}\nQUERY_STRING = pc_nonce={Q}\nHTTP_X_PC_NONCE = {H}\n</pre></body></html>"
+        );
+        assert_eq!(
+            cal(&azenv),
+            Some(Calibration { carrier: Carrier::Header, place: Place::Line { key: b"HTTP_X_PC_NONCE".to_vec() } })
+        );
+        // azenv that drops unknown headers: the query, on its line (before the JSON-less URI).
+        let azenv_q = format!("<pre>REQUEST_URI = /azenv.php?pc_nonce={Q}<br>\n<b>QUERY_STRING</b> = pc_nonce={Q}\n");
+        let c = cal(&azenv_q).unwrap();
+        assert_eq!(c.carrier, Carrier::Query);
+        assert!(matches!(c.place, Place::Line { .. }), "{c:?}");
+        // Nothing usable: the URL in a link, or no echo at all.
+        assert_eq!(cal(&format!("<a href=\"/login?next=/get?pc_nonce={Q}\">login</a>")), None);
+        assert_eq!(cal("<html>It works!</html>"), None);
+    }
+
+    #[test]
+    fn an_answer_counts_only_in_the_calibrated_place_and_form() {
+        let n = "9f8e7d6c5b4a39281706f5e4";
+        let m = member("X-Pc-Nonce");
+        assert!(m.found(format!(r#"{{"headers": {{"X-Pc-Nonce": "{n}"}}}}"#).as_bytes(), n.as_bytes()));
+        assert!(m.found(format!(r#"{{"headers":{{"X-Pc-Nonce" : "{n}"}}}}"#).as_bytes(), n.as_bytes()));
+        // Another key, a longer token, a portal link, a stale nonce: no.
+        assert!(!m.found(format!(r#"{{"X-Other": "{n}"}}"#).as_bytes(), n.as_bytes()));
+        assert!(!m.found(format!(r#"{{"X-Pc-Nonce": "{n}0"}}"#).as_bytes(), n.as_bytes()));
+        assert!(!m.found(format!("<a href=\"/x?X-Pc-Nonce={n}\">").as_bytes(), n.as_bytes()));
+        assert!(!m.found(br#"{"X-Pc-Nonce": "5ca1ab1e5ca1ab1e5ca1ab1e"}"#, n.as_bytes()));
+        let path = Place::JsonString { key: b"path".to_vec() };
+        assert!(path.found(format!(r#"{{"path": "/echo?pc_nonce={n}&x=1"}}"#).as_bytes(), n.as_bytes()));
+        assert!(!path.found(format!(r#"{{"url": "/echo?pc_nonce={n}"}}"#).as_bytes(), n.as_bytes()));
+        assert!(!path.found(format!("<a href=\"/echo?pc_nonce={n}\">").as_bytes(), n.as_bytes()));
+        let line = Place::Line { key: b"QUERY_STRING".to_vec() };
+        assert!(line.found(format!("<pre>\nQUERY_STRING = pc_nonce={n}\n").as_bytes(), n.as_bytes()));
+        assert!(!line.found(format!("REQUEST_URI = /a?pc_nonce={n}\n").as_bytes(), n.as_bytes()));
+        assert!(!line.found(format!("see /a?QUERY_STRING=pc_nonce={n}").as_bytes(), n.as_bytes()));
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let n = b"abc";
+        for body in [&b""[..], b"\"", b"abc", b"\"abc\"", b":\"abc\"", b"\n<abc", b"<<<<abc", b"\"\\\"abc"] {
+            for p in [member("k"), Place::JsonString { key: b"k".to_vec() }, Place::Line { key: b"k".to_vec() }] {
+                let _ = p.found(body, n);
+            }
+            let _ = calibrate(body, n, n);
+        }
+    }
+}
