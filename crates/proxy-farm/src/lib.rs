@@ -347,6 +347,12 @@ impl Farm {
         &self.shared.tls.ca_pem
     }
 
+    /// The TLS judge's certificate chain and private key, PEM: a certificate for
+    /// `localhost`/127.0.0.1 that [`Farm::ca_pem`] vouches for.
+    pub fn judge_cert_and_key_pem(&self) -> (&str, &str) {
+        (&self.shared.tls.judge_chain_pem, &self.shared.tls.judge_key_pem)
+    }
+
     /// Serves `body` at `/sources/NAME`; returns its URL.
     pub fn add_source(&self, name: &str, body: SourceBody) -> String {
         self.shared.sources.lock().expect("sources").insert(name.to_string(), body);

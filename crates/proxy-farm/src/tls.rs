@@ -10,6 +10,9 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 pub struct FarmTls {
     /// PEM of the CA that signed the judge's certificate.
     pub ca_pem: String,
+    /// The judge's certificate chain and key, PEM (to serve the same judge elsewhere).
+    pub judge_chain_pem: String,
+    pub judge_key_pem: String,
     pub judge: Arc<rustls::ServerConfig>,
     /// A self-signed certificate from no trusted CA.
     pub mitm: Arc<rustls::ServerConfig>,
@@ -40,6 +43,12 @@ impl FarmTls {
         let mitm_cert =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?.self_signed(&mitm_key)?;
         let mitm = server_config(vec![mitm_cert.der().clone()], &mitm_key)?;
-        Ok(Self { ca_pem: ca.pem(), judge, mitm })
+        Ok(Self {
+            ca_pem: ca.pem(),
+            judge_chain_pem: format!("{}{}", leaf.pem(), ca.pem()),
+            judge_key_pem: leaf_key.serialize_pem(),
+            judge,
+            mitm,
+        })
     }
 }

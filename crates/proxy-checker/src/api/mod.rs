@@ -177,6 +177,27 @@ const BODY_LIMIT: usize = 16 * 1024;
 /// Deadline for handling one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A judge on its own (`proxy-checker judge`): `GET /judge` (and `GET /`) answer the same
+/// echo as the service's `/judge`, hiding the built-in headers and `hidden`; 16 KiB bodies,
+/// 10 s per request. Serve it with `into_make_service_with_connect_info`.
+pub fn judge_router(hidden: Vec<String>) -> Router {
+    let mut all: Vec<String> = crate::config::JUDGE_ALWAYS_HIDDEN.iter().map(|h| h.to_string()).collect();
+    all.extend(hidden.into_iter().map(|h| h.to_ascii_lowercase()));
+    let all = Arc::new(all);
+    let handler = move |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                        axum::extract::RawQuery(q): axum::extract::RawQuery,
+                        headers: axum::http::HeaderMap| {
+        let all = all.clone();
+        async move { routes::echo(peer, q, &headers, &all) }
+    };
+    Router::new()
+        .route("/judge", get(handler.clone()))
+        .route("/", get(handler))
+        .fallback(routes::not_found)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+}
+
 /// The router with all middleware. Serve it with `into_make_service_with_connect_info`.
 pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new();

@@ -81,6 +81,12 @@ pub async fn judge(
     if !cfg.api.judge_enabled {
         return not_found().await;
     }
+    echo(peer, q, &headers, &cfg.api.judge_hide_headers)
+}
+
+/// The judge's answer (the service's `/judge` and `proxy-checker judge`): query, headers
+/// but `hidden` (lower-case names), capped, and the caller's address.
+pub fn echo(peer: SocketAddr, q: Option<String>, headers: &HeaderMap, hidden: &[String]) -> Response {
     let q = q.unwrap_or_default();
     if q.len() > JUDGE_MAX_QUERY {
         return ApiError::BadParam {
@@ -93,7 +99,6 @@ pub async fn judge(
     let args: BTreeMap<String, String> =
         url::form_urlencoded::parse(q.as_bytes()).into_owned().filter(|(k, _)| k != "api_key").collect();
     let q: String = q.split('&').filter(|kv| kv.split('=').next() != Some("api_key")).collect::<Vec<_>>().join("&");
-    let hidden = &cfg.api.judge_hide_headers;
     let mut echoed: BTreeMap<&str, String> = BTreeMap::new();
     let mut truncated = false;
     for (k, v) in headers.iter().filter(|(k, _)| !hidden.iter().any(|h| h == k.as_str())) {

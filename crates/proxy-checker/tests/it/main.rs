@@ -14,6 +14,7 @@ mod fuzz_corpus;
 mod hostile_clients;
 mod hostile_proxies;
 mod hostile_sources;
+mod judge_cli;
 mod parse_props;
 mod rounds;
 mod samples;

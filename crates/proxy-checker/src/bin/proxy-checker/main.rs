@@ -3,6 +3,7 @@
 //! source, 4 judge down, 1 anything else.
 
 mod check;
+mod judge;
 mod logs;
 mod progress;
 mod serve;
@@ -29,6 +30,8 @@ enum Command {
     Check(Box<CheckArgs>),
     /// Run the service: rounds on a schedule, the REST API, persistence.
     Serve(serve::ServeArgs),
+    /// Serve a judge of your own: the same echo as the service's `/judge`, plain or TLS.
+    Judge(judge::JudgeArgs),
     /// Validate a config file without starting anything.
     CheckConfig {
         /// The JSON config file.
@@ -120,6 +123,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve(args) => serve::main(args),
+        Command::Judge(args) => judge::main(args),
         Command::Check(args) => {
             logs::init(&args.log_level, "warn", args.log_format, logs::Stream::Stderr);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
