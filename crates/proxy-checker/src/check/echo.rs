@@ -17,6 +17,10 @@
 // Bytes from the network meet no unchecked arithmetic or indexing here.
 #![deny(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 
+use std::net::IpAddr;
+
+use super::{Anonymity, Echo};
+
 /// The request header carrying the header nonce.
 pub const NONCE_HEADER: &str = "X-Pc-Nonce";
 
@@ -46,6 +50,111 @@ pub enum Place {
 pub struct Calibration {
     pub carrier: Carrier,
     pub place: Place,
+    /// The address the judge saw the direct request come from: this machine's, as far as
+    /// the judge can tell (`None`: the judge does not show it).
+    pub own_ip: Option<IpAddr>,
+    /// Proxy-revealing headers the judge shows even for a direct request (its own front
+    /// proxies add them): not held against the proxies checked through it.
+    pub baseline: Vec<&'static str>,
+}
+
+/// Headers that tell a site a proxy is in between (lower case).
+pub const REVEALING: &[&str] = &[
+    "via",
+    "x-forwarded-for",
+    "forwarded",
+    "x-real-ip",
+    "proxy-connection",
+    "x-proxy-id",
+    "client-ip",
+    "x-client-ip",
+    "x-originating-ip",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-bluecoat-via",
+    "x-proxyuser-ip",
+    "proxy-client-ip",
+    "wl-proxy-client-ip",
+    "x-cluster-client-ip",
+    "forwarded-for",
+    "x-forwarded",
+];
+
+/// Keys under which judges show the client's address.
+const ORIGIN_KEYS: &str = "origin|remote_addr|remoteaddr|remote-addr|ip|client_ip|clientip|remote_ip";
+
+fn origin_re() -> &'static regex::bytes::Regex {
+    static RE: std::sync::OnceLock<regex::bytes::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        let json = format!(r#"(?i)"(?:{ORIGIN_KEYS})"\s*:\s*"([0-9A-Fa-f:.\[\], ]{{2,80}})""#);
+        let line = r"(?m)^\s*(?:<[^>\n]*>\s*)*REMOTE_ADDR\s*[=:]\s*([0-9A-Fa-f:.]{2,45})";
+        regex::bytes::Regex::new(&format!("{json}|{line}")).expect("a valid regex")
+    })
+}
+
+fn revealing_re() -> &'static regex::bytes::Regex {
+    static RE: std::sync::OnceLock<regex::bytes::Regex> = std::sync::OnceLock::new();
+    RE.get_or_init(|| {
+        let names = REVEALING.join("|");
+        let underscored = REVEALING.iter().map(|n| n.replace('-', "_")).collect::<Vec<_>>().join("|");
+        // A JSON member `"Via":`, or an azenv line `HTTP_VIA =`.
+        let pattern = format!(r#"(?i)"({names})"\s*:|(?m)^\s*(?:<[^>\n]*>\s*)*HTTP_({underscored})\s*[=:]"#);
+        regex::bytes::Regex::new(&pattern).expect("a valid regex")
+    })
+}
+
+/// The client address a judge's answer shows (the first of a list).
+pub fn origin(body: &[u8]) -> Option<IpAddr> {
+    let caps = origin_re().captures(body)?;
+    let value = caps.get(1).or_else(|| caps.get(2))?.as_bytes();
+    let first = std::str::from_utf8(value).ok()?.split(',').next()?.trim();
+    first
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| first.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| first.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+}
+
+/// The proxy-revealing headers a judge's answer shows.
+pub fn revealing(body: &[u8]) -> Vec<&'static str> {
+    let mut found: Vec<&'static str> = Vec::new();
+    for caps in revealing_re().captures_iter(body) {
+        let Some(m) = caps.get(1).or_else(|| caps.get(2)) else { continue };
+        let name = String::from_utf8_lossy(m.as_bytes()).to_ascii_lowercase().replace('_', "-");
+        if let Some(known) = REVEALING.iter().find(|r| **r == name)
+            && !found.contains(known)
+        {
+            found.push(known);
+        }
+    }
+    found
+}
+
+/// Whether `ip` appears in `body` as a whole token (not inside a longer address).
+fn mentions(body: &[u8], ip: IpAddr) -> bool {
+    let text = ip.to_string();
+    let token = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b'.' | b':');
+    memchr::memmem::find_iter(body, text.as_bytes()).any(|i| {
+        let before = i.checked_sub(1).and_then(|p| body.get(p));
+        let after = body.get(i.saturating_add(text.len()));
+        !before.is_some_and(token) && !after.is_some_and(token)
+    })
+}
+
+/// What an answer through a proxy says: how anonymous the proxy is and where it exits.
+/// A judge that does not echo headers tells nothing about anonymity (`Unknown`).
+pub fn assess(cal: &Calibration, body: &[u8]) -> Echo {
+    let exit_ip = origin(body);
+    let anonymity = if cal.carrier != Carrier::Header {
+        Anonymity::Unknown
+    } else if cal.own_ip.is_some_and(|own| mentions(body, own)) {
+        Anonymity::Transparent
+    } else if revealing(body).iter().any(|r| !cal.baseline.contains(r)) {
+        Anonymity::Anonymous
+    } else {
+        Anonymity::Elite
+    };
+    Echo { anonymity, exit_ip }
 }
 
 /// Longest line or JSON string a placed nonce is looked for in.
@@ -171,10 +280,11 @@ pub fn calibrate(body: &[u8], query_nonce: &[u8], header_nonce: &[u8]) -> Option
         }
         best
     };
-    if let Some(place) = place_of(header_nonce) {
-        return Some(Calibration { carrier: Carrier::Header, place });
-    }
-    place_of(query_nonce).map(|place| Calibration { carrier: Carrier::Query, place })
+    let (carrier, place) = match place_of(header_nonce) {
+        Some(place) => (Carrier::Header, place),
+        None => (Carrier::Query, place_of(query_nonce)?),
+    };
+    Some(Calibration { carrier, place, own_ip: origin(body), baseline: revealing(body) })
 }
 
 /// The start of an answer as an error may quote it: at most `max` bytes, control bytes
@@ -196,8 +306,16 @@ mod tests {
     const Q: &str = "0a1b2c3d4e5f60718293a4b5";
     const H: &str = "ffee00112233445566778899";
 
+    /// What a test compares: where the nonce goes and where it comes back.
+    #[derive(Debug, PartialEq)]
+    struct Calibration {
+        carrier: Carrier,
+        place: Place,
+    }
+
     fn cal(body: &str) -> Option<Calibration> {
         calibrate(body.as_bytes(), Q.as_bytes(), H.as_bytes())
+            .map(|c| Calibration { carrier: c.carrier, place: c.place })
     }
 
     fn member(k: &str) -> Place {
@@ -261,6 +379,43 @@ mod tests {
         assert!(line.found(format!("<pre>\nQUERY_STRING = pc_nonce={n}\n").as_bytes(), n.as_bytes()));
         assert!(!line.found(format!("REQUEST_URI = /a?pc_nonce={n}\n").as_bytes(), n.as_bytes()));
         assert!(!line.found(format!("see /a?QUERY_STRING=pc_nonce={n}").as_bytes(), n.as_bytes()));
+    }
+
+    #[test]
+    fn anonymity_and_exit_address_from_each_family() {
+        let direct = format!(r#"{{"headers": {{"X-Pc-Nonce": "{H}"}}, "origin": "203.0.113.5"}}"#);
+        let c = calibrate(direct.as_bytes(), Q.as_bytes(), H.as_bytes()).unwrap();
+        assert_eq!(c.own_ip, Some("203.0.113.5".parse().unwrap()));
+        assert!(c.baseline.is_empty());
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let elite = br#"{"headers": {"Host": "j"}, "origin": "198.51.100.7"}"#;
+        assert_eq!(assess(&c, elite), Echo { anonymity: Anonymity::Elite, exit_ip: ip("198.51.100.7") });
+        let anon = br#"{"headers": {"Via": "1.1 squid"}, "origin": "198.51.100.7"}"#;
+        assert_eq!(assess(&c, anon).anonymity, Anonymity::Anonymous);
+        let transparent = br#"{"headers": {"X-Forwarded-For": "203.0.113.5"}, "origin": "198.51.100.7"}"#;
+        assert_eq!(assess(&c, transparent).anonymity, Anonymity::Transparent);
+        // A longer address is not ours.
+        let other = br#"{"headers": {"X-Note": "203.0.113.50"}, "origin": "198.51.100.7"}"#;
+        assert_eq!(assess(&c, other).anonymity, Anonymity::Elite);
+        // azenv lines.
+        let az = b"<pre>\nREMOTE_ADDR = 198.51.100.9\nHTTP_VIA = 1.1 proxy\nHTTP_X_FORWARDED_FOR = 203.0.113.5\n</pre>";
+        assert_eq!(assess(&c, az), Echo { anonymity: Anonymity::Transparent, exit_ip: ip("198.51.100.9") });
+        // path-echo with remote_addr and a port; httpbin's list of origins.
+        assert_eq!(origin(br#"{"remote_addr": "198.51.100.9:4711"}"#), ip("198.51.100.9"));
+        assert_eq!(origin(br#"{"origin": "198.51.100.9, 10.0.0.1"}"#), ip("198.51.100.9"));
+        assert_eq!(origin(br#"{"origin": "2001:db8::1"}"#), ip("2001:db8::1"));
+        // Headers the judge's own front proxy adds for everyone are not held against proxies.
+        let fronted = format!(
+            r#"{{"headers": {{"X-Pc-Nonce": "{H}", "X-Forwarded-For": "203.0.113.5"}}, "origin": "203.0.113.5"}}"#
+        );
+        let c2 = calibrate(fronted.as_bytes(), Q.as_bytes(), H.as_bytes()).unwrap();
+        assert_eq!(c2.baseline, ["x-forwarded-for"]);
+        let through = br#"{"headers": {"X-Forwarded-For": "198.51.100.7"}, "origin": "198.51.100.7"}"#;
+        assert_eq!(assess(&c2, through).anonymity, Anonymity::Elite);
+        // A judge that echoes no headers: unknown.
+        let q_only = format!(r#"{{"args": {{"pc_nonce": "{Q}"}}, "origin": "203.0.113.5"}}"#);
+        let c3 = calibrate(q_only.as_bytes(), Q.as_bytes(), H.as_bytes()).unwrap();
+        assert_eq!(assess(&c3, transparent).anonymity, Anonymity::Unknown);
     }
 
     #[test]

@@ -267,9 +267,13 @@ impl Job {
         let mut best: Option<Success> = None;
         let (mut forward, mut tunnel) = (false, false);
         let mut reason: Option<Reason> = None;
+        // The least anonymous of what the successful probes showed, and an exit address.
+        let mut echo = super::Echo::default();
         for (test, state) in self.tests.iter().flatten() {
             match state {
                 State::Ok(s) => {
+                    echo.anonymity = echo.anonymity.worst(s.echo.anonymity);
+                    echo.exit_ip = echo.exit_ip.or(s.echo.exit_ip);
                     best = Some(match best {
                         Some(b) if b.latency <= s.latency => b,
                         _ => *s,
@@ -285,7 +289,14 @@ impl Job {
             }
         }
         let outcome = match best {
-            Some(s) => Ok(Alive { latency: s.latency, connect: s.connect, forward, tunnel }),
+            Some(s) => Ok(Alive {
+                latency: s.latency,
+                connect: s.connect,
+                forward,
+                tunnel,
+                anonymity: echo.anonymity,
+                exit_ip: s.echo.exit_ip.or(echo.exit_ip),
+            }),
             None => Err(reason.unwrap_or(Reason::ProxyProtocolError)),
         };
         Verdict { candidate: self.cand.clone(), outcome, attempts: self.attempt + 1 }
@@ -805,7 +816,9 @@ mod tests {
         let task = run_job(&ex, (None, None), &mut job, &progress, Duration::from_secs(1));
         let size = std::mem::size_of_val(&task);
         assert!(size <= 3072, "a check task's future is {size} bytes");
-        assert!(std::mem::size_of::<Job>() <= 192);
+        // Two probe results with what their echo told (anonymity, exit address) each.
+        let job = std::mem::size_of::<Job>();
+        assert!(job <= 256, "a job is {job} bytes");
     }
 
     /// A check that panics half-way is that proxy's `internal_error`, counted; what it
@@ -826,7 +839,8 @@ mod tests {
 
         // A capability found before the panic is kept: the proxy is alive with it.
         let mut job = Job::new(cand, Mode::FullHttp, Some(0), 0);
-        let ok = Success { latency: Duration::from_millis(30), connect: Duration::from_millis(1) };
+        let ok =
+            Success { latency: Duration::from_millis(30), connect: Duration::from_millis(1), echo: Default::default() };
         guarded(&mut job, &progress, async |job: &mut Job| {
             job.tests[0].as_mut().unwrap().1 = State::Ok(ok);
             panic!("in the tunnel test");
@@ -844,7 +858,8 @@ mod tests {
         job.tests[0].as_mut().unwrap().1 = State::Failed(Reason::ContentMismatch);
         job.tests[1].as_mut().unwrap().1 = State::Failed(Reason::ProxyRejected);
         assert_eq!(job.verdict().outcome.unwrap_err(), Reason::ContentMismatch);
-        let ok = Success { latency: Duration::from_millis(30), connect: Duration::from_millis(1) };
+        let ok =
+            Success { latency: Duration::from_millis(30), connect: Duration::from_millis(1), echo: Default::default() };
         job.tests[1].as_mut().unwrap().1 = State::Ok(ok);
         let alive = job.verdict().outcome.unwrap();
         assert!(!alive.forward && alive.tunnel && alive.latency == ok.latency);

@@ -255,8 +255,12 @@ mod tests {
             cal.starts_with("GET /get?pc_nonce=Q1 HTTP/1.1\r\n") && cal.contains("\r\nX-Pc-Nonce: H1\r\n"),
             "{cal}"
         );
-        j.calibration =
-            Some(Calibration { carrier: Carrier::Header, place: Place::JsonMember { key: b"X-Pc-Nonce".to_vec() } });
+        j.calibration = Some(Calibration {
+            carrier: Carrier::Header,
+            place: Place::JsonMember { key: b"X-Pc-Nonce".to_vec() },
+            own_ip: None,
+            baseline: Vec::new(),
+        });
         let fwd = String::from_utf8(j.forward_request(Some("N1"), None)).unwrap();
         assert!(
             fwd.starts_with("GET http://127.0.0.1:8080/get HTTP/1.1\r\n") && fwd.contains("X-Pc-Nonce: N1\r\n"),
@@ -265,8 +269,12 @@ mod tests {
         assert!(!fwd.contains("pc_nonce"), "{fwd}");
         let origin = String::from_utf8(j.origin_request(Some("N2"))).unwrap();
         assert!(origin.starts_with("GET /get HTTP/1.1") && origin.contains("X-Pc-Nonce: N2"), "{origin}");
-        j.calibration =
-            Some(Calibration { carrier: Carrier::Query, place: Place::JsonMember { key: b"pc_nonce".to_vec() } });
+        j.calibration = Some(Calibration {
+            carrier: Carrier::Query,
+            place: Place::JsonMember { key: b"pc_nonce".to_vec() },
+            own_ip: None,
+            baseline: Vec::new(),
+        });
         let fwd = String::from_utf8(j.forward_request(Some("N3"), None)).unwrap();
         assert!(fwd.contains("/get?pc_nonce=N3 ") && !fwd.contains("X-Pc-Nonce"), "{fwd}");
     }

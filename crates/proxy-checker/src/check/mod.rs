@@ -89,6 +89,55 @@ pub struct Candidate {
     pub source: u16,
 }
 
+/// How much a proxy tells the sites it fetches about its client, from the judge's echo.
+/// Ordered from least to most anonymous; `Unknown` when the judge echoes no headers (or
+/// in connect-only mode).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Anonymity {
+    /// This machine's own address appears in what the judge saw.
+    Transparent,
+    /// No own address, but headers that say a proxy is in between (`Via`, `X-Forwarded-For`…).
+    Anonymous,
+    /// Neither.
+    Elite,
+    #[default]
+    Unknown,
+}
+
+impl Anonymity {
+    pub const ALL: [Anonymity; 4] = [Self::Transparent, Self::Anonymous, Self::Elite, Self::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Transparent => "transparent",
+            Self::Anonymous => "anonymous",
+            Self::Elite => "elite",
+            Self::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// The less anonymous of two findings (what a client must assume); `Unknown` only
+    /// when both are.
+    pub fn worst(self, other: Self) -> Self {
+        match (self, other) {
+            (Self::Unknown, x) | (x, Self::Unknown) => x,
+            (a, b) => a.min(b),
+        }
+    }
+}
+
+/// What the judge's echo said about one successful probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Echo {
+    pub anonymity: Anonymity,
+    /// The address the judge saw the request come from (the proxy's exit).
+    pub exit_ip: Option<std::net::IpAddr>,
+}
+
 /// What a live proxy can do, and how fast.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Alive {
@@ -99,6 +148,11 @@ pub struct Alive {
     pub forward: bool,
     /// Tunnels (CONNECT or SOCKS): usable for HTTPS.
     pub tunnel: bool,
+    /// The least anonymous of what its successful probes showed.
+    pub anonymity: Anonymity,
+    /// The address the judge saw (may differ from the proxy's host: chained or
+    /// multi-homed proxies).
+    pub exit_ip: Option<std::net::IpAddr>,
 }
 
 /// The verdict on one candidate.

@@ -19,12 +19,12 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
-use super::Validation;
 use super::deadline::{expired, within};
 use super::echo::{self, Calibration};
 use super::http1::{self, Head};
 use super::judge::{Judge, JudgeError, nonce};
 use super::reason::{Failure, Local, Reason};
+use super::{Echo, Validation};
 use crate::proxy::Credentials;
 
 /// What a probe measured on success.
@@ -33,6 +33,8 @@ pub struct Success {
     /// From the start of the TCP connect to the end of the judge's response head.
     pub latency: Duration,
     pub connect: Duration,
+    /// What the judge's echo told (anonymity, exit address).
+    pub echo: Echo,
 }
 
 /// Shared, immutable context for every probe of a run.
@@ -66,7 +68,7 @@ pub async fn tcp_connect(
 pub async fn connect_only(addr: SocketAddr, ex: &Exchange, deadline: Instant) -> Result<Success, Failure> {
     let start = Instant::now();
     let (_s, connect) = tcp_connect(addr, ex, start, deadline).await?;
-    Ok(Success { latency: connect, connect })
+    Ok(Success { latency: connect, connect, echo: Echo::default() })
 }
 
 async fn write(
@@ -96,22 +98,30 @@ impl Exchange {
         judge: &Judge,
         nonce: &str,
         deadline: Instant,
-    ) -> Result<(), Failure> {
+    ) -> Result<Echo, Failure> {
         match head.status {
             s if s == self.expect_status => {}
             _ => return Err(Reason::BadStatus.into()),
         }
-        match &self.validation {
-            Validation::None => Ok(()),
-            Validation::Nonce => {
-                let expect = match &judge.calibration {
-                    Some(c) => http1::Expect::Placed { place: &c.place, nonce: nonce.as_bytes() },
-                    None => http1::Expect::Echoed { name: super::judge::NONCE_PARAM, value: nonce.as_bytes() },
-                };
-                http1::expect_in_body(s, buf, head, expect, deadline).await
+        match (&self.validation, &judge.calibration) {
+            (Validation::None, _) => Ok(Echo::default()),
+            // A calibrated judge: the whole (capped) answer, the nonce in its place, and
+            // what the rest of the echo says about the proxy.
+            (Validation::Nonce, Some(cal)) => {
+                let body = http1::read_body(s, buf, head, ANSWER_CAP, deadline).await?;
+                if !cal.place.found(&body, nonce.as_bytes()) {
+                    return Err(Reason::ContentMismatch.into());
+                }
+                Ok(echo::assess(cal, &body))
             }
-            Validation::Contains(text) => {
-                http1::expect_in_body(s, buf, head, http1::Expect::Text(text.as_bytes()), deadline).await
+            (Validation::Nonce, None) => {
+                let expect = http1::Expect::Echoed { name: super::judge::NONCE_PARAM, value: nonce.as_bytes() };
+                http1::expect_in_body(s, buf, head, expect, deadline).await.map(|()| Echo::default())
+            }
+            (Validation::Contains(text), _) => {
+                http1::expect_in_body(s, buf, head, http1::Expect::Text(text.as_bytes()), deadline)
+                    .await
+                    .map(|()| Echo::default())
             }
         }
     }
@@ -132,8 +142,8 @@ impl Exchange {
         let head = http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await?;
         let latency = start.elapsed();
         status(&head, self.expect_status)?;
-        self.validate(&mut s, &mut buf, head, judge, &nonce, deadline).await?;
-        Ok(Success { latency, connect })
+        let echo = self.validate(&mut s, &mut buf, head, judge, &nonce, deadline).await?;
+        Ok(Success { latency, connect, echo })
     }
 
     /// HTTP CONNECT tunnel to the judge, then the request inside (TLS for `https://`).
@@ -159,8 +169,8 @@ impl Exchange {
             return Err(Reason::ProxyProtocolError.into());
         }
         buf.clear();
-        let latency = self.through(s, judge, buf, deadline).await?;
-        Ok(Success { latency: latency.duration_since(start), connect })
+        let (latency, echo) = self.through(s, judge, buf, deadline).await?;
+        Ok(Success { latency: latency.duration_since(start), connect, echo })
     }
 
     /// SOCKS4 or SOCKS5 handshake to the judge, then the request inside.
@@ -198,8 +208,8 @@ impl Exchange {
                 return Err(expired(deadline, reason));
             }
         };
-        let latency = self.through(stream, judge, Vec::with_capacity(1024), deadline).await?;
-        Ok(Success { latency: latency.duration_since(start), connect })
+        let (latency, echo) = self.through(stream, judge, Vec::with_capacity(1024), deadline).await?;
+        Ok(Success { latency: latency.duration_since(start), connect, echo })
     }
 
     /// Speaks to the judge over an established tunnel. Returns when the head arrived.
@@ -209,7 +219,7 @@ impl Exchange {
         judge: &Judge,
         mut buf: Vec<u8>,
         deadline: Instant,
-    ) -> Result<Instant, Failure> {
+    ) -> Result<(Instant, Echo), Failure> {
         if judge.https {
             let handshake = async {
                 self.tls.connect(judge.server_name(), s).await.map_err(|e| match e.kind() {
@@ -237,16 +247,16 @@ impl Exchange {
         judge: &Judge,
         buf: &mut Vec<u8>,
         deadline: Instant,
-    ) -> Result<Instant, Failure> {
+    ) -> Result<(Instant, Echo), Failure> {
         let nonce = nonce();
         write(s, &judge.origin_request(Some(&nonce)), deadline, Reason::Timeout).await?;
         let head = http1::read_head(s, buf, deadline, Reason::Timeout).await?;
         let at = Instant::now();
-        self.validate(s, buf, head, judge, &nonce, deadline).await?;
-        Ok(at)
+        let echo = self.validate(s, buf, head, judge, &nonce, deadline).await?;
+        Ok((at, echo))
     }
 
-    /// The calibration exchange: both nonces, the whole answer (up to [`CALIBRATION_CAP`]),
+    /// The calibration exchange: both nonces, the whole answer (up to [`ANSWER_CAP`]),
     /// and where the judge echoed them. `Err(answer)` when it echoed neither usably.
     async fn calibration_exchange<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
@@ -261,13 +271,14 @@ impl Exchange {
         if head.status != self.expect_status {
             return Err(Reason::BadStatus.into());
         }
-        let body = http1::read_body(s, &mut buf, head, CALIBRATION_CAP, deadline).await?;
+        let body = http1::read_body(s, &mut buf, head, ANSWER_CAP, deadline).await?;
         Ok(echo::calibrate(&body, query_nonce.as_bytes(), header_nonce.as_bytes()).ok_or(body))
     }
 }
 
-/// Bytes of a judge's calibration answer read at most.
-const CALIBRATION_CAP: usize = 64 * 1024;
+/// Bytes of a judge's answer read at most, at calibration and through a proxy: judges
+/// answer in a few KiB (httpbin ~0.5, azenv ~2); a proxy's endless body stops here.
+const ANSWER_CAP: usize = 16 * 1024;
 
 // Direct judge health probes: no proxy, same validation, so a dead judge is told apart
 // from dead proxies.
