@@ -18,6 +18,8 @@ const API_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0
 pub struct Metrics {
     pub registry: Registry,
     pub alive_proxies: IntGauge,
+    /// Proxies in the served snapshot by anonymity level.
+    pub pool_proxies: IntGaugeVec,
     pub checks_total: IntCounterVec,
     pub check_duration_seconds: HistogramVec,
     pub api_requests_total: IntCounterVec,
@@ -190,6 +192,14 @@ impl Metrics {
                     .expect("valid"),
             ),
             checker_runtime: std::sync::OnceLock::new(),
+            pool_proxies: reg(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("proxychecker_pool_proxies", "Proxies in the served snapshot, by anonymity level"),
+                    &["anonymity"],
+                )
+                .expect("valid"),
+            ),
             runtime_alive_tasks: reg(
                 &registry,
                 IntGaugeVec::new(
@@ -215,6 +225,9 @@ impl Metrics {
     /// Creates the series alerts and dashboards query, at 0, so that `rate()` and
     /// `increase()` work from the first scrape (a counter that never appeared cannot rise).
     fn initialise(&self) {
+        for a in crate::check::Anonymity::ALL {
+            self.pool_proxies.with_label_values(&[a.as_str()]);
+        }
         self.healthy.set(1);
         for protocol in crate::proxy::Protocol::ALL {
             let p = protocol.as_str();

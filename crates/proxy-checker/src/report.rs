@@ -29,6 +29,12 @@ pub struct ProxyRecord<'a> {
     pub forward: bool,
     /// Tunnels (CONNECT or SOCKS): usable for HTTPS.
     pub tunnel: bool,
+    /// `transparent`, `anonymous`, `elite` or `unknown` (judge echo without headers,
+    /// connect-only mode).
+    pub anonymity: &'static str,
+    /// The address the judge saw the request come from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_ip: Option<String>,
     pub attempts: u8,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<&'a str>,
@@ -47,6 +53,8 @@ impl<'a> ProxyRecord<'a> {
             connect_ms: a.connect.as_millis() as u64,
             forward: a.forward,
             tunnel: a.tunnel,
+            anonymity: a.anonymity.as_str(),
+            exit_ip: a.exit_ip.map(|ip| ip.to_string()),
             attempts: v.attempts,
             username: p.credentials.as_deref().map(|c| c.username.as_str()),
         })
@@ -68,12 +76,22 @@ pub fn write<'a>(out: &mut dyn Write, format: Format, alive: impl IntoIterator<I
             writeln!(out)?;
         }
         Format::Csv => {
-            writeln!(out, "proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,attempts")?;
+            writeln!(out, "proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,attempts,anonymity,exit_ip")?;
             for r in records {
                 writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{},{}",
-                    r.proxy, r.protocol, r.host, r.port, r.latency_ms, r.connect_ms, r.forward, r.tunnel, r.attempts
+                    "{},{},{},{},{},{},{},{},{},{},{}",
+                    r.proxy,
+                    r.protocol,
+                    r.host,
+                    r.port,
+                    r.latency_ms,
+                    r.connect_ms,
+                    r.forward,
+                    r.tunnel,
+                    r.attempts,
+                    r.anonymity,
+                    r.exit_ip.as_deref().unwrap_or("")
                 )?;
             }
         }

@@ -512,6 +512,9 @@ impl Service {
             0.0
         });
         self.metrics.alive_proxies.set(snap.len() as i64);
+        for (anonymity, n) in snap.count_by_anonymity() {
+            self.metrics.pool_proxies.with_label_values(&[anonymity]).set(n as i64);
+        }
         match self.phase() {
             Phase::Running { progress, .. } => {
                 self.metrics.checks_in_flight.set(progress.in_flight.load(Ordering::Relaxed) as i64);

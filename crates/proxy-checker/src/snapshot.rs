@@ -38,6 +38,17 @@ pub struct ProxyEntry {
     pub tunnel: bool,
     /// The source that listed it first.
     pub source: String,
+    /// `transparent`, `anonymous`, `elite` or `unknown` (also what snapshots from before
+    /// it was kept load with).
+    #[serde(default = "unknown")]
+    pub anonymity: String,
+    /// The address the judge saw the proxy's requests come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_ip: Option<String>,
+}
+
+fn unknown() -> String {
+    crate::check::Anonymity::Unknown.as_str().to_string()
 }
 
 /// What one source contributed to a round.
@@ -134,6 +145,8 @@ impl ProxyEntry {
             forward: a.forward,
             tunnel: a.tunnel,
             source: sources.get(usize::from(v.candidate.source)).map(|s| s.name.clone()).unwrap_or_default(),
+            anonymity: a.anonymity.as_str().to_string(),
+            exit_ip: a.exit_ip.map(|ip| ip.to_string()),
         })
     }
 }
@@ -337,6 +350,34 @@ impl Snapshot {
         }
     }
 
+    /// [`Self::select`], then only the proxies whose anonymity is one of `anonymity`
+    /// (all when empty).
+    pub fn select_filtered(
+        &self,
+        selectors: &[Selector],
+        max_latency_ms: Option<u32>,
+        anonymity: &[crate::check::Anonymity],
+    ) -> Selection<'_> {
+        let all = self.select(selectors, max_latency_ms);
+        if anonymity.is_empty() {
+            return all;
+        }
+        let wanted = |i: u32| anonymity.iter().any(|a| a.as_str() == self.entry(i).anonymity);
+        Selection::Owned((0..all.len()).map(|k| all.get(k)).filter(|i| wanted(*i)).collect())
+    }
+
+    /// Live proxies by anonymity level.
+    pub fn count_by_anonymity(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts: std::collections::BTreeMap<&'static str, usize> =
+            crate::check::Anonymity::ALL.iter().map(|a| (a.as_str(), 0)).collect();
+        for e in &self.data.proxies {
+            if let Some(n) = crate::check::Anonymity::parse(&e.anonymity).and_then(|a| counts.get_mut(a.as_str())) {
+                *n += 1;
+            }
+        }
+        counts
+    }
+
     pub fn entry(&self, i: u32) -> &ProxyEntry {
         &self.data.proxies[i as usize]
     }
@@ -359,6 +400,8 @@ mod tests {
             forward,
             tunnel,
             source: "s".into(),
+            anonymity: "elite".into(),
+            exit_ip: None,
         }
     }
 

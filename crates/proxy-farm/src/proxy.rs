@@ -181,8 +181,23 @@ async fn http_proxy(ctx: &Ctx, mut s: TcpStream, first: u8) {
         Behavior::Banner if s.write_all(hostile::BANNER).await.is_err() => return,
         _ => {}
     }
-    answer(ctx, &mut s, &req).await;
+    let client = s.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    answer(ctx, &mut s, &forwarded(ctx.behavior, req, &client)).await;
     finish(&mut s).await;
+}
+
+/// The request as the judge receives it from a forwarding proxy: transparent and
+/// anonymous proxies add their headers.
+fn forwarded(behavior: Behavior, mut req: Request, client: &str) -> Request {
+    match behavior {
+        Behavior::Transparent => {
+            req.headers.push(("Via".into(), "1.1 farm-proxy".into()));
+            req.headers.push(("X-Forwarded-For".into(), client.to_string()));
+        }
+        Behavior::Anonymous => req.headers.push(("Via".into(), "1.1 farm-proxy".into())),
+        _ => {}
+    }
+    req
 }
 
 /// The judge's answer as this proxy delivers it.

@@ -73,6 +73,11 @@ pub enum Behavior {
     OldStyle,
     /// Works; the judge answer comes chunked, in pieces that split the nonce.
     Chunked,
+    /// Works; adds `Via` and `X-Forwarded-For: <client address>` to the requests it
+    /// forwards: a transparent proxy.
+    Transparent,
+    /// Works; adds `Via` to the requests it forwards: an anonymous proxy.
+    Anonymous,
     /// Answers the judge request with a status line and then header lines forever.
     EndlessHeader,
     /// Answers 200 with `Content-Length: 4294967296` and streams filler until hung up on.
@@ -345,15 +350,18 @@ pub struct Expect {
     pub reason: Option<&'static str>,
     pub forward: bool,
     pub tunnel: bool,
+    /// proxy-checker's `Anonymity::as_str` when alive: what the judge's header echo shows
+    /// (the forwarded request carries what a proxy adds; a tunnel carries nothing).
+    pub anonymity: &'static str,
 }
 
 impl Expect {
     fn alive(forward: bool, tunnel: bool) -> Self {
-        Self { alive: true, reason: None, forward, tunnel }
+        Self { alive: true, reason: None, forward, tunnel, anonymity: "elite" }
     }
 
     fn dead(reason: &'static str) -> Self {
-        Self { alive: false, reason: Some(reason), forward: false, tunnel: false }
+        Self { alive: false, reason: Some(reason), forward: false, tunnel: false, anonymity: "unknown" }
     }
 }
 
@@ -361,6 +369,19 @@ impl Expect {
 /// `full`: full-http mode (else connect-only); `https_judge`: the judge URL is https.
 /// Assumes at least one retry (Flaky) and a timeout under an hour (TooSlow).
 pub fn expect(protocol: Protocol, behavior: Behavior, full: bool, https_judge: bool) -> Expect {
+    let mut e = expect_verdict(protocol, behavior, full, https_judge);
+    e.anonymity = match behavior {
+        _ if !e.alive => "unknown",
+        // No judge in connect-only mode: nothing is known.
+        _ if !full => "unknown",
+        Behavior::Transparent if e.forward => "transparent",
+        Behavior::Anonymous if e.forward => "anonymous",
+        _ => "elite",
+    };
+    e
+}
+
+fn expect_verdict(protocol: Protocol, behavior: Behavior, full: bool, https_judge: bool) -> Expect {
     use Behavior::*;
     if !full {
         return match behavior {
@@ -373,7 +394,7 @@ pub fn expect(protocol: Protocol, behavior: Behavior, full: bool, https_judge: b
     // Forwarding is only tried for an http:// judge.
     let fwd = http && !https_judge;
     match behavior {
-        Working | Flaky | AuthGood | OldStyle | Chunked => Expect::alive(fwd, true),
+        Working | Flaky | AuthGood | OldStyle | Chunked | Transparent | Anonymous => Expect::alive(fwd, true),
         ForwardOnly if fwd => Expect::alive(true, false),
         ForwardOnly if http => Expect::dead("proxy_rejected"),
         TunnelOnly if http => Expect::alive(false, true),

@@ -170,7 +170,8 @@ fn handler(r: &Route) -> MethodRouter<Arc<AppState>> {
 }
 
 /// Query parameters `/get-proxy` accepts.
-pub const GET_PROXY_PARAMS: &[&str] = &["limit", "all", "format", "protocol", "max_latency_ms", "order", "api_key"];
+pub const GET_PROXY_PARAMS: &[&str] =
+    &["limit", "all", "format", "protocol", "max_latency_ms", "order", "anonymity", "api_key"];
 
 /// Largest request body accepted (the API takes none that matter).
 const BODY_LIMIT: usize = 16 * 1024;

@@ -145,6 +145,7 @@ struct Params {
     selectors: Vec<Selector>,
     max_latency_ms: Option<u32>,
     order: Order,
+    anonymity: Vec<crate::check::Anonymity>,
 }
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {
@@ -161,6 +162,7 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
         selectors: Vec::new(),
         max_latency_ms: None,
         order: Order::RoundRobin,
+        anonymity: Vec::new(),
     };
     for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
@@ -209,6 +211,16 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
                     _ => return Err(bad("order", format!("`{v}`: allowed: rr, random, fastest"))),
                 }
             }
+            "anonymity" => {
+                for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                    let a = crate::check::Anonymity::parse(item).ok_or_else(|| {
+                        bad("anonymity", format!("`{item}`: allowed: transparent, anonymous, elite, unknown"))
+                    })?;
+                    if !p.anonymity.contains(&a) {
+                        p.anonymity.push(a);
+                    }
+                }
+            }
             "api_key" => {}
             other => {
                 return Err(bad(other, format!("unknown parameter (allowed: {})", super::GET_PROXY_PARAMS.join(", "))));
@@ -244,12 +256,14 @@ fn render(snap: &Snapshot, picked: &[u32], format: Format) -> Response {
             Json(entries).into_response()
         }
         Format::Csv => {
-            let mut out = String::from("proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,source\n");
+            let mut out = String::from(
+                "proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,source,anonymity,exit_ip\n",
+            );
             for i in picked {
                 let e = snap.entry(*i);
                 let _ = writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{},{},{}",
                     usable_url(e),
                     e.protocol,
                     e.host,
@@ -258,7 +272,9 @@ fn render(snap: &Snapshot, picked: &[u32], format: Format) -> Response {
                     e.connect_ms,
                     e.forward,
                     e.tunnel,
-                    e.source.replace(',', "%2C")
+                    e.source.replace(',', "%2C"),
+                    e.anonymity,
+                    e.exit_ip.as_deref().unwrap_or("")
                 );
             }
             ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
@@ -276,6 +292,7 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
     if p.all
         && p.selectors.is_empty()
         && p.max_latency_ms.is_none()
+        && p.anonymity.is_empty()
         && p.format == Format::Text
         && p.order != Order::Random
         && !snap.has_credentials
@@ -284,7 +301,7 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Bytes::clone(&snap.text_all)).into_response()
         );
     }
-    let matching = snap.select(&p.selectors, p.max_latency_ms);
+    let matching = snap.select_filtered(&p.selectors, p.max_latency_ms, &p.anonymity);
     if matching.is_empty() {
         let mut why = Vec::new();
         if !p.selectors.is_empty() {
@@ -293,6 +310,10 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
         }
         if let Some(m) = p.max_latency_ms {
             why.push(format!("max_latency_ms={m}"));
+        }
+        if !p.anonymity.is_empty() {
+            let names: Vec<&str> = p.anonymity.iter().map(|a| a.as_str()).collect();
+            why.push(format!("anonymity={}", names.join(",")));
         }
         return Err(ApiError::NoProxy(format!("no proxy matches {} ({} in the pool)", why.join(" and "), snap.len())));
     }
@@ -338,6 +359,7 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
             "stale": snap.loaded,
             "snapshot_age_secs": if r.finished_at > 0.0 { snap.age().as_secs_f64().round() } else { 0.0 },
             "by_protocol": Selector::ALL.iter().map(|s| (s.as_str(), snap.select(&[*s], None).len())).collect::<BTreeMap<_, _>>(),
+            "by_anonymity": snap.count_by_anonymity(),
         },
         "last_round": if !svc.is_ready() { serde_json::Value::Null } else { serde_json::json!({
             "round_id": r.round_id,

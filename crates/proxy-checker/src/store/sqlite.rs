@@ -22,6 +22,21 @@ CREATE TABLE IF NOT EXISTS proxies (
     forward INTEGER NOT NULL, tunnel INTEGER NOT NULL, source TEXT NOT NULL
 );";
 
+/// Columns added since the first schema: `(name, declaration)`, added to older databases
+/// when they are opened.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("anonymity", "TEXT NOT NULL DEFAULT 'unknown'"), ("exit_ip", "TEXT")];
+
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('proxies')")?;
+    let have: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+    for (name, decl) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE proxies ADD COLUMN {name} {decl}"))?;
+        }
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let location = path.display().to_string();
@@ -34,6 +49,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        add_missing_columns(&conn).map_err(err)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), location })
     }
 
@@ -47,8 +63,8 @@ fn write(conn: &mut Connection, data: &SnapshotData) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM proxies", [])?;
     {
         let mut ins = tx.prepare_cached(
-            "INSERT INTO proxies (proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            "INSERT INTO proxies (proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source, anonymity, exit_ip)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         )?;
         for e in &data.proxies {
             ins.execute(params![
@@ -62,7 +78,9 @@ fn write(conn: &mut Connection, data: &SnapshotData) -> rusqlite::Result<()> {
                 e.connect_ms,
                 e.forward,
                 e.tunnel,
-                e.source
+                e.source,
+                e.anonymity,
+                e.exit_ip
             ])?;
         }
     }
@@ -86,7 +104,7 @@ fn read(conn: &mut Connection, location: &str) -> Result<Option<SnapshotData>, S
         Some(v) => v.parse::<u32>().map_err(|e| StoreError::corrupt("sqlite", location, e))?,
     };
     let mut stmt = tx
-        .prepare("SELECT proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source FROM proxies ORDER BY latency_ms")
+        .prepare("SELECT proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source, anonymity, exit_ip FROM proxies ORDER BY latency_ms")
         .map_err(io)?;
     let proxies = stmt
         .query_map([], |r| {
@@ -102,6 +120,8 @@ fn read(conn: &mut Connection, location: &str) -> Result<Option<SnapshotData>, S
                 forward: r.get(8)?,
                 tunnel: r.get(9)?,
                 source: r.get(10)?,
+                anonymity: r.get(11)?,
+                exit_ip: r.get(12)?,
             })
         })
         .map_err(io)?

@@ -108,9 +108,12 @@ async fn every_source_format_checked_and_written_as_json() {
     assert_eq!(got_set, want);
     assert_eq!(got.len(), want.len(), "no duplicates in the output");
     for v in &got {
-        for key in ["proxy", "protocol", "host", "port", "latency_ms", "connect_ms"] {
+        for key in ["proxy", "protocol", "host", "port", "latency_ms", "connect_ms", "anonymity", "exit_ip"] {
             assert!(!v[key].is_null(), "{key} missing in {v}");
         }
+        let p = farm.proxies().find(|p| format!("{}://{}", p.protocol.scheme(), p.addr()) == v["proxy"]).unwrap();
+        assert_eq!(v["anonymity"], proxy_farm::expect(p.protocol, p.behavior, true, false).anonymity, "{v}");
+        assert_eq!(v["exit_ip"], v["host"], "{v}");
     }
     let latencies: Vec<u64> = got.iter().map(|v| v["latency_ms"].as_u64().unwrap()).collect();
     assert!(latencies.windows(2).all(|w| w[0] <= w[1]), "fastest first");

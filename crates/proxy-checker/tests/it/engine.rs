@@ -15,7 +15,7 @@ use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol};
 use crate::common::HANG_GUARD;
 use tokio_util::sync::CancellationToken;
 
-const BEHAVIORS: [Behavior; 22] = [
+const BEHAVIORS: [Behavior; 24] = [
     Behavior::Working,
     Behavior::ForwardOnly,
     Behavior::TunnelOnly,
@@ -38,6 +38,8 @@ const BEHAVIORS: [Behavior; 22] = [
     Behavior::HugeBody,
     Behavior::BogusSocks,
     Behavior::TlsGarbage,
+    Behavior::Transparent,
+    Behavior::Anonymous,
 ];
 const PROTOCOLS: [Protocol; 4] = [Protocol::Http, Protocol::Https, Protocol::Socks4, Protocol::Socks5];
 
@@ -105,16 +107,23 @@ fn assert_truth(farm: &Farm, verdicts: &[Verdict], full: bool, https_judge: bool
             wrong.push(format!("{:?} {:?}: no verdict", p.protocol, p.behavior));
             continue;
         };
-        let (alive, reason, fwd, tun) = match &v.outcome {
-            Ok(a) => (true, None, a.forward, a.tunnel),
-            Err(r) => (false, Some(r.as_str()), false, false),
+        let (alive, reason, fwd, tun, anon) = match &v.outcome {
+            Ok(a) => (true, None, a.forward, a.tunnel, a.anonymity.as_str()),
+            Err(r) => (false, Some(r.as_str()), false, false, "unknown"),
         };
         let caps_ok = !full || (fwd == want.forward && tun == want.tunnel);
-        if alive != want.alive || reason != want.reason || !caps_ok {
+        if alive != want.alive || reason != want.reason || !caps_ok || anon != want.anonymity {
             wrong.push(format!(
-                "{:?} {:?}: got alive={alive} reason={reason:?} fwd={fwd} tun={tun}, want {want:?}",
+                "{:?} {:?}: got alive={alive} reason={reason:?} fwd={fwd} tun={tun} anonymity={anon}, want {want:?}",
                 p.protocol, p.behavior
             ));
+        }
+        // The judge saw the request come from the proxy's own address (the farm's
+        // proxies exit where they listen).
+        if let Ok(a) = &v.outcome
+            && full
+        {
+            assert_eq!(a.exit_ip, Some(IpAddr::V4(p.ip)), "{:?} {:?}: exit address", p.protocol, p.behavior);
         }
     }
     assert_eq!(verdicts.len(), count, "one verdict per candidate");

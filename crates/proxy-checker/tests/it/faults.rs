@@ -227,6 +227,8 @@ fn snapshot(n: u64) -> SnapshotData {
             forward: true,
             tunnel: true,
             source: format!("round-{n}"),
+            anonymity: "elite".into(),
+            exit_ip: Some(format!("10.{}.{}.{}", n % 250, i / 250, i % 250)),
         })
         .collect();
     SnapshotData { version: 1, round: RoundSummary { round_id: n, alive: count as u64, ..Default::default() }, proxies }

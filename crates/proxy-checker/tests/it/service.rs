@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use proxy_checker::config::Config;
 use proxy_checker::server::{self, Options};
-use proxy_farm::{Behavior, Farm, Protocol, SourceBody};
+use proxy_farm::{Behavior, Farm, FarmSpec, Group, Protocol, SourceBody};
 use serde_json::{Value, json};
 
 use crate::common::*;
@@ -640,4 +640,85 @@ async fn store_errors_keep_their_cause() {
     assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");
     let shown = proxy_checker::error_chain(&err);
     assert!(shown.starts_with("file at ") && shown.contains("(os error "), "{shown}");
+}
+
+/// Each live proxy carries its anonymity and exit address through every store and answer:
+/// `/get-proxy` (json, csv, the `anonymity` filter), `/stat` counts and a metric label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymity_and_exit_address_are_served_and_filtered() {
+    let farm = Farm::start(FarmSpec {
+        groups: vec![
+            Group::new(3, Protocol::Http, Behavior::Working),
+            Group::new(2, Protocol::Http, Behavior::Anonymous),
+            Group::new(2, Protocol::Http, Behavior::Transparent),
+            Group::new(2, Protocol::Socks5, Behavior::Transparent),
+        ],
+    })
+    .await
+    .unwrap();
+    for storage in ["file", "sqlite"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path());
+        cfg["storage"] = json!({"type": storage, "path": dir.path().join("pool.db")});
+        let mut h = start(&cfg, dir.path()).await;
+        h.wait_round(1).await;
+        let (_, body) = h.authed("/get-proxy?all=1&format=json").await;
+        let pool: Vec<Value> = serde_json::from_str(&body).unwrap();
+        let count = |level: &str| pool.iter().filter(|e| e["anonymity"] == level).count();
+        // SOCKS proxies tunnel: nothing is added to what they carry.
+        assert_eq!((count("elite"), count("anonymous"), count("transparent")), (5, 2, 2), "{storage}: {body}");
+        for e in &pool {
+            assert_eq!(e["exit_ip"], e["host"], "{storage}: the farm's proxies exit where they listen: {e}");
+        }
+        let (s, elite) = h.authed("/get-proxy?all=1&anonymity=elite,anonymous").await;
+        assert_eq!((s, elite.lines().count()), (200, 7), "{elite}");
+        let (s, csv) = h.authed("/get-proxy?all=1&format=csv&anonymity=transparent").await;
+        assert_eq!(s, 200);
+        assert!(
+            csv.starts_with("proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,source,anonymity,exit_ip\n")
+        );
+        assert_eq!(csv.lines().filter(|l| l.contains(",transparent,127.1.")).count(), 2, "{csv}");
+        let (s, bad) = h.authed("/get-proxy?anonymity=secret").await;
+        assert!(s == 400 && bad.contains("allowed: transparent, anonymous, elite, unknown"), "{bad}");
+        let st = h.stat().await;
+        assert_eq!(st["pool"]["by_anonymity"], json!({"anonymous": 2, "elite": 5, "transparent": 2, "unknown": 0}));
+        let metrics = h.get("/metrics").await.1;
+        assert!(metrics.contains("proxychecker_pool_proxies{anonymity=\"transparent\"} 2"), "{metrics}");
+        // A restart loads the same from the store.
+        h.until("persisted", async |h| h.get("/metrics").await.1.contains("store_writes_total{result=\"ok\"} 1")).await;
+        h.shutdown().await;
+        let cfg_loaded = proxy_checker::config::Config::load(&dir.path().join("config.json")).unwrap();
+        let loaded = proxy_checker::store::open(&cfg_loaded.storage).unwrap().load().await.unwrap().unwrap();
+        assert_eq!(loaded.proxies.iter().filter(|e| e.anonymity == "transparent").count(), 2, "{storage}");
+        assert!(loaded.proxies.iter().all(|e| e.exit_ip.as_deref() == Some(e.host.as_str())), "{storage}");
+    }
+}
+
+/// A SQLite snapshot written before anonymity was kept opens, and its proxies are served
+/// as `unknown`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_sqlite_snapshot_opens_with_anonymity_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.sqlite3");
+    {
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(
+            "CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+             CREATE TABLE proxies (proxy TEXT NOT NULL, protocol TEXT NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL,
+                 username TEXT, password TEXT, latency_ms INTEGER NOT NULL, connect_ms INTEGER NOT NULL,
+                 forward INTEGER NOT NULL, tunnel INTEGER NOT NULL, source TEXT NOT NULL);
+             INSERT INTO proxies VALUES ('http://1.2.3.4:80', 'http', '1.2.3.4', 80, NULL, NULL, 50, 10, 1, 1, 'old');",
+        )
+        .unwrap();
+        let round = proxy_checker::snapshot::RoundSummary { round_id: 7, ..Default::default() };
+        c.execute("INSERT INTO meta VALUES ('round', ?1)", [serde_json::to_string(&round).unwrap()]).unwrap();
+    }
+    let cfg = proxy_checker::config::Config::from_json(
+        &json!({"storage": {"type": "sqlite", "path": path}}).to_string(),
+        "c.json",
+    )
+    .unwrap();
+    let loaded = proxy_checker::store::open(&cfg.storage).unwrap().load().await.unwrap().unwrap();
+    assert_eq!(loaded.round.round_id, 7);
+    assert_eq!((loaded.proxies[0].anonymity.as_str(), loaded.proxies[0].exit_ip.as_deref()), ("unknown", None));
 }
