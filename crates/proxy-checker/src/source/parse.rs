@@ -310,6 +310,29 @@ static HTML_ADDR: LazyLock<Regex> = LazyLock::new(|| {
     .expect("static regex")
 });
 static HTML_TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s)<[^>]{0,1024}>").expect("static regex"));
+/// A protocol named in a table cell (`SOCKS5`, `HTTPS`, `socks4/5`…).
+static HTML_PROTOCOL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?i)\b(socks5|socks4|socks|https|http)\b").expect("static regex"));
+
+/// The protocol a table row gives in a cell of its own, beside the address: when a row
+/// names several (`SOCKS4, SOCKS5`), the last SOCKS version wins, and HTTP(S) means an
+/// HTTP proxy. `None` when the row names none.
+fn row_protocol(cells: &str) -> Option<Protocol> {
+    let mut found: Option<Protocol> = None;
+    for m in HTML_PROTOCOL.find_iter(cells) {
+        let p = match m.as_str().to_ascii_lowercase().as_str() {
+            "socks5" | "socks" => Protocol::Socks5,
+            "socks4" => Protocol::Socks4,
+            _ => Protocol::Http,
+        };
+        found = Some(match (found, p) {
+            (Some(Protocol::Socks5), _) | (_, Protocol::Socks5) => Protocol::Socks5,
+            (Some(Protocol::Socks4), _) | (_, Protocol::Socks4) => Protocol::Socks4,
+            _ => Protocol::Http,
+        });
+    }
+    found
+}
 
 fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Parsed {
     let mut out = Parsed::default();
@@ -320,7 +343,19 @@ fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject))
         // Cells become spaces, so `<td>1.2.3.4</td><td>8080</td>` reads `1.2.3.4 8080`.
         let plain = HTML_TAG.replace_all(raw, " ");
         let plain = plain.replace("&nbsp;", " ").replace("&#58;", ":");
-        for c in HTML_ADDR.captures_iter(&plain) {
+        // A table row may name the protocol in a cell of its own (its other cells hold no
+        // address). Prose is left alone: `socks5` in a sentence is not a column.
+        let is_row = raw.len() < 64 * 1024 && raw.to_ascii_lowercase().contains("<td");
+        let addresses: Vec<_> = HTML_ADDR.captures_iter(&plain).collect();
+        let row_default = match addresses.as_slice() {
+            [only] if is_row => {
+                let m = only.get(0).map_or(0..0, |m| m.range());
+                let rest = format!("{} {}", plain.get(..m.start).unwrap_or(""), plain.get(m.end..).unwrap_or(""));
+                row_protocol(&rest)
+            }
+            _ => None,
+        };
+        for c in addresses {
             out.lines = out.lines.saturating_add(1);
             let protocol = match c.get(1) {
                 Some(s) => match s.as_str().parse::<Protocol>() {
@@ -330,7 +365,7 @@ fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject))
                         continue;
                     }
                 },
-                None => opts.default_protocol,
+                None => row_default.unwrap_or(opts.default_protocol),
             };
             let host = c[4].trim_start_matches('[').trim_end_matches(']');
             let creds = c.get(2).map(|u| (u.as_str(), c.get(3).map_or("", |p| p.as_str())));
@@ -757,6 +792,16 @@ mod tests {
         let (got, _, format) = doc("[2a00:1450::1]:8080\n[2a00:1450::2]:8081\n", Protocol::Http);
         assert_eq!(format, Format::Lines);
         assert_eq!(got.len(), 2);
+    }
+
+    #[test]
+    fn a_protocol_column_is_read_only_in_table_rows() {
+        let body = "<table>\n<tr><td>1.2.3.4</td><td>1080</td><td>SOCKS5</td><td>DE</td></tr>\n<tr><td>HTTPS</td><td>5.6.7.8:3128</td></tr>\n<tr><td>9.9.9.9:1080</td><td>socks4</td></tr>\n<tr><td>8.8.4.4:80</td><td>fast</td></tr>\n</table>\n<p>we also list 7.7.7.7:1080 among socks5 proxies</p>";
+        let (got, _, _) = doc(body, Protocol::Http);
+        assert_eq!(
+            got,
+            ["socks5://1.2.3.4:1080", "http://5.6.7.8:3128", "socks4://9.9.9.9:1080", "http://8.8.4.4:80", "http://7.7.7.7:1080"]
+        );
     }
 
     #[test]

@@ -47,9 +47,11 @@ fn annotated_and_whitespace_text_lists() {
     assert_eq!(got, want.map(|a| format!("http://{a}")));
 }
 
-/// The addresses of HTML tables (their protocol column is issue 13's: not read yet).
+/// HTML tables yield their addresses, and the protocol of a table that gives it in a
+/// column of its own (`SOCKS4, SOCKS5` is taken as SOCKS5; the checker's detection corrects
+/// a wrong guess).
 #[test]
-fn html_tables_yield_their_addresses() {
+fn html_tables_yield_their_addresses_and_protocol_column() {
     let addrs = |name: &str| -> std::collections::BTreeSet<String> {
         let (got, format, _) = parse(name);
         assert_eq!(format, Format::Html, "{name}");
@@ -59,4 +61,12 @@ fn html_tables_yield_their_addresses() {
     assert_eq!(addrs("table-separate-cells.html"), want.map(String::from).into());
     let want = ["192.0.2.30:1080", "192.0.2.31:8118", "198.51.100.44:4145", "203.0.113.9:3128"];
     assert_eq!(addrs("table-protocol-column.html"), want.map(String::from).into());
+    let (got, _, _) = parse("table-protocol-column.html");
+    assert_eq!(
+        got,
+        ["socks5://192.0.2.30:1080", "http://192.0.2.31:8118", "socks4://198.51.100.44:4145", "http://203.0.113.9:3128"]
+    );
+    // A table without a protocol column: the source's default (http here).
+    let (got, _, _) = parse("table-separate-cells.html");
+    assert!(got.iter().all(|u| u.starts_with("http://")), "{got:?}");
 }
