@@ -40,6 +40,8 @@ pub struct RoundReport {
     pub sources: Vec<SourceStats>,
     /// Alive proxies per source (same order as `sources`).
     pub alive_per_source: Vec<u64>,
+    /// Proxies per source found to speak another protocol than the list said.
+    pub relabelled_per_source: Vec<u64>,
     /// Lines scraped across sources.
     pub scraped: u64,
     /// Candidates after dedupe and guards.
@@ -112,9 +114,15 @@ impl RoundContext {
 
         let mut alive = Vec::new();
         let mut alive_per_source = vec![0u64; self.sources.len()];
+        let mut relabelled_per_source = vec![0u64; self.sources.len()];
         let mut sink = |v: Verdict| {
             if let Some(observe) = &self.observer {
                 observe(&v);
+            }
+            if v.relabelled_from.is_some()
+                && let Some(n) = relabelled_per_source.get_mut(usize::from(v.candidate.source))
+            {
+                *n = n.saturating_add(1);
             }
             if v.is_alive() {
                 if let Some(n) = alive_per_source.get_mut(usize::from(v.candidate.source)) {
@@ -153,6 +161,7 @@ impl RoundContext {
             scraped: sources.iter().map(|s| s.lines).sum(),
             sources,
             alive_per_source,
+            relabelled_per_source,
             unique,
             alive,
             run,

@@ -461,7 +461,7 @@ impl Service {
                     None => (e, "failed"),
                 };
                 self.count_sources(&sources);
-                let summary = sources.iter().map(|s| SourceSummary::new(s, 0)).collect();
+                let summary = sources.iter().map(|s| SourceSummary::new(s, 0, 0)).collect();
                 *lock(&self.last_failed) = Some(FailedRound {
                     round_id: id,
                     started_at: unix(started),

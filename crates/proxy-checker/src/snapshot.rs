@@ -69,11 +69,15 @@ pub struct SourceSummary {
     pub duplicates: u64,
     pub rejected: BTreeMap<String, u64>,
     pub alive: u64,
+    /// Proxies found to speak another protocol than this source said (checked as the one
+    /// they speak); 0 in snapshots from before it was kept.
+    #[serde(default)]
+    pub relabelled: u64,
 }
 
 impl SourceSummary {
     /// What a source did in a round, as `/stat` and the store show it.
-    pub fn new(s: &crate::source::SourceStats, alive: u64) -> Self {
+    pub fn new(s: &crate::source::SourceStats, alive: u64, relabelled: u64) -> Self {
         SourceSummary {
             name: s.name.clone(),
             fetched_at: s.fetched_at.map(unix),
@@ -87,6 +91,7 @@ impl SourceSummary {
             duplicates: s.duplicates,
             rejected: s.rejected.iter().map(|(k, v)| (k.as_str().to_string(), *v)).collect(),
             alive,
+            relabelled,
         }
     }
 }
@@ -154,8 +159,12 @@ impl ProxyEntry {
 impl SnapshotData {
     /// The persisted form of a finished round.
     pub fn from_report(r: &RoundReport, round_id: u64, mode: Mode, concurrency: usize) -> Self {
-        let sources: Vec<SourceSummary> =
-            r.sources.iter().zip(&r.alive_per_source).map(|(s, alive)| SourceSummary::new(s, *alive)).collect();
+        let sources: Vec<SourceSummary> = r
+            .sources
+            .iter()
+            .zip(r.alive_per_source.iter().zip(&r.relabelled_per_source))
+            .map(|(s, (alive, relabelled))| SourceSummary::new(s, *alive, *relabelled))
+            .collect();
         let proxies = r.alive.iter().filter_map(|v| ProxyEntry::from_verdict(v, &sources)).collect();
         let run = &r.run;
         Self {

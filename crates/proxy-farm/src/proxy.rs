@@ -99,6 +99,17 @@ pub async fn handle(shared: Arc<Shared>, mut s: TcpStream) {
             finish(&mut s).await;
         }
         (_, p) if p.is_http() => http_proxy(&ctx, s, first).await,
+        // What SOCKS servers commonly answer bytes of another protocol with: SOCKS5 "no
+        // acceptable methods", SOCKS4 "request rejected". A checker that reads them can
+        // tell a mislabelled proxy.
+        (_, Protocol::Socks5) => {
+            let _ = s.write_all(&[5, 0xff]).await;
+            finish(&mut s).await;
+        }
+        (_, Protocol::Socks4) => {
+            let _ = s.write_all(&[0, 0x5b, 0, 0, 0, 0, 0, 0]).await;
+            finish(&mut s).await;
+        }
         _ => {}
     }
 }

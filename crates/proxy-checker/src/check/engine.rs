@@ -121,6 +121,7 @@ impl Engine {
             expect_status: settings.expect_status,
             validation: settings.validation.clone(),
             connect_timeout: settings.connect_timeout,
+            detect_protocol: settings.detect_protocol,
         });
         Ok(Self { settings, exchange })
     }
@@ -209,28 +210,48 @@ struct Job {
     /// The judge of tunnel and SOCKS tests: an `https://` one when one is configured, so
     /// that a proxy reading the nonce in a plain request cannot forge the tunnel capability.
     tunnel_judge: usize,
+    /// A plain judge exists for the forward test.
+    can_forward: bool,
+    /// The protocol the list gave, once the proxy was found to speak another.
+    relabelled_from: Option<Protocol>,
     tests: [Option<(Test, State)>; 2],
+}
+
+/// The probes a proxy of `protocol` gets.
+fn tests_for(mode: Mode, protocol: Protocol, can_forward: bool) -> [Option<(Test, State)>; 2] {
+    let tests = match (mode, protocol) {
+        (Mode::ConnectOnly, _) => [Some(Test::Connect), None],
+        (Mode::FullHttp, Protocol::Socks4) => [Some(Test::Socks4), None],
+        (Mode::FullHttp, Protocol::Socks5) => [Some(Test::Socks5), None],
+        (Mode::FullHttp, Protocol::Http | Protocol::Https) if !can_forward => [Some(Test::Tunnel), None],
+        (Mode::FullHttp, Protocol::Http | Protocol::Https) => [Some(Test::Forward), Some(Test::Tunnel)],
+    };
+    tests.map(|t| t.map(|t| (t, State::Pending)))
 }
 
 impl Job {
     /// `forward_judge`: a plain `http://` judge for the forward test (`None`: only
     /// `https://` judges, which cannot be fetched by forwarding, so tunnel only).
     fn new(cand: Candidate, mode: Mode, forward_judge: Option<usize>, tunnel_judge: usize) -> Self {
-        let tests = match (mode, cand.proxy.protocol) {
-            (Mode::ConnectOnly, _) => [Some(Test::Connect), None],
-            (Mode::FullHttp, Protocol::Socks4) => [Some(Test::Socks4), None],
-            (Mode::FullHttp, Protocol::Socks5) => [Some(Test::Socks5), None],
-            (Mode::FullHttp, Protocol::Http | Protocol::Https) if forward_judge.is_none() => [Some(Test::Tunnel), None],
-            (Mode::FullHttp, Protocol::Http | Protocol::Https) => [Some(Test::Forward), Some(Test::Tunnel)],
-        };
+        let can_forward = forward_judge.is_some();
+        let tests = tests_for(mode, cand.proxy.protocol, can_forward);
         Self {
             cand,
             attempt: 0,
             local: 0,
             judge: forward_judge.unwrap_or(tunnel_judge),
             tunnel_judge,
-            tests: tests.map(|t| t.map(|t| (t, State::Pending))),
+            can_forward,
+            relabelled_from: None,
+            tests,
         }
+    }
+
+    /// The proxy speaks `to`, not what its list said: its probes start over as `to`'s.
+    fn relabel(&mut self, to: Protocol) {
+        self.relabelled_from.get_or_insert(self.cand.proxy.protocol);
+        self.cand.proxy.protocol = to;
+        self.tests = tests_for(Mode::FullHttp, to, self.can_forward);
     }
 
     /// The judge that a failed job's verdict is held against: the one of the test whose
@@ -299,7 +320,12 @@ impl Job {
             }),
             None => Err(reason.unwrap_or(Reason::ProxyProtocolError)),
         };
-        Verdict { candidate: self.cand.clone(), outcome, attempts: self.attempt + 1 }
+        Verdict {
+            candidate: self.cand.clone(),
+            outcome,
+            attempts: self.attempt + 1,
+            relabelled_from: self.relabelled_from,
+        }
     }
 }
 
@@ -329,54 +355,71 @@ async fn run_job(
     let (forward_judge, tunnel_judge) = judges;
     let deadline = tokio::time::Instant::now() + timeout;
     let addr = job.cand.addr;
-    let creds = job.cand.proxy.credentials.as_deref();
+    let creds = job.cand.proxy.credentials.clone();
+    let creds = creds.as_deref();
     // Set once the attempt cannot go on: the proxy refused, or the deadline is spent.
     let mut spent: Option<Reason> = None;
-    for (test, state) in job.tests.iter_mut().flatten() {
-        if !matches!(state, State::Pending) {
-            continue;
-        }
-        if spent.is_none() && tokio::time::Instant::now() >= deadline {
-            // Out of time before this test: the proxy's slowness, unless our timer is late.
-            match expired(deadline, Reason::Timeout) {
-                Failure::Dead(r) => spent = Some(r),
-                Failure::Local(_) => {
+    // A proxy found speaking another protocol is relabelled once and probed again as
+    // that protocol, within the same deadline.
+    loop {
+        let mut speaks: Option<Protocol> = None;
+        for (test, state) in job.tests.iter_mut().flatten() {
+            if !matches!(state, State::Pending) {
+                continue;
+            }
+            if spent.is_none() && tokio::time::Instant::now() >= deadline {
+                // Out of time before this test: the proxy's slowness, unless our timer is late.
+                match expired(deadline, Reason::Timeout) {
+                    Failure::Dead(r) => spent = Some(r),
+                    // `expired` never says this; a late timer is the only other answer.
+                    Failure::Speaks(_) => spent = Some(Reason::Timeout),
+                    Failure::Local(_) => {
+                        *state = State::Local;
+                        break;
+                    }
+                }
+            }
+            if let Some(r) = spent {
+                // Not dialed again in this attempt: it failed already, or no time is left.
+                *state = State::Failed(r);
+                continue;
+            }
+            progress.probes.fetch_add(1, Ordering::Relaxed);
+            let judge = if *test == Test::Forward { forward_judge } else { tunnel_judge };
+            let result = match (*test, judge) {
+                (Test::Connect, _) => probe::connect_only(addr, ex, deadline).await,
+                (Test::Forward, Some(j)) => ex.forward(addr, creds, j, deadline).await,
+                (Test::Tunnel, Some(j)) => ex.tunnel(addr, creds, j, deadline).await,
+                (Test::Socks4, Some(j)) => ex.socks(addr, false, creds, j, deadline).await,
+                (Test::Socks5, Some(j)) => ex.socks(addr, true, creds, j, deadline).await,
+                // Unreachable by construction (full-http runs have judges); never a requeue loop.
+                (_, None) => Err(Failure::Dead(Reason::InternalError)),
+            };
+            *state = match result {
+                Ok(s) => State::Ok(s),
+                Err(Failure::Speaks(p)) if ex.detect_protocol && job.relabelled_from.is_none() => {
+                    speaks = Some(p);
+                    break;
+                }
+                Err(Failure::Speaks(_)) => State::Failed(Reason::ProxyProtocolError),
+                Err(Failure::Dead(r)) => {
+                    if r.is_connect_failure() || r.spent_the_deadline() {
+                        spent = Some(r);
+                    }
+                    State::Failed(r)
+                }
+                Err(Failure::Local(l)) => {
+                    // Our failure, not the proxy's: the tests after it wait for the requeue.
+                    tracing::debug!(error = %l.0, "local failure; check requeued");
                     *state = State::Local;
                     break;
                 }
-            }
+            };
         }
-        if let Some(r) = spent {
-            // Not dialed again in this attempt: it failed already, or no time is left.
-            *state = State::Failed(r);
-            continue;
+        match speaks {
+            Some(p) if job.relabelled_from.is_none() => job.relabel(p),
+            _ => return,
         }
-        progress.probes.fetch_add(1, Ordering::Relaxed);
-        let judge = if *test == Test::Forward { forward_judge } else { tunnel_judge };
-        let result = match (*test, judge) {
-            (Test::Connect, _) => probe::connect_only(addr, ex, deadline).await,
-            (Test::Forward, Some(j)) => ex.forward(addr, creds, j, deadline).await,
-            (Test::Tunnel, Some(j)) => ex.tunnel(addr, creds, j, deadline).await,
-            (Test::Socks4, Some(j)) => ex.socks(addr, false, creds, j, deadline).await,
-            (Test::Socks5, Some(j)) => ex.socks(addr, true, creds, j, deadline).await,
-            // Unreachable by construction (full-http runs have judges); never a requeue loop.
-            (_, None) => Err(Failure::Dead(Reason::InternalError)),
-        };
-        *state = match result {
-            Ok(s) => State::Ok(s),
-            Err(Failure::Dead(r)) => {
-                if r.is_connect_failure() || r.spent_the_deadline() {
-                    spent = Some(r);
-                }
-                State::Failed(r)
-            }
-            Err(Failure::Local(l)) => {
-                // Our failure, not the proxy's: the tests after it wait for the requeue.
-                tracing::debug!(error = %l.0, "local failure; check requeued");
-                *state = State::Local;
-                break;
-            }
-        };
     }
 }
 
@@ -809,6 +852,7 @@ mod tests {
             expect_status: 200,
             validation: super::super::Validation::Nonce,
             connect_timeout: Duration::from_secs(1),
+            detect_protocol: true,
         });
         let cand = candidate();
         let progress = Progress::default();

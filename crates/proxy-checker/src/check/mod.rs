@@ -78,6 +78,9 @@ pub struct CheckSettings {
     pub adaptive: bool,
     /// Extra PEM roots for HTTPS judges, on top of the webpki roots.
     pub ca_file: Option<PathBuf>,
+    /// When a proxy answers in another protocol's bytes than its list said, check it
+    /// again as that protocol in the same attempt (and report it relabelled).
+    pub detect_protocol: bool,
 }
 
 /// One proxy to check, with the address to dial (resolved once per round).
@@ -162,6 +165,9 @@ pub struct Verdict {
     pub outcome: Result<Alive, Reason>,
     /// Attempts made (1 + retries used).
     pub attempts: u8,
+    /// The protocol the list gave, when the proxy turned out to speak another
+    /// (`candidate.proxy.protocol` is the one it speaks).
+    pub relabelled_from: Option<crate::proxy::Protocol>,
 }
 
 impl Verdict {

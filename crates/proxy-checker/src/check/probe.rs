@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -44,6 +44,8 @@ pub struct Exchange {
     pub expect_status: u16,
     pub validation: Validation,
     pub connect_timeout: Duration,
+    /// See [`super::CheckSettings::detect_protocol`].
+    pub detect_protocol: bool,
 }
 
 /// Opens a TCP connection within the connect timeout (and the check's `deadline`).
@@ -78,6 +80,17 @@ async fn write(
     on_timeout: Reason,
 ) -> Result<(), Failure> {
     within(deadline, on_timeout, async { s.write_all(bytes).await.map_err(Failure::io) }).await
+}
+
+/// A failed HTTP answer whose first bytes are another protocol's (a SOCKS server's reply
+/// to our request): [`Failure::Speaks`] that protocol.
+fn spoke(e: Failure, first: &[u8]) -> Failure {
+    match (&e, super::reason::sniff(first)) {
+        (Failure::Dead(Reason::ProxyProtocolError | Reason::ProxyClosed), Some(p)) if !p.is_http_family() => {
+            Failure::Speaks(p)
+        }
+        _ => e,
+    }
 }
 
 fn status(head: &Head, expect: u16) -> Result<(), Failure> {
@@ -139,7 +152,8 @@ impl Exchange {
         let nonce = nonce();
         write(&mut s, &judge.forward_request(Some(&nonce), creds), deadline, Reason::ProxyTimeout).await?;
         let mut buf = Vec::with_capacity(1024);
-        let head = http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await?;
+        let head =
+            http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.map_err(|e| spoke(e, &buf))?;
         let latency = start.elapsed();
         status(&head, self.expect_status)?;
         let echo = self.validate(&mut s, &mut buf, head, judge, &nonce, deadline).await?;
@@ -158,7 +172,8 @@ impl Exchange {
         let (mut s, connect) = tcp_connect(addr, self, start, deadline).await?;
         write(&mut s, &judge.connect_request(creds), deadline, Reason::ProxyTimeout).await?;
         let mut buf = Vec::with_capacity(1024);
-        let head = http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await?;
+        let head =
+            http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.map_err(|e| spoke(e, &buf))?;
         match head.status {
             200..=299 => {}
             407 => return Err(Reason::ProxyAuthFailed.into()),
@@ -186,7 +201,7 @@ impl Exchange {
         let start = Instant::now();
         let (s, connect) = tcp_connect(addr, self, start, deadline).await?;
         let target = judge.addr;
-        let heard = AtomicBool::new(false);
+        let heard = HeardBytes::default();
         let s = Heard { inner: s, heard: &heard };
         // Boxed: a handshake's state is only needed while it runs, and plain HTTP checks
         // should not carry its size.
@@ -201,10 +216,10 @@ impl Exchange {
             r.map(Socks5Stream::into_inner).map_err(socks_failure)
         });
         let stream = match tokio::time::timeout_at(deadline, handshake).await {
-            Ok(r) => r?.inner,
+            Ok(r) => r.map_err(|e| heard.spoke(e, v5))?.inner,
             // A proxy that started its reply and stalled is slow, not silent.
             Err(_) => {
-                let reason = if heard.load(Ordering::Relaxed) { Reason::Timeout } else { Reason::ProxyTimeout };
+                let reason = if heard.any() { Reason::Timeout } else { Reason::ProxyTimeout };
                 return Err(expired(deadline, reason));
             }
         };
@@ -362,6 +377,7 @@ async fn probe_once(
             answer: echo::quote_start(&answer, 200),
         })),
         Err(Failure::Dead(r)) => Err(down(describe(r, ex))),
+        Err(Failure::Speaks(_)) => Err(down(describe(Reason::ProxyProtocolError, ex))),
         Err(Failure::Local(l)) => Err(Probe::Local(l.0)),
     }
 }
@@ -384,7 +400,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 fn late_or(deadline: Instant, down: Probe) -> Probe {
     match expired(deadline, Reason::Timeout) {
         Failure::Local(l) => Probe::Local(l.0),
-        Failure::Dead(_) => down,
+        Failure::Dead(_) | Failure::Speaks(_) => down,
     }
 }
 
@@ -484,10 +500,49 @@ where
     socks4_reply(&reply).map(|()| s).map_err(Failure::Dead)
 }
 
-/// A stream that notes whether the peer sent anything.
+/// The first bytes a peer sent (up to 8), noted as they pass.
+#[derive(Default)]
+struct HeardBytes {
+    first: AtomicU64,
+    len: AtomicU8,
+}
+
+impl HeardBytes {
+    fn note(&self, bytes: &[u8]) {
+        let len = usize::from(self.len.load(Ordering::Relaxed));
+        if len >= 8 {
+            return;
+        }
+        let mut first = self.first.load(Ordering::Relaxed).to_le_bytes();
+        let take = bytes.len().min(8usize.saturating_sub(len));
+        for (slot, b) in first.iter_mut().skip(len).zip(bytes.iter().take(take)) {
+            *slot = *b;
+        }
+        self.first.store(u64::from_le_bytes(first), Ordering::Relaxed);
+        self.len.store(u8::try_from(len.saturating_add(take)).unwrap_or(8), Ordering::Relaxed);
+    }
+
+    fn any(&self) -> bool {
+        self.len.load(Ordering::Relaxed) > 0
+    }
+
+    /// A failed SOCKS handshake whose answer is another protocol's (an HTTP proxy's
+    /// status line, the other SOCKS version's reply): [`Failure::Speaks`] that protocol.
+    fn spoke(&self, e: Failure, v5: bool) -> Failure {
+        let bytes = self.first.load(Ordering::Relaxed).to_le_bytes();
+        let len = usize::from(self.len.load(Ordering::Relaxed)).min(8);
+        let listed = if v5 { crate::proxy::Protocol::Socks5 } else { crate::proxy::Protocol::Socks4 };
+        match super::reason::sniff(bytes.get(..len).unwrap_or_default()) {
+            Some(p) if p != listed && matches!(e, Failure::Dead(_)) => Failure::Speaks(p),
+            _ => e,
+        }
+    }
+}
+
+/// A stream that notes the first bytes the peer sent.
 struct Heard<'a, S> {
     inner: S,
-    heard: &'a AtomicBool,
+    heard: &'a HeardBytes,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Heard<'_, S> {
@@ -498,8 +553,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Heard<'_, S> {
     ) -> std::task::Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.heard.store(true, Ordering::Relaxed);
+        if let Some(new) = buf.filled().get(before..).filter(|n| !n.is_empty()) {
+            self.heard.note(new);
         }
         r
     }

@@ -151,6 +151,25 @@ pub fn is_local(e: &io::Error) -> bool {
 pub enum Failure {
     Dead(Reason),
     Local(Local),
+    /// The proxy answered in another protocol's bytes (a SOCKS reply to an HTTP request,
+    /// an HTTP status line to a SOCKS greeting): the list mislabelled it. Without protocol
+    /// detection this counts as [`Reason::ProxyProtocolError`].
+    Speaks(crate::proxy::Protocol),
+}
+
+/// The protocol the first bytes of an answer are in, if they are clearly another
+/// protocol's: an HTTP status line (or its first two bytes), a SOCKS5 method reply, a
+/// SOCKS4 reply.
+pub fn sniff(first: &[u8]) -> Option<crate::proxy::Protocol> {
+    use crate::proxy::Protocol;
+    // A SOCKS client may have read only two bytes of a status line (`HT`).
+    let http_prefix = first.get(..first.len().min(5)).is_some_and(|p| p.len() >= 2 && b"HTTP/".starts_with(p));
+    match first {
+        _ if http_prefix => Some(Protocol::Http),
+        [5, 0 | 1 | 2 | 0xff, ..] => Some(Protocol::Socks5),
+        [0, 0x5a..=0x5d, ..] => Some(Protocol::Socks4),
+        _ => None,
+    }
 }
 
 impl From<Reason> for Failure {
@@ -191,6 +210,20 @@ impl Failure {
 
 #[cfg(test)]
 mod tests {
+    use super::sniff;
+    use crate::proxy::Protocol;
+
+    #[test]
+    fn another_protocols_first_bytes() {
+        assert_eq!(sniff(b"HTTP/1.1 400 Bad Request"), Some(Protocol::Http));
+        assert_eq!(sniff(b"HT"), Some(Protocol::Http), "all a SOCKS5 client reads of it");
+        assert_eq!(sniff(&[5, 0xff]), Some(Protocol::Socks5));
+        assert_eq!(sniff(&[0, 0x5b, 0, 0, 0, 0, 0, 0]), Some(Protocol::Socks4));
+        for other in [&b"H"[..], b"HX", b"", &[5, 7], &[0, 0x10], &[0x16, 3, 1], b"220 ftp"] {
+            assert_eq!(sniff(other), None, "{other:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

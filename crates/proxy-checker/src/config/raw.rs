@@ -77,6 +77,7 @@ pub struct RawChecker {
     pub allow_private: Option<bool>,
     pub ca_file: Option<String>,
     pub fd_reserve: Option<u64>,
+    pub detect_protocol: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

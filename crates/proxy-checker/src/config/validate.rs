@@ -78,7 +78,7 @@ fn ranged<T: PartialOrd + std::fmt::Display + Copy>(
 
 /// Validates a raw config, one section after another; the error names the field.
 pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
-    let sources = sources(&raw.sources)?;
+    let sources = sources(&raw.sources, raw.checker.detect_protocol)?;
     let (interval, fetch) = aggregation(&raw.aggregation)?;
     Ok(Config {
         sources,
@@ -91,7 +91,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
     })
 }
 
-fn sources(raw: &[RawSource]) -> Result<Vec<SourceSpec>, Invalid> {
+fn sources(raw: &[RawSource], detect_protocol: Option<bool>) -> Result<Vec<SourceSpec>, Invalid> {
     let mut sources = Vec::new();
     for (i, s) in raw.iter().enumerate() {
         let field = format!("sources[{i}]");
@@ -113,9 +113,21 @@ fn sources(raw: &[RawSource]) -> Result<Vec<SourceSpec>, Invalid> {
         };
         let location = Location::parse(loc).map_err(|m| bad(&field, m))?;
         let protocol = match proto {
-            Some(p) => Some(p.parse::<Protocol>().map_err(|e| bad(format!("{field}.protocol"), e.to_string()))?),
+            // Unlabelled lines are sniffed: tried as SOCKS5 first (an HTTP proxy answers a
+            // SOCKS greeting with a status line, a SOCKS4 one with its reply) and
+            // relabelled by the protocol detection.
+            Some("auto") => Some(Protocol::Socks5),
+            Some(p) => Some(p.parse::<Protocol>().map_err(|e| {
+                bad(format!("{field}.protocol"), format!("{e} (allowed: http, https, socks4, socks5, auto)"))
+            })?),
             None => None,
         };
+        if proto == Some("auto") && detect_protocol == Some(false) {
+            return Err(bad(
+                format!("{field}.protocol"),
+                "`auto` sniffs each proxy's protocol, which needs `checker.detect_protocol` (on by default)",
+            ));
+        }
         sources.push(SourceSpec { location, protocol, name });
     }
     Ok(sources)
@@ -167,6 +179,7 @@ fn checker(c: &RawChecker) -> Result<CheckerConfig, Invalid> {
         concurrency,
         adaptive: c.enable_adaptive_concurrency.unwrap_or(true),
         ca_file: c.ca_file.as_ref().map(PathBuf::from),
+        detect_protocol: c.detect_protocol.unwrap_or(true),
     };
     Ok(CheckerConfig {
         settings,

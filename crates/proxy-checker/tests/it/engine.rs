@@ -66,6 +66,7 @@ fn settings(mode: Mode, judges: Vec<String>, ca_file: Option<std::path::PathBuf>
         concurrency: 500,
         adaptive: true,
         ca_file,
+        detect_protocol: true,
     }
 }
 
@@ -383,4 +384,73 @@ async fn a_judge_that_echoes_nothing_fails_calibration_and_says_what_to_do() {
     s.validation = Validation::Contains("It works!".into());
     let (verdicts, _) = run(s, candidates(&farm)).await.unwrap();
     assert!(verdicts.iter().all(|v| v.outcome.is_ok()), "{verdicts:?}");
+}
+
+/// Candidates for the farm's proxies, each listed as `listed` instead of what it speaks.
+fn listed_as(farm: &Farm, listed: &str) -> Vec<Candidate> {
+    let opts = ParseOptions { default_protocol: P::Http, allow_private: true, max_proxies: usize::MAX };
+    farm.proxies()
+        .filter(|p| p.protocol.scheme() != listed && !(p.protocol.is_http() && listed.starts_with("http")))
+        .map(|p| Candidate {
+            proxy: parse_token(&format!("{listed}://{}", p.addr()), opts).unwrap(),
+            addr: SocketAddr::new(IpAddr::V4(p.ip), p.port),
+            source: 0,
+        })
+        .collect()
+}
+
+/// Lists mislabel proxies (HTTP listed as SOCKS5, SOCKS4 listed as HTTP, …). The checker
+/// tells from the answer which protocol a proxy speaks, checks it as that within the same
+/// attempt, and reports it relabelled — for one extra connection per mislabelled proxy.
+/// With detection off, they are dead with `proxy_protocol_error`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mislabelled_proxies_are_checked_as_what_they_speak() {
+    let farm = Farm::start(FarmSpec {
+        groups: vec![
+            Group::new(3, Protocol::Http, Behavior::Working),
+            Group::new(3, Protocol::Socks4, Behavior::Working),
+            Group::new(3, Protocol::Socks5, Behavior::Working),
+            Group::new(2, Protocol::Socks5, Behavior::Refused),
+        ],
+    })
+    .await
+    .unwrap();
+    let judge = vec![farm.judge_url()];
+    // Correctly labelled, for the connection count a right label costs.
+    let before = farm.connections();
+    let (right, _) = run(settings(Mode::FullHttp, judge.clone(), None), candidates(&farm)).await.unwrap();
+    // The working proxies, by address.
+    let right_cost: std::collections::HashMap<IpAddr, P> =
+        right.iter().filter(|v| v.is_alive()).map(|v| (v.candidate.addr.ip(), v.candidate.proxy.protocol)).collect();
+    let per_label = farm.connections() - before;
+    for listed in ["http", "socks4", "socks5"] {
+        let cands = listed_as(&farm, listed);
+        let mislabelled = cands.iter().filter(|c| right_cost.contains_key(&c.addr.ip())).count() as u64;
+        let before = farm.connections();
+        let (verdicts, _) = run(settings(Mode::FullHttp, judge.clone(), None), cands.clone()).await.unwrap();
+        let used = farm.connections() - before;
+        for v in &verdicts {
+            let real = farm.proxies().find(|p| IpAddr::V4(p.ip) == v.candidate.addr.ip()).unwrap();
+            if real.behavior == Behavior::Refused {
+                assert_eq!(v.outcome.as_ref().unwrap_err().as_str(), "connect_refused", "{v:?}");
+                continue;
+            }
+            assert!(v.outcome.is_ok(), "listed {listed}, speaks {:?}: {v:?}", real.protocol);
+            assert_eq!(v.candidate.proxy.protocol.as_str(), real.protocol.scheme(), "{v:?}");
+            assert_eq!(v.relabelled_from.map(|p| p.as_str()), Some(listed), "{v:?}");
+            assert_eq!(v.attempts, 1, "relabelled within the same attempt: {v:?}");
+        }
+        // Correctly labelled, every proxy of the farm cost `per_label` connections in all;
+        // mislabelled, each costs at most one more.
+        assert!(used <= per_label + mislabelled, "listed {listed}: {used} connections, {mislabelled} mislabelled");
+        // Detection off: mislabelled proxies are dead, as before.
+        let mut off = settings(Mode::FullHttp, judge.clone(), None);
+        off.detect_protocol = false;
+        let (verdicts, _) = run(off, cands).await.unwrap();
+        for v in verdicts.iter().filter(|v| right_cost.contains_key(&v.candidate.addr.ip())) {
+            let r = v.outcome.as_ref().unwrap_err().as_str();
+            assert!(r == "proxy_protocol_error" || r == "proxy_closed", "listed {listed}, detection off: {v:?}");
+            assert_eq!(v.relabelled_from, None);
+        }
+    }
 }

@@ -50,6 +50,7 @@ fn settings(judge: String, ca_file: Option<std::path::PathBuf>) -> CheckSettings
         concurrency: 64,
         adaptive: true,
         ca_file,
+        detect_protocol: true,
     }
 }
 

@@ -64,7 +64,12 @@ fn html_tables_yield_their_addresses_and_protocol_column() {
     let (got, _, _) = parse("table-protocol-column.html");
     assert_eq!(
         got,
-        ["socks5://192.0.2.30:1080", "http://192.0.2.31:8118", "socks4://198.51.100.44:4145", "http://203.0.113.9:3128"]
+        [
+            "socks5://192.0.2.30:1080",
+            "http://192.0.2.31:8118",
+            "socks4://198.51.100.44:4145",
+            "http://203.0.113.9:3128"
+        ]
     );
     // A table without a protocol column: the source's default (http here).
     let (got, _, _) = parse("table-separate-cells.html");

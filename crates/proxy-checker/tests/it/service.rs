@@ -722,3 +722,35 @@ async fn an_older_sqlite_snapshot_opens_with_anonymity_unknown() {
     assert_eq!(loaded.round.round_id, 7);
     assert_eq!((loaded.proxies[0].anonymity.as_str(), loaded.proxies[0].exit_ip.as_deref()), ("unknown", None));
 }
+
+/// A source with `protocol: "auto"` lists bare addresses: each proxy's protocol is sniffed
+/// (tried as SOCKS5, relabelled from what it answers), served as what it speaks, and the
+/// source says how many were relabelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_source_is_sniffed_and_counts_its_relabelled_proxies() {
+    let farm = Farm::start(FarmSpec {
+        groups: vec![
+            Group::new(2, Protocol::Http, Behavior::Working),
+            Group::new(2, Protocol::Socks4, Behavior::Working),
+            Group::new(3, Protocol::Socks5, Behavior::Working),
+        ],
+    })
+    .await
+    .unwrap();
+    let bare: String = farm.proxies().map(|p| format!("{}\n", p.addr())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&farm, vec![], dir.path());
+    let mut cfg = cfg;
+    cfg["sources"] = json!([{"url": farm.add_list("bare.txt", bare), "protocol": "auto", "name": "bare"}]);
+    let h = start(&cfg, dir.path()).await;
+    h.wait_round(1).await;
+    let served: BTreeSet<String> = lines(&h.authed("/get-proxy?all=1").await.1).into_iter().collect();
+    assert_eq!(served, alive_set(&farm), "each served as the protocol it speaks");
+    let st = h.stat().await;
+    assert_eq!(st["last_round"]["sources"][0]["relabelled"], 4, "{st}");
+    // `auto` needs the detection.
+    let mut off = cfg.clone();
+    off["checker"]["detect_protocol"] = json!(false);
+    let err = proxy_checker::config::Config::from_json(&off.to_string(), "c.json").unwrap_err().to_string();
+    assert!(err.contains("sources[0].protocol") && err.contains("detect_protocol"), "{err}");
+}

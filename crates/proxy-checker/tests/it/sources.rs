@@ -126,6 +126,7 @@ async fn hostnames_resolve_once_and_the_guard_applies_to_their_addresses() {
             concurrency: 10,
             adaptive: false,
             ca_file: None,
+            detect_protocol: true,
         };
         RoundContext {
             client: client(),

@@ -166,8 +166,11 @@ fn summary(out: &mut dyn Write, r: &RoundReport, budget: &fdbudget::FdBudget) ->
         writeln!(out, "  {:<22} {n:>7}  {}", reason.as_str(), reason.explain())?;
     }
     writeln!(out, "sources (scraped {}, unique {}):", r.scraped, r.unique)?;
-    for (s, alive) in r.sources.iter().zip(&r.alive_per_source) {
-        let tries = if s.attempts > 1 { format!(" ({} attempts)", s.attempts) } else { String::new() };
+    for ((s, alive), relabelled) in r.sources.iter().zip(&r.alive_per_source).zip(&r.relabelled_per_source) {
+        let mut tries = if s.attempts > 1 { format!(" ({} attempts)", s.attempts) } else { String::new() };
+        if *relabelled > 0 {
+            tries.push_str(&format!(", {relabelled} relabelled"));
+        }
         match &s.error {
             Some(e) => writeln!(out, "  {}: FAILED after {:.1}s{tries}: {e}", s.name, s.duration.as_secs_f64())?,
             None => {
