@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Benchmarks of the check engine, run as separate processes against the proxy-farm binary.
 
-Usage: python3 bench/run.py [--reps N] [--only NAME ...]
+Usage: python3 bench/run.py [--reps N] [--only NAME ...] [--baseline OLD_BINARY]
+
+With --baseline, the throughput and in-flight scenarios also run OLD_BINARY (another
+build of `proxy-checker`, e.g. from `git worktree add` of an older commit), alternating
+with this one against the same farm, and report both medians and their ratio.
 
 Builds release binaries, then for each scenario starts `proxy-farm`, runs
 `proxy-checker check` (and the `raw-loop` baseline) under /usr/bin/time, and prints a
@@ -46,9 +50,12 @@ def timed(cmd):
     return float(m.group(1)), int(m.group(2)), t.stdout, t.stderr
 
 
-def check(farm, *extra):
-    cmd = [CHECKER, "check", "--allow-private", "--judge-url", farm.info["judge_url"],
-           "--source", farm.info["list_file"], "-o", "/dev/null", *extra]
+BASELINE = None
+
+
+def check(farm, *extra, binary=None, source=None):
+    cmd = [binary or CHECKER, "check", "--allow-private", "--judge-url", farm.info["judge_url"],
+           "--source", source or farm.info["list_file"], "-o", "/dev/null", *extra]
     wall, rss, _, err = timed(cmd)
     m = re.search(r"checked (\d+) in ([\d.]+)s \((\d+)/s\): (\d+) alive, (\d+) dead; (\d+) retries, (\d+) local", err)
     if not m:
@@ -117,11 +124,24 @@ def realistic(reps, out):
     out.append("")
 
 
+def side_by_side(out, what, rows, base, key, unit, higher_is_better):
+    """Appends the baseline comparison of one scenario (when --baseline was given)."""
+    if not base:
+        return
+    n, b = med(rows, key), med(base, key)
+    out.append(f"Side by side with the baseline `{BASELINE}`, alternating against the same farm: {what} "
+               f"this build {n:.1f} {unit} (runs: {', '.join(f'{r[key]:.1f}' for r in rows)}), baseline "
+               f"{b:.1f} {unit} (runs: {', '.join(f'{r[key]:.1f}' for r in base)}); this ÷ baseline "
+               f"**{n / b:.3f}** ({'higher' if higher_is_better else 'lower'} is better).\n")
+
+
 def throughput(reps, out):
     with Farm("--working", "100000") as farm:
-        eng, rawt, rawf = [], [], []
+        eng, rawt, rawf, base = [], [], [], []
         for _ in range(reps):
             eng.append(check(farm, "--concurrency", "1000"))
+            if BASELINE:
+                base.append(check(farm, "--concurrency", "1000", binary=BASELINE))
             rawt.append(raw(farm, 1000, True))
             rawf.append(raw(farm, 1000, False))
     e = med(eng, "rate")
@@ -138,11 +158,16 @@ def throughput(reps, out):
     out.append(f"\nMedians: engine {e:.0f} proxies/s = {2*e:.0f} exchanges/s. Engine ÷ raw loop, same exchanges: "
                f"**{e / t:.2f}**; engine exchanges/s ÷ raw GET-only exchanges/s: **{2 * e / f:.2f}** (target ≥ 0.60). "
                f"All {eng[0]['alive']} found alive.\n")
+    side_by_side(out, "engine proxies/s", eng, base, "rate", "proxies/s", True)
 
 
 def inflight(reps, out):
     with Farm("--working", "19000", "--latency-ms", "2000") as farm:
-        rows = [check(farm, "--concurrency", "19000") for _ in range(reps)]
+        rows, base = [], []
+        for _ in range(reps):
+            rows.append(check(farm, "--concurrency", "19000"))
+            if BASELINE:
+                base.append(check(farm, "--concurrency", "19000", binary=BASELINE))
     out.append("### In flight: 19,000 checks at once (farm holds every answer 2 s)\n")
     out.append("| run | peak RSS (MiB) | run (s) | alive |")
     out.append("|---|---|---|---|")
@@ -150,6 +175,7 @@ def inflight(reps, out):
         out.append(f"| {i+1} | {r['rss_mib']:.1f} | {r['run_s']:.2f} | {r['alive']} |")
     out.append(f"\nMedian peak RSS **{med(rows, 'rss_mib'):.1f} MiB** (target ≤ 100), "
                f"≈ {med(rows, 'rss_mib') * 1024 / 19000:.1f} KiB per check in flight, process baseline included.\n")
+    side_by_side(out, "peak RSS", rows, base, "rss_mib", "MiB", False)
 
 
 def scale(reps, out):
@@ -163,14 +189,49 @@ def scale(reps, out):
     out.append(f"\nMedian peak RSS **{med(rows, 'rss_mib'):.1f} MiB** (target ≤ 400).\n")
 
 
-SCENARIOS = {"realistic": realistic, "throughput": throughput, "inflight": inflight, "scale": scale}
+def mislabelled(reps, out):
+    """What protocol detection costs: the same proxies listed right, and all listed wrong."""
+    groups = [{"count": 5000, "protocol": p, "behavior": "working", "latency_ms": 0} for p in ("http", "socks5")]
+    with SpecFarm(groups) as farm:
+        right = farm.info["list_file"]
+        wrong = os.path.join(farm.dir, "mislabelled.txt")
+        swap = {"http://": "socks5://", "socks5://": "http://"}
+        with open(right) as f, open(wrong, "w") as g:
+            for line in f:
+                for a, b in swap.items():
+                    if line.startswith(a):
+                        line = b + line[len(a):]
+                        break
+                g.write(line)
+        rows_right, rows_wrong = [], []
+        for _ in range(reps):
+            rows_right.append(check(farm, "--concurrency", "1000", source=right))
+            rows_wrong.append(check(farm, "--concurrency", "1000", source=wrong))
+    out.append("### Mislabelled: 5,000 HTTP and 5,000 SOCKS5 working proxies, listed right, then each under the other protocol\n")
+    out.append("Detection is on (the default): a proxy that answers in the other protocol's bytes is checked as "
+               "that one within its attempt, for one extra connection.\n")
+    out.append("| run | listed right: round (s), alive | all listed wrong: round (s), alive |")
+    out.append("|---|---|---|")
+    for i in range(reps):
+        out.append(f"| {i+1} | {rows_right[i]['run_s']:.2f}, {rows_right[i]['alive']} | "
+                   f"{rows_wrong[i]['run_s']:.2f}, {rows_wrong[i]['alive']} |")
+    r, w = med(rows_right, "run_s"), med(rows_wrong, "run_s")
+    out.append(f"\nMedians: right {r:.2f} s, wrong {w:.2f} s, ratio **{w / r:.2f}**; all "
+               f"{rows_wrong[0]['alive']} found alive under the protocol they speak.\n")
+
+
+SCENARIOS = {"realistic": realistic, "throughput": throughput, "inflight": inflight, "scale": scale,
+             "mislabelled": mislabelled}
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--only", nargs="*", choices=list(SCENARIOS))
+    ap.add_argument("--baseline", help="another proxy-checker binary to run side by side (throughput, inflight)")
     a = ap.parse_args()
+    global BASELINE
+    BASELINE = a.baseline
     sh(["cargo", "build", "--release", "--workspace"], cwd=ROOT)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     nofile = sh(["sh", "-c", "ulimit -Hn"]).stdout.strip()

@@ -656,10 +656,15 @@ async fn anonymity_and_exit_address_are_served_and_filtered() {
     })
     .await
     .unwrap();
-    for storage in ["file", "sqlite"] {
+    let prefix = format!("pctest:{:x}:", fastrand::u64(..));
+    let mut storages = vec!["file", "sqlite"];
+    if redis_available().await {
+        storages.push("redis");
+    }
+    for storage in storages {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path());
-        cfg["storage"] = json!({"type": storage, "path": dir.path().join("pool.db")});
+        cfg["storage"] = json!({"type": storage, "path": dir.path().join("pool.db"), "redis_url": redis_url(), "redis_key_prefix": prefix});
         let mut h = start(&cfg, dir.path()).await;
         h.wait_round(1).await;
         let (_, body) = h.authed("/get-proxy?all=1&format=json").await;
@@ -691,6 +696,12 @@ async fn anonymity_and_exit_address_are_served_and_filtered() {
         let loaded = proxy_checker::store::open(&cfg_loaded.storage).unwrap().load().await.unwrap().unwrap();
         assert_eq!(loaded.proxies.iter().filter(|e| e.anonymity == "transparent").count(), 2, "{storage}");
         assert!(loaded.proxies.iter().all(|e| e.exit_ip.as_deref() == Some(e.host.as_str())), "{storage}");
+    }
+    if redis_available().await {
+        let c = redis::Client::open(redis_url()).unwrap();
+        let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
     }
 }
 
