@@ -34,6 +34,17 @@ impl Protocol {
         }
     }
 
+    /// The scheme a client must use in a proxy URL: what it speaks to the proxy. A list's
+    /// `https` means an HTTP proxy that tunnels (CONNECT) — clients speak plain HTTP to
+    /// it, and read `https://` as "TLS to the proxy" — so it is `http`.
+    pub fn scheme(self) -> &'static str {
+        match self {
+            Self::Http | Self::Https => "http",
+            Self::Socks4 => "socks4",
+            Self::Socks5 => "socks5",
+        }
+    }
+
     /// HTTP and HTTPS proxies are the same kind of server; they differ only in what is
     /// asked of them. Deduplication treats them as one.
     pub fn is_http_family(self) -> bool {
@@ -129,8 +140,9 @@ pub struct DedupKey {
 
 /// `scheme://host:port` — never the credentials, which must not reach logs or API output.
 impl fmt::Display for Proxy {
+    /// The proxy's URL as a client takes it (see [`Protocol::scheme`]), without credentials.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}:{}", self.protocol, self.host, self.port)
+        write!(f, "{}://{}:{}", self.protocol.scheme(), self.host, self.port)
     }
 }
 

@@ -115,9 +115,15 @@ impl RoundContext {
         let mut alive = Vec::new();
         let mut alive_per_source = vec![0u64; self.sources.len()];
         let mut relabelled_per_source = vec![0u64; self.sources.len()];
+        // A relabelled proxy may turn out to be one another source listed under the right
+        // protocol: the pool keeps it once.
+        let mut alive_keys: std::collections::HashSet<crate::proxy::DedupKey> = std::collections::HashSet::new();
         let mut sink = |v: Verdict| {
             if let Some(observe) = &self.observer {
                 observe(&v);
+            }
+            if v.is_alive() && !alive_keys.insert(v.candidate.proxy.dedup_key()) {
+                return;
             }
             if v.relabelled_from.is_some()
                 && let Some(n) = relabelled_per_source.get_mut(usize::from(v.candidate.source))

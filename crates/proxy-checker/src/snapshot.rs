@@ -134,7 +134,37 @@ fn ms(d: Duration) -> u32 {
     u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
 }
 
+/// Characters kept as they are in a URL's user and password (RFC 3986 unreserved).
+const USERINFO: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 impl ProxyEntry {
+    /// The scheme a client speaks to this proxy: `http` for HTTP proxies whatever the list
+    /// said (`https` there means "tunnels"); `socks5h`/`socks4a` with `dns_remote` (the
+    /// client lets the proxy resolve names).
+    pub fn scheme(&self, dns_remote: bool) -> &'static str {
+        match (self.protocol.as_str(), dns_remote) {
+            ("socks5", true) => "socks5h",
+            ("socks5", false) => "socks5",
+            ("socks4", true) => "socks4a",
+            ("socks4", false) => "socks4",
+            _ => "http",
+        }
+    }
+
+    /// `scheme://[user:pass@]host:port`: what a client needs to use the proxy, as given.
+    pub fn url(&self, dns_remote: bool) -> String {
+        let scheme = self.scheme(dns_remote);
+        match &self.username {
+            Some(u) => {
+                let enc = |s: &str| percent_encoding::utf8_percent_encode(s, USERINFO).to_string();
+                let p = self.password.as_deref().unwrap_or("");
+                format!("{scheme}://{}:{}@{}:{}", enc(u), enc(p), self.host, self.port)
+            }
+            None => format!("{scheme}://{}:{}", self.host, self.port),
+        }
+    }
+
     fn from_verdict(v: &Verdict, sources: &[SourceSummary]) -> Option<Self> {
         let a = v.outcome.as_ref().ok()?;
         let p = &v.candidate.proxy;
@@ -300,6 +330,12 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn new(mut data: SnapshotData, loaded: bool) -> Self {
         data.proxies.sort_by_key(|e| e.latency_ms);
+        // Snapshots from before the scheme fix wrote `https://` for HTTP proxies that tunnel.
+        for e in &mut data.proxies {
+            if let Some(rest) = e.proxy.strip_prefix("https://") {
+                e.proxy = format!("http://{rest}");
+            }
+        }
         let connect_only = data.round.mode == Mode::ConnectOnly.as_str();
         let by_selector = Selector::ALL.map(|s| {
             data.proxies.iter().enumerate().filter(|(_, e)| s.matches(e, connect_only)).map(|(i, _)| i as u32).collect()
@@ -426,16 +462,26 @@ mod tests {
                 entry("socks5://d:1", "socks5", 20, false, true),
             ],
         };
+        // `c` was written by a version that gave tunnelling HTTP proxies an `https://` URL:
+        // it loads as `http://` (clients read `https://` as TLS to the proxy), and is still
+        // selected as a tunnelling HTTP proxy.
         let s = Snapshot::new(data, false);
         let names = |v: Selection<'_>| (0..v.len()).map(|k| s.entry(v.get(k)).proxy.clone()).collect::<Vec<_>>();
-        assert_eq!(names(s.select(&[], None)), ["http://b:1", "socks5://d:1", "https://c:1", "http://a:1"]);
+        assert_eq!(names(s.select(&[], None)), ["http://b:1", "socks5://d:1", "http://c:1", "http://a:1"]);
         assert_eq!(names(s.select(&[Selector::Http], None)), ["http://b:1", "http://a:1"]);
-        assert_eq!(names(s.select(&[Selector::Https], None)), ["https://c:1", "http://a:1"]);
-        assert_eq!(names(s.select(&[Selector::Https, Selector::Socks5], Some(30))), ["socks5://d:1", "https://c:1"]);
+        assert_eq!(names(s.select(&[Selector::Https], None)), ["http://c:1", "http://a:1"]);
+        assert_eq!(names(s.select(&[Selector::Https, Selector::Socks5], Some(30))), ["socks5://d:1", "http://c:1"]);
         assert_eq!(names(s.select(&[Selector::Http], Some(49))), ["http://b:1"]);
         assert_eq!(names(s.select(&[], Some(20))), ["http://b:1", "socks5://d:1"]);
         assert!(s.select(&[], Some(5)).is_empty());
         assert!(s.select(&[Selector::Socks4], None).is_empty());
-        assert_eq!(&s.text_all[..], b"http://b:1\nsocks5://d:1\nhttps://c:1\nhttp://a:1\n");
+        assert_eq!(&s.text_all[..], b"http://b:1\nsocks5://d:1\nhttp://c:1\nhttp://a:1\n");
+        let c = s.entry(2);
+        assert_eq!((c.url(false), c.url(true)), ("http://1.2.3.4:1".to_string(), "http://1.2.3.4:1".to_string()));
+        let d = s.entry(1);
+        assert_eq!((d.url(false), d.url(true)), ("socks5://1.2.3.4:1".to_string(), "socks5h://1.2.3.4:1".to_string()));
+        let mut with_creds = d.clone();
+        (with_creds.username, with_creds.password) = (Some("u ser@x".into()), Some("p:a+ss/1".into()));
+        assert_eq!(with_creds.url(false), "socks5://u%20ser%40x:p%3Aa%2Bss%2F1@1.2.3.4:1");
     }
 }

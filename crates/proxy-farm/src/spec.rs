@@ -26,6 +26,15 @@ impl Protocol {
         }
     }
 
+    /// The scheme a client uses in a URL for this proxy: an `https` proxy of a list is an
+    /// HTTP proxy that tunnels, spoken to in plain HTTP.
+    pub fn client_scheme(self) -> &'static str {
+        match self {
+            Protocol::Http | Protocol::Https => "http",
+            other => other.scheme(),
+        }
+    }
+
     pub fn is_http(self) -> bool {
         matches!(self, Protocol::Http | Protocol::Https)
     }

@@ -171,7 +171,7 @@ fn handler(r: &Route) -> MethodRouter<Arc<AppState>> {
 
 /// Query parameters `/get-proxy` accepts.
 pub const GET_PROXY_PARAMS: &[&str] =
-    &["limit", "all", "format", "protocol", "max_latency_ms", "order", "anonymity", "api_key"];
+    &["limit", "all", "format", "protocol", "max_latency_ms", "order", "anonymity", "dns", "api_key"];
 
 /// Largest request body accepted (the API takes none that matter).
 const BODY_LIMIT: usize = 16 * 1024;

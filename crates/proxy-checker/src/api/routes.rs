@@ -129,6 +129,8 @@ enum Format {
     Text,
     Json,
     Csv,
+    Curl,
+    Requests,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -146,6 +148,8 @@ struct Params {
     max_latency_ms: Option<u32>,
     order: Order,
     anonymity: Vec<crate::check::Anonymity>,
+    /// `dns=remote`: SOCKS URLs as `socks5h://`/`socks4a://` (the proxy resolves names).
+    dns_remote: bool,
 }
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {
@@ -163,6 +167,7 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
         max_latency_ms: None,
         order: Order::RoundRobin,
         anonymity: Vec::new(),
+        dns_remote: false,
     };
     for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
@@ -185,7 +190,9 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
                     "text" => Format::Text,
                     "json" => Format::Json,
                     "csv" => Format::Csv,
-                    _ => return Err(bad("format", format!("`{v}`: allowed: text, json, csv"))),
+                    "curl" => Format::Curl,
+                    "requests" => Format::Requests,
+                    _ => return Err(bad("format", format!("`{v}`: allowed: text, json, csv, curl, requests"))),
                 }
             }
             "protocol" => {
@@ -221,6 +228,13 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
                     }
                 }
             }
+            "dns" => {
+                p.dns_remote = match v.as_ref() {
+                    "remote" => true,
+                    "local" => false,
+                    _ => return Err(bad("dns", format!("`{v}`: allowed: local, remote"))),
+                }
+            }
             "api_key" => {}
             other => {
                 return Err(bad(other, format!("unknown parameter (allowed: {})", super::GET_PROXY_PARAMS.join(", "))));
@@ -230,26 +244,30 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
     Ok(p)
 }
 
-/// `scheme://[user:pass@]host:port`: what a client needs to use the proxy.
-fn usable_url(e: &ProxyEntry) -> String {
-    match (&e.username, &e.password) {
-        (Some(u), p) => {
-            let enc = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            format!("{}://{}:{}@{}:{}", e.protocol, enc(u), enc(p.as_deref().unwrap_or("")), e.host, e.port)
-        }
-        _ => e.proxy.clone(),
-    }
-}
-
-fn render(snap: &Snapshot, picked: &[u32], format: Format) -> Response {
+fn render(snap: &Snapshot, picked: &[u32], format: Format, dns_remote: bool) -> Response {
+    let url = |i: &u32| snap.entry(*i).url(dns_remote);
     match format {
         Format::Text => {
             let mut out = String::with_capacity(picked.len() * 28);
             for i in picked {
-                out.push_str(&usable_url(snap.entry(*i)));
+                out.push_str(&url(i));
                 out.push('\n');
             }
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response()
+        }
+        // One `-x URL` per line: `curl $(… | head -1) https://example.com`.
+        Format::Curl => {
+            let mut out = String::with_capacity(picked.len() * 32);
+            for i in picked {
+                let _ = writeln!(out, "-x {}", url(i));
+            }
+            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response()
+        }
+        // Python requests' `proxies=` argument, one per proxy.
+        Format::Requests => {
+            let all: Vec<serde_json::Value> =
+                picked.iter().map(|i| serde_json::json!({"http": url(i), "https": url(i)})).collect();
+            Json(all).into_response()
         }
         Format::Json => {
             let entries: Vec<&ProxyEntry> = picked.iter().map(|i| snap.entry(*i)).collect();
@@ -264,7 +282,7 @@ fn render(snap: &Snapshot, picked: &[u32], format: Format) -> Response {
                 let _ = writeln!(
                     out,
                     "{},{},{},{},{},{},{},{},{},{},{}",
-                    usable_url(e),
+                    e.url(dns_remote),
                     e.protocol,
                     e.host,
                     e.port,
@@ -293,6 +311,7 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
         && p.selectors.is_empty()
         && p.max_latency_ms.is_none()
         && p.anonymity.is_empty()
+        && !p.dns_remote
         && p.format == Format::Text
         && p.order != Order::Random
         && !snap.has_credentials
@@ -328,7 +347,7 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
         }
         Order::Random => fastrand::choose_multiple(0..len, n).into_iter().map(|k| matching.get(k)).collect(),
     };
-    Ok(render(&snap, &picked, p.format))
+    Ok(render(&snap, &picked, p.format, p.dns_remote))
 }
 
 pub async fn stat(State(state): State<Arc<AppState>>) -> Response {

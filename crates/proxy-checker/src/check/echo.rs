@@ -54,8 +54,9 @@ pub struct Calibration {
     /// the judge can tell (`None`: the judge does not show it).
     pub own_ip: Option<IpAddr>,
     /// Proxy-revealing headers the judge shows even for a direct request (its own front
-    /// proxies add them): not held against the proxies checked through it.
-    pub baseline: Vec<&'static str>,
+    /// proxies add them), with how many list entries (hops) each held: held against a
+    /// proxy only when it carries more hops than that.
+    pub baseline: Vec<(&'static str, usize)>,
 }
 
 /// Headers that tell a site a proxy is in between (lower case).
@@ -97,59 +98,103 @@ fn revealing_re() -> &'static regex::bytes::Regex {
     RE.get_or_init(|| {
         let names = REVEALING.join("|");
         let underscored = REVEALING.iter().map(|n| n.replace('-', "_")).collect::<Vec<_>>().join("|");
-        // A JSON member `"Via":`, or an azenv line `HTTP_VIA =`.
-        let pattern = format!(r#"(?i)"({names})"\s*:|(?m)^\s*(?:<[^>\n]*>\s*)*HTTP_({underscored})\s*[=:]"#);
+        // A JSON member `"Via": "…"`, or an azenv line `HTTP_VIA = …`; the value captured.
+        let pattern = format!(
+            r#"(?i)"({names})"\s*:\s*"([^"\n]{{0,512}})"|(?m)^\s*(?:<[^>\n]*>\s*)*HTTP_({underscored})\s*[=:][ \t]*([^\n<]{{0,512}})"#
+        );
         regex::bytes::Regex::new(&pattern).expect("a valid regex")
     })
 }
 
-/// The client address a judge's answer shows (the first of a list).
-pub fn origin(body: &[u8]) -> Option<IpAddr> {
-    let caps = origin_re().captures(body)?;
-    let value = caps.get(1).or_else(|| caps.get(2))?.as_bytes();
-    let first = std::str::from_utf8(value).ok()?.split(',').next()?.trim();
-    first
-        .parse::<IpAddr>()
+fn parse_ip(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    s.parse::<IpAddr>()
         .ok()
-        .or_else(|| first.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
-        .or_else(|| first.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+        .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| s.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+        .map(|ip| ip.to_canonical())
 }
 
-/// The proxy-revealing headers a judge's answer shows.
-pub fn revealing(body: &[u8]) -> Vec<&'static str> {
-    let mut found: Vec<&'static str> = Vec::new();
-    for caps in revealing_re().captures_iter(body) {
-        let Some(m) = caps.get(1).or_else(|| caps.get(2)) else { continue };
-        let name = String::from_utf8_lossy(m.as_bytes()).to_ascii_lowercase().replace('_', "-");
-        if let Some(known) = REVEALING.iter().find(|r| **r == name)
-            && !found.contains(known)
+/// The client address a judge's answer shows. A `remote_addr`/`REMOTE_ADDR` (the socket's
+/// peer) is preferred to an `origin` (which httpbin builds from `X-Forwarded-For`); of a
+/// list (`"origin": "client, proxy"`), the last entry that is not `own` — the hop nearest
+/// the judge.
+pub fn origin(body: &[u8], own: Option<IpAddr>) -> Option<IpAddr> {
+    let mut best: Option<(bool, IpAddr)> = None;
+    for caps in origin_re().captures_iter(body) {
+        let whole = caps.get(0).map(|m| m.as_bytes()).unwrap_or_default();
+        let peer_key = memchr::memmem::find(&whole.to_ascii_lowercase(), b"remote").is_some();
+        let Some(value) = caps.get(1).or_else(|| caps.get(2)).and_then(|m| std::str::from_utf8(m.as_bytes()).ok())
+        else {
+            continue;
+        };
+        let entries: Vec<IpAddr> = value.split(',').filter_map(parse_ip).collect();
+        let pick = entries.iter().rev().find(|ip| Some(**ip) != own).or(entries.last()).copied();
+        if let Some(ip) = pick
+            && best.is_none_or(|(was_peer, _)| peer_key && !was_peer)
         {
-            found.push(known);
+            best = Some((peer_key, ip));
+        }
+    }
+    best.map(|(_, ip)| ip)
+}
+
+/// The proxy-revealing headers a judge's answer shows, with how many list entries (hops)
+/// each holds.
+pub fn revealing(body: &[u8]) -> Vec<(&'static str, usize)> {
+    let mut found: Vec<(&'static str, usize)> = Vec::new();
+    for caps in revealing_re().captures_iter(body) {
+        let (Some(m), value) = (caps.get(1).or_else(|| caps.get(3)), caps.get(2).or_else(|| caps.get(4))) else {
+            continue;
+        };
+        let name = String::from_utf8_lossy(m.as_bytes()).to_ascii_lowercase().replace('_', "-");
+        let hops =
+            value.map_or(0, |v| v.as_bytes().split(|b| *b == b',').filter(|e| !e.trim_ascii().is_empty()).count());
+        if let Some(known) = REVEALING.iter().find(|r| **r == name)
+            && !found.iter().any(|(n, _)| n == known)
+        {
+            found.push((known, hops));
         }
     }
     found
 }
 
-/// Whether `ip` appears in `body` as a whole token (not inside a longer address).
+/// Whether `ip` appears in `body` as a whole token (not inside a longer address), in its
+/// IPv4 and IPv4-mapped forms alike; an echoed `Host` header (the judge's own address,
+/// when it is ours) does not count.
 fn mentions(body: &[u8], ip: IpAddr) -> bool {
-    let text = ip.to_string();
+    let ip = ip.to_canonical();
+    let mut forms = vec![ip.to_string()];
+    if let IpAddr::V4(v4) = ip {
+        forms.push(v4.to_ipv6_mapped().to_string());
+    }
     let token = |b: &u8| b.is_ascii_hexdigit() || matches!(b, b'.' | b':');
-    memchr::memmem::find_iter(body, text.as_bytes()).any(|i| {
-        let before = i.checked_sub(1).and_then(|p| body.get(p));
-        let after = body.get(i.saturating_add(text.len()));
-        !before.is_some_and(token) && !after.is_some_and(token)
+    forms.iter().any(|text| {
+        memchr::memmem::find_iter(body, text.as_bytes()).any(|i| {
+            let before = body.get(..i).unwrap_or_default();
+            let after = body.get(i.saturating_add(text.len())..).unwrap_or_default();
+            let whole = !before.last().is_some_and(token) && !after.first().is_some_and(token);
+            let host_echo = json_key_before_value(before.strip_suffix(b"\"").unwrap_or(before))
+                .or_else(|| line_key(before))
+                .is_some_and(|k| k.eq_ignore_ascii_case(b"host") || k.eq_ignore_ascii_case(b"HTTP_HOST"));
+            whole && !host_echo
+        })
     })
 }
 
 /// What an answer through a proxy says: how anonymous the proxy is and where it exits.
 /// A judge that does not echo headers tells nothing about anonymity (`Unknown`).
 pub fn assess(cal: &Calibration, body: &[u8]) -> Echo {
-    let exit_ip = origin(body);
+    let exit_ip = origin(body, cal.own_ip);
+    // A header the judge shows anyway counts only with more hops than it had then.
+    let adds = |(name, hops): &(&'static str, usize)| {
+        cal.baseline.iter().find(|(b, _)| b == name).is_none_or(|(_, base)| hops > base)
+    };
     let anonymity = if cal.carrier != Carrier::Header {
         Anonymity::Unknown
     } else if cal.own_ip.is_some_and(|own| mentions(body, own)) {
         Anonymity::Transparent
-    } else if revealing(body).iter().any(|r| !cal.baseline.contains(r)) {
+    } else if revealing(body).iter().any(adds) {
         Anonymity::Anonymous
     } else {
         Anonymity::Elite
@@ -165,15 +210,6 @@ fn is_nonce_byte(b: u8) -> bool {
 }
 
 impl Place {
-    /// Bytes of scanned body a match may still start in before its nonce: the key, the
-    /// line or string around it.
-    pub fn overlap(&self, nonce: &[u8]) -> usize {
-        let key = match self {
-            Place::JsonMember { key } | Place::JsonString { key } | Place::Line { key } => key.len(),
-        };
-        MAX_CONTEXT.saturating_add(key).saturating_add(nonce.len())
-    }
-
     /// Whether `body` holds `nonce` at this place, in this form.
     pub fn found(&self, body: &[u8], nonce: &[u8]) -> bool {
         if nonce.is_empty() {
@@ -186,12 +222,21 @@ impl Place {
             if before.last().is_some_and(|b| is_nonce_byte(*b)) || after.first().is_some_and(|b| is_nonce_byte(*b)) {
                 return false;
             }
-            self.classify_at(before, after).as_ref() == Some(self)
+            // Keys compare without case: a proxy may re-case the headers it forwards.
+            self.classify_at(before, after).is_some_and(|p| p.same_as(self))
         })
     }
 
-    /// The places a nonce found between `before` and `after` may be at, strongest first
-    /// (a JSON member over a JSON string over a line).
+    fn same_as(&self, other: &Place) -> bool {
+        match (self, other) {
+            (Place::JsonMember { key: a }, Place::JsonMember { key: b })
+            | (Place::JsonString { key: a }, Place::JsonString { key: b })
+            | (Place::Line { key: a }, Place::Line { key: b }) => a.eq_ignore_ascii_case(b),
+            _ => false,
+        }
+    }
+
+    /// The place of this kind a nonce found between `before` and `after` is at.
     fn classify_at(&self, before: &[u8], after: &[u8]) -> Option<Place> {
         match self {
             Place::JsonMember { .. } => json_member(before, after).map(|key| Place::JsonMember { key }),
@@ -284,7 +329,7 @@ pub fn calibrate(body: &[u8], query_nonce: &[u8], header_nonce: &[u8]) -> Option
         Some(place) => (Carrier::Header, place),
         None => (Carrier::Query, place_of(query_nonce)?),
     };
-    Some(Calibration { carrier, place, own_ip: origin(body), baseline: revealing(body) })
+    Some(Calibration { carrier, place, own_ip: origin(body, None), baseline: revealing(body) })
 }
 
 /// The start of an answer as an error may quote it: at most `max` bytes, control bytes
@@ -365,6 +410,8 @@ mod tests {
         let n = "9f8e7d6c5b4a39281706f5e4";
         let m = member("X-Pc-Nonce");
         assert!(m.found(format!(r#"{{"headers": {{"X-Pc-Nonce": "{n}"}}}}"#).as_bytes(), n.as_bytes()));
+        // A proxy that lower-cases the headers it forwards: the same key.
+        assert!(m.found(format!(r#"{{"headers": {{"x-pc-nonce": "{n}"}}}}"#).as_bytes(), n.as_bytes()));
         assert!(m.found(format!(r#"{{"headers":{{"X-Pc-Nonce" : "{n}"}}}}"#).as_bytes(), n.as_bytes()));
         // Another key, a longer token, a portal link, a stale nonce: no.
         assert!(!m.found(format!(r#"{{"X-Other": "{n}"}}"#).as_bytes(), n.as_bytes()));
@@ -400,18 +447,37 @@ mod tests {
         // azenv lines.
         let az = b"<pre>\nREMOTE_ADDR = 198.51.100.9\nHTTP_VIA = 1.1 proxy\nHTTP_X_FORWARDED_FOR = 203.0.113.5\n</pre>";
         assert_eq!(assess(&c, az), Echo { anonymity: Anonymity::Transparent, exit_ip: ip("198.51.100.9") });
-        // path-echo with remote_addr and a port; httpbin's list of origins.
-        assert_eq!(origin(br#"{"remote_addr": "198.51.100.9:4711"}"#), ip("198.51.100.9"));
-        assert_eq!(origin(br#"{"origin": "198.51.100.9, 10.0.0.1"}"#), ip("198.51.100.9"));
-        assert_eq!(origin(br#"{"origin": "2001:db8::1"}"#), ip("2001:db8::1"));
-        // Headers the judge's own front proxy adds for everyone are not held against proxies.
+        // path-echo with remote_addr and a port; httpbin's list of origins: the hop nearest
+        // the judge that is not us; the socket's peer before an origin built from headers.
+        let own = ip("203.0.113.5");
+        assert_eq!(origin(br#"{"remote_addr": "198.51.100.9:4711"}"#, own), ip("198.51.100.9"));
+        assert_eq!(origin(br#"{"origin": "203.0.113.5, 198.51.100.9"}"#, own), ip("198.51.100.9"));
+        assert_eq!(origin(br#"{"origin": "2001:db8::1"}"#, own), ip("2001:db8::1"));
+        assert_eq!(origin(br#"{"origin": "10.1.1.1", "remote_addr": "198.51.100.9"}"#, own), ip("198.51.100.9"));
+        assert_eq!(origin(br#"{"origin": "::ffff:198.51.100.9"}"#, own), ip("198.51.100.9"));
+        let via_httpbin = br#"{"headers": {"X-Forwarded-For": "203.0.113.5"}, "origin": "203.0.113.5, 198.51.100.7"}"#;
+        assert_eq!(assess(&c, via_httpbin), Echo { anonymity: Anonymity::Transparent, exit_ip: ip("198.51.100.7") });
+        // Our address in its IPv4-mapped form; echoed only as the judge's Host; learned mapped.
+        let mapped = br#"{"headers": {"X-Forwarded-For": "::ffff:203.0.113.5"}, "origin": "198.51.100.7"}"#;
+        assert_eq!(assess(&c, mapped).anonymity, Anonymity::Transparent);
+        let host_only = br#"{"headers": {"Host": "203.0.113.5"}, "origin": "198.51.100.7"}"#;
+        assert_eq!(assess(&c, host_only).anonymity, Anonymity::Elite);
+        let direct_mapped = format!(r#"{{"headers": {{"X-Pc-Nonce": "{H}"}}, "remote_addr": "::ffff:203.0.113.5"}}"#);
+        let cm = calibrate(direct_mapped.as_bytes(), Q.as_bytes(), H.as_bytes()).unwrap();
+        assert_eq!(cm.own_ip, ip("203.0.113.5"));
+        assert_eq!(assess(&cm, transparent).anonymity, Anonymity::Transparent);
+        // Headers the judge's own front proxy adds for everyone are not held against
+        // proxies — unless a proxy adds hops to them.
         let fronted = format!(
-            r#"{{"headers": {{"X-Pc-Nonce": "{H}", "X-Forwarded-For": "203.0.113.5"}}, "origin": "203.0.113.5"}}"#
+            r#"{{"headers": {{"X-Pc-Nonce": "{H}", "Via": "1.1 vegur", "X-Forwarded-For": "203.0.113.5"}}, "origin": "203.0.113.5"}}"#
         );
         let c2 = calibrate(fronted.as_bytes(), Q.as_bytes(), H.as_bytes()).unwrap();
-        assert_eq!(c2.baseline, ["x-forwarded-for"]);
-        let through = br#"{"headers": {"X-Forwarded-For": "198.51.100.7"}, "origin": "198.51.100.7"}"#;
+        assert_eq!(c2.baseline, [("via", 1), ("x-forwarded-for", 1)]);
+        let through =
+            br#"{"headers": {"Via": "1.1 vegur", "X-Forwarded-For": "198.51.100.7"}, "origin": "198.51.100.7"}"#;
         assert_eq!(assess(&c2, through).anonymity, Anonymity::Elite);
+        let more_hops = br#"{"headers": {"Via": "1.1 squid, 1.1 vegur", "X-Forwarded-For": "198.51.100.7"}, "origin": "198.51.100.7"}"#;
+        assert_eq!(assess(&c2, more_hops).anonymity, Anonymity::Anonymous);
         // A judge that echoes no headers: unknown.
         let q_only = format!(r#"{{"args": {{"pc_nonce": "{Q}"}}, "origin": "203.0.113.5"}}"#);
         let c3 = calibrate(q_only.as_bytes(), Q.as_bytes(), H.as_bytes()).unwrap();

@@ -168,8 +168,6 @@ pub enum Expect<'a> {
     /// requested URL (a captive portal's `?redirect=…`) contains `name=value` instead and
     /// does not pass.
     Echoed { name: &'a str, value: &'a [u8] },
-    /// The nonce at the place the judge's calibration found ([`super::echo`]).
-    Placed { place: &'a super::echo::Place, nonce: &'a [u8] },
 }
 
 impl Expect<'_> {
@@ -179,7 +177,6 @@ impl Expect<'_> {
         match *self {
             Expect::Text(t) => t.len(),
             Expect::Echoed { name, value } => name.len().saturating_add(value.len()).saturating_add(64),
-            Expect::Placed { place, nonce } => place.overlap(nonce),
         }
     }
 
@@ -198,34 +195,46 @@ impl Expect<'_> {
                     .is_some_and(|b| b.ends_with(b"\""));
                 member && after.get(value.len()) == Some(&b'"')
             }),
-            Expect::Placed { place, nonce } => place.found(body, nonce),
         }
     }
 }
 
 /// Reads the whole body after `head` (its first bytes already in `buf`), de-framed, up to
-/// `cap` bytes (what is past the cap is not read). For a judge's calibration answer.
+/// `cap` bytes (what is past the cap is not read). `false` with it: the deadline came
+/// first, and this is what had arrived (a proxy that sends the answer and then stalls).
 pub async fn read_body<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     head: Head,
     cap: usize,
     deadline: Instant,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<(Vec<u8>, bool), Failure> {
     buf.drain(..head.len.min(buf.len()));
+    // A long head grew the buffer; the body never needs more than one read's worth.
+    buf.shrink_to(BODY_READ);
     let mut body = BodyReader::new(head.framing);
-    let mut out = Vec::with_capacity(buf.len().clamp(256, BODY_READ));
+    let mut out = Vec::with_capacity(buf.len().clamp(256, BODY_READ).min(cap));
     loop {
         let end = body.take(buf, &mut out).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
         buf.clear();
         if end || out.len() >= cap {
-            out.truncate(cap);
-            return Ok(out);
+            if out.len() > cap {
+                out.truncate(cap);
+                out.shrink_to(cap);
+            }
+            return Ok((out, true));
         }
-        let n = within(deadline, Reason::Timeout, read_more(s, buf, BODY_READ)).await?;
+        let read = within(deadline, Reason::Timeout, read_more(s, buf, BODY_READ)).await;
+        let n = match (read, body.framing) {
+            (Ok(n), _) => n,
+            // A close-delimited body may end without TLS's close_notify: that is its end.
+            (Err(Failure::Dead(Reason::ProxyClosed)), Framing::Close) => 0,
+            (Err(Failure::Dead(Reason::Timeout)), _) if !out.is_empty() => return Ok((out, false)),
+            (Err(e), _) => return Err(e),
+        };
         if n == 0 {
             return match body.framing {
-                Framing::Close => Ok(out),
+                Framing::Close => Ok((out, true)),
                 Framing::Length(_) | Framing::Chunked => Err(Reason::ProxyClosed.into()),
             };
         }

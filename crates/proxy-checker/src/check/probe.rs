@@ -121,9 +121,10 @@ impl Exchange {
             // A calibrated judge: the whole (capped) answer, the nonce in its place, and
             // what the rest of the echo says about the proxy.
             (Validation::Nonce, Some(cal)) => {
-                let body = http1::read_body(s, buf, head, ANSWER_CAP, deadline).await?;
+                let (body, complete) = http1::read_body(s, buf, head, ANSWER_CAP, deadline).await?;
                 if !cal.place.found(&body, nonce.as_bytes()) {
-                    return Err(Reason::ContentMismatch.into());
+                    // Cut short by the deadline: slow, not wrong (the rest might have held it).
+                    return Err(if complete { Reason::ContentMismatch } else { Reason::Timeout }.into());
                 }
                 Ok(echo::assess(cal, &body))
             }
@@ -286,7 +287,7 @@ impl Exchange {
         if head.status != self.expect_status {
             return Err(Reason::BadStatus.into());
         }
-        let body = http1::read_body(s, &mut buf, head, ANSWER_CAP, deadline).await?;
+        let (body, _) = http1::read_body(s, &mut buf, head, ANSWER_CAP, deadline).await?;
         Ok(echo::calibrate(&body, query_nonce.as_bytes(), header_nonce.as_bytes()).ok_or(body))
     }
 }

@@ -313,13 +313,26 @@ static HTML_TAG: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"(?s)<[^>]{0,102
 /// A protocol named in a table cell (`SOCKS5`, `HTTPS`, `socks4/5`…).
 static HTML_PROTOCOL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?i)\b(socks5|socks4|socks|https|http)\b").expect("static regex"));
+/// A table cell's content.
+static HTML_CELL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?is)<td[^>]{0,256}>(.{0,512}?)</td>").expect("static regex"));
+/// A cell that holds protocol names and nothing else (`SOCKS4, SOCKS5`, `HTTP/HTTPS`).
+static PROTOCOL_CELL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"(?i)^\s*(socks5|socks4|socks|https|http)(\s*[,/&|]\s*(socks5|socks4|socks|https|http))*\s*$")
+        .expect("static regex")
+});
 
-/// The protocol a table row gives in a cell of its own, beside the address: when a row
-/// names several (`SOCKS4, SOCKS5`), the last SOCKS version wins, and HTTP(S) means an
-/// HTTP proxy. `None` when the row names none.
-fn row_protocol(cells: &str) -> Option<Protocol> {
+/// The protocol a table row gives in a cell of its own — a cell that holds protocol names
+/// and nothing else, so a link (`https://t.me/…`) or a word in a note does not count.
+/// When the cell names several (`SOCKS4, SOCKS5`), SOCKS5 wins over SOCKS4 over HTTP.
+fn row_protocol(raw_row: &str) -> Option<Protocol> {
+    let cell = HTML_CELL
+        .captures_iter(raw_row)
+        .filter_map(|c| c.get(1))
+        .map(|m| HTML_TAG.replace_all(m.as_str(), " ").into_owned())
+        .find(|text| PROTOCOL_CELL.is_match(text))?;
     let mut found: Option<Protocol> = None;
-    for m in HTML_PROTOCOL.find_iter(cells) {
+    for m in HTML_PROTOCOL.find_iter(&cell) {
         let p = match m.as_str().to_ascii_lowercase().as_str() {
             "socks5" | "socks" => Protocol::Socks5,
             "socks4" => Protocol::Socks4,
@@ -348,11 +361,7 @@ fn parse_html(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject))
         let is_row = raw.len() < 64 * 1024 && raw.to_ascii_lowercase().contains("<td");
         let addresses: Vec<_> = HTML_ADDR.captures_iter(&plain).collect();
         let row_default = match addresses.as_slice() {
-            [only] if is_row => {
-                let m = only.get(0).map_or(0..0, |m| m.range());
-                let rest = format!("{} {}", plain.get(..m.start).unwrap_or(""), plain.get(m.end..).unwrap_or(""));
-                row_protocol(&rest)
-            }
+            [_only] if is_row => row_protocol(raw),
             _ => None,
         };
         for c in addresses {
@@ -731,7 +740,7 @@ mod tests {
         ok("socks5h://u:p@1.2.3.4:1080", "socks5://1.2.3.4:1080 u:p");
         ok("user:pa%40ss@1.2.3.4:3128", "http://1.2.3.4:3128 user:pa@ss");
         ok("1.2.3.4:3128:user:pass", "http://1.2.3.4:3128 user:pass");
-        ok("https://1.2.3.4:3128:user:pass", "https://1.2.3.4:3128 user:pass");
+        ok("https://1.2.3.4:3128:user:pass", "http://1.2.3.4:3128 user:pass");
         ok("[2a00:1450::1]:8080", "http://[2a00:1450::1]:8080");
         ok("socks5://[2606:4700::1111]:1080", "socks5://[2606:4700::1111]:1080");
         ok("1.2.3.4:80 US 120ms", "http://1.2.3.4:80");
@@ -831,7 +840,7 @@ mod tests {
             [
                 "http://1.2.3.4:80",
                 "socks5://5.6.7.8:1080",
-                "https://9.9.9.9:3128",
+                "http://9.9.9.9:3128",
                 "http://8.8.8.8:8080",
                 "socks4://1.1.1.1:80"
             ]

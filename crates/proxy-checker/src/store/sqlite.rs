@@ -26,15 +26,20 @@ CREATE TABLE IF NOT EXISTS proxies (
 /// when they are opened.
 const ADDED_COLUMNS: &[(&str, &str)] = &[("anonymity", "TEXT NOT NULL DEFAULT 'unknown'"), ("exit_ip", "TEXT")];
 
-fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
-    let mut stmt = conn.prepare("SELECT name FROM pragma_table_info('proxies')")?;
-    let have: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+fn add_missing_columns(conn: &mut Connection) -> rusqlite::Result<()> {
+    // In one write transaction: two processes opening an old database at once do not
+    // both add a column.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let have: Vec<String> = {
+        let mut stmt = tx.prepare("SELECT name FROM pragma_table_info('proxies')")?;
+        stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+    };
     for (name, decl) in ADDED_COLUMNS {
         if !have.iter().any(|h| h == name) {
-            conn.execute_batch(&format!("ALTER TABLE proxies ADD COLUMN {name} {decl}"))?;
+            tx.execute_batch(&format!("ALTER TABLE proxies ADD COLUMN {name} {decl}"))?;
         }
     }
-    Ok(())
+    tx.commit()
 }
 
 impl SqliteStore {
@@ -44,12 +49,12 @@ impl SqliteStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| Self::err(&location, e))?;
         }
-        let conn = Connection::open(path).map_err(err)?;
+        let mut conn = Connection::open(path).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
-        add_missing_columns(&conn).map_err(err)?;
+        add_missing_columns(&mut conn).map_err(err)?;
         Ok(Self { conn: Arc::new(Mutex::new(conn)), location })
     }
 

@@ -103,7 +103,7 @@ async fn every_source_format_checked_and_written_as_json() {
     let want: BTreeSet<String> = farm
         .proxies()
         .filter(|p| proxy_farm::expect(p.protocol, p.behavior, true, false).alive)
-        .map(|p| format!("{}://{}", p.protocol.scheme(), p.addr()))
+        .map(|p| format!("{}://{}", p.protocol.client_scheme(), p.addr()))
         .collect();
     assert_eq!(got_set, want);
     assert_eq!(got.len(), want.len(), "no duplicates in the output");
@@ -111,7 +111,8 @@ async fn every_source_format_checked_and_written_as_json() {
         for key in ["proxy", "protocol", "host", "port", "latency_ms", "connect_ms", "anonymity", "exit_ip"] {
             assert!(!v[key].is_null(), "{key} missing in {v}");
         }
-        let p = farm.proxies().find(|p| format!("{}://{}", p.protocol.scheme(), p.addr()) == v["proxy"]).unwrap();
+        let p =
+            farm.proxies().find(|p| format!("{}://{}", p.protocol.client_scheme(), p.addr()) == v["proxy"]).unwrap();
         assert_eq!(v["anonymity"], proxy_farm::expect(p.protocol, p.behavior, true, false).anonymity, "{v}");
         assert_eq!(v["exit_ip"], v["host"], "{v}");
     }
@@ -290,7 +291,7 @@ async fn output_dir_writes_a_list_per_protocol() {
     let of = |b: Behavior, p: Protocol| -> BTreeSet<String> {
         farm.proxies()
             .filter(|x| x.behavior == b && x.protocol == p)
-            .map(|x| format!("{}://{}", p.scheme(), x.addr()))
+            .map(|x| format!("{}://{}", p.client_scheme(), x.addr()))
             .collect()
     };
     let set = |v: Vec<String>| v.into_iter().collect::<BTreeSet<_>>();

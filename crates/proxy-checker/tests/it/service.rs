@@ -295,7 +295,7 @@ async fn readers_never_see_a_mix_of_two_snapshots() {
     let list_a: String = a.iter().map(|p| p.url() + "\n").collect();
     let list_b: String = b.iter().map(|p| p.url() + "\n").collect();
     let set = |v: &Vec<&proxy_farm::FarmProxy>| {
-        v.iter().map(|p| format!("{}://{}", p.protocol.scheme(), p.addr())).collect::<BTreeSet<_>>()
+        v.iter().map(|p| format!("{}://{}", p.protocol.client_scheme(), p.addr())).collect::<BTreeSet<_>>()
     };
     let (set_a, set_b) = (set(&a), set(&b));
     let url = farm.add_list("flip.txt", list_a.clone());

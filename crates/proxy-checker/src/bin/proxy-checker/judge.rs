@@ -129,7 +129,9 @@ async fn serve_tls(
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
+                    // Out of descriptors, most likely: wait for some to be freed.
                     tracing::debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
@@ -145,7 +147,9 @@ async fn serve_tls(
                 return;
             };
             let service = hyper_util::service::TowerToHyperService::new(app.layer(axum::Extension(ConnectInfo(peer))));
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // A request head must arrive within 10 s (no slowloris on a slot).
+            builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
             let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
             let _ = tokio::time::timeout(Duration::from_secs(60), conn).await;
         });

@@ -124,7 +124,7 @@ impl H {
 pub fn alive_set(farm: &Farm) -> BTreeSet<String> {
     farm.proxies()
         .filter(|p| proxy_farm::expect(p.protocol, p.behavior, true, false).alive)
-        .map(|p| format!("{}://{}", p.protocol.scheme(), p.addr()))
+        .map(|p| format!("{}://{}", p.protocol.client_scheme(), p.addr()))
         .collect()
 }
 
