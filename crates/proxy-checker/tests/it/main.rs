@@ -16,6 +16,7 @@ mod hostile_proxies;
 mod hostile_sources;
 mod judge_cli;
 mod parse_props;
+mod proxy_urls;
 mod rounds;
 mod samples;
 mod security;
