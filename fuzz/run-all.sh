@@ -8,7 +8,7 @@ secs="${1:-600}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(parse_list parse_json config http_response socks_reply chunked http_head)
+    targets=(parse_list parse_json config http_response socks_reply chunked http_head judge_echo forwarded)
 fi
 mkdir -p logs
 # Same profile as `fuzz run` below (release with debug assertions and overflow checks, ASan):

@@ -125,3 +125,51 @@ pub fn socks_reply(data: &[u8]) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async { tokio::join!(feed, handshake) }).await;
     });
 }
+
+/// A judge's answer: calibrated as if it came from a direct request, then looked at as if
+/// it came through a proxy — every kind of place, the anonymity assessment, the exit
+/// address, the revealing headers — and sniffed as a foreign protocol's first bytes.
+pub fn judge_echo(data: &[u8]) {
+    use crate::check::echo::{self, Place};
+    let (q, h) = (b"0a1b2c3d4e5f60718293a4b5".as_slice(), b"ffee00112233445566778899".as_slice());
+    let cal = echo::calibrate(data, q, h);
+    for key in [b"X-Pc-Nonce".as_slice(), b"pc_nonce", b"path", b"QUERY_STRING", b""] {
+        for place in [
+            Place::JsonMember { key: key.to_vec() },
+            Place::JsonString { key: key.to_vec() },
+            Place::Line { key: key.to_vec() },
+        ] {
+            let _ = place.found(data, q);
+            let _ = place.found(data, b"a");
+        }
+    }
+    if let Some(c) = &cal {
+        let _ = echo::assess(c, data);
+        assert!(c.place.found(data, if c.carrier == echo::Carrier::Header { h } else { q }));
+    }
+    let _ = echo::origin(data, None);
+    assert!(echo::revealing(data).len() <= echo::REVEALING.len());
+    let _ = crate::check::reason::sniff(data);
+}
+
+/// Forwarding headers (one value per line of `data`) from a trusted peer, both kinds.
+pub fn forwarded(data: &[u8]) {
+    use crate::api::forwarded::{ForwardedHeader, client_ip};
+    let trusted: Vec<ipnet::IpNet> = ["10.0.0.0/8", "::1/128"].iter().map(|n| n.parse().expect("valid")).collect();
+    for header in [ForwardedHeader::XForwardedFor, ForwardedHeader::Forwarded] {
+        let mut headers = axum::http::HeaderMap::new();
+        for line in data.split(|b| *b == b'\n').take(64) {
+            if let Ok(v) = axum::http::HeaderValue::from_bytes(line) {
+                headers.append(header.name(), v);
+            }
+        }
+        for peer in ["10.0.0.5", "::1", "203.0.113.9"] {
+            let peer = peer.parse().expect("valid");
+            let ip = client_ip(peer, &headers, &trusted, header);
+            // An untrusted peer is its own client, whatever the headers say.
+            if !trusted.iter().any(|n| n.contains(&peer)) {
+                assert_eq!(ip, peer);
+            }
+        }
+    }
+}

@@ -52,3 +52,13 @@ fn chunked() {
 fn http_head() {
     replay("http_head", proxy_checker::fuzzing::http_head);
 }
+
+#[test]
+fn judge_echo() {
+    replay("judge_echo", proxy_checker::fuzzing::judge_echo);
+}
+
+#[test]
+fn forwarded() {
+    replay("forwarded", proxy_checker::fuzzing::forwarded);
+}
