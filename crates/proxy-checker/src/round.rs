@@ -118,17 +118,20 @@ impl RoundContext {
         // A relabelled proxy may turn out to be one another source listed under the right
         // protocol: the pool keeps it once.
         let mut alive_keys: std::collections::HashSet<crate::proxy::DedupKey> = std::collections::HashSet::new();
+        // Such duplicates: a duplicate listing, not a proxy of its own (not counted alive).
+        let mut relabelled_duplicates: u64 = 0;
         let mut sink = |v: Verdict| {
             if let Some(observe) = &self.observer {
                 observe(&v);
-            }
-            if v.is_alive() && !alive_keys.insert(v.candidate.proxy.dedup_key()) {
-                return;
             }
             if v.relabelled_from.is_some()
                 && let Some(n) = relabelled_per_source.get_mut(usize::from(v.candidate.source))
             {
                 *n = n.saturating_add(1);
+            }
+            if v.is_alive() && !alive_keys.insert(v.candidate.proxy.dedup_key()) {
+                relabelled_duplicates = relabelled_duplicates.saturating_add(1);
+                return;
             }
             if v.is_alive() {
                 if let Some(n) = alive_per_source.get_mut(usize::from(v.candidate.source)) {
@@ -159,7 +162,9 @@ impl RoundContext {
         if unique == 0 {
             return Err(no_usable_source(sources));
         }
-        let run = run?;
+        let mut run = run?;
+        run.checked = run.checked.saturating_sub(relabelled_duplicates);
+        run.alive = run.alive.saturating_sub(relabelled_duplicates);
         alive.sort_by_key(|v| v.outcome.as_ref().map(|a| a.latency).unwrap_or_default());
         Ok(RoundReport {
             started,

@@ -765,3 +765,23 @@ async fn an_auto_source_is_sniffed_and_counts_its_relabelled_proxies() {
     let err = proxy_checker::config::Config::from_json(&off.to_string(), "c.json").unwrap_err().to_string();
     assert!(err.contains("sources[0].protocol") && err.contains("detect_protocol"), "{err}");
 }
+
+/// A proxy one source lists right and another mislabels is relabelled to the same proxy:
+/// the pool serves it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relabelled_proxy_listed_right_elsewhere_is_served_once() {
+    let farm =
+        Farm::start(FarmSpec { groups: vec![Group::new(3, Protocol::Socks5, Behavior::Working)] }).await.unwrap();
+    let right = farm.list_urls();
+    let wrong: String = farm.proxies().map(|p| format!("http://{}\n", p.addr())).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&farm, vec![farm.add_list("right.txt", right), farm.add_list("wrong.txt", wrong)], dir.path());
+    let h = start(&cfg, dir.path()).await;
+    h.wait_round(1).await;
+    let served = lines(&h.authed("/get-proxy?all=1").await.1);
+    assert_eq!(served.len(), 3, "{served:?}");
+    assert!(served.iter().all(|u| u.starts_with("socks5://")), "{served:?}");
+    let st = h.stat().await;
+    assert_eq!(st["last_round"]["sources"][1]["relabelled"], 3, "{st}");
+    assert_eq!((st["last_round"]["checked"].as_u64(), st["last_round"]["alive"].as_u64()), (Some(3), Some(3)), "{st}");
+}
