@@ -255,6 +255,11 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, 
             serve_hostile(&mut s, name, &req.target, h).await;
             return;
         }
+        let gate = shared.gates.lock().expect("gates").get(name).cloned();
+        if let Some(gate) = gate {
+            // Closed when the gate opens: the acquire fails and the request goes on.
+            let _ = gate.acquire().await;
+        }
         let src = shared.sources.lock().expect("sources").get(name).cloned();
         match src {
             None => {

@@ -50,6 +50,8 @@ pub struct Shared {
     /// Proxy connections accepted.
     pub connections: AtomicU64,
     sources: Mutex<HashMap<String, SourceBody>>,
+    /// Sources whose requests wait until the gate opens ([`Farm::hold_source`]).
+    gates: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     hostile: Mutex<HashMap<String, HostileSource>>,
     source_hits: Mutex<HashMap<String, u64>>,
     tls: tls::FarmTls,
@@ -217,6 +219,7 @@ impl Farm {
             judge_hits: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             sources: Mutex::new(HashMap::new()),
+            gates: Mutex::new(HashMap::new()),
             hostile: Mutex::new(HashMap::new()),
             source_hits: Mutex::new(HashMap::new()),
             tls: tls::FarmTls::generate()?,
@@ -359,6 +362,15 @@ impl Farm {
         format!("http://{}/sources/{name}", self.shared.judge)
     }
 
+    /// Holds every request for `/sources/NAME` until the returned gate is opened (or
+    /// dropped): a test can keep a round in progress for exactly as long as it needs,
+    /// whatever the machine's speed.
+    pub fn hold_source(&self, name: &str) -> SourceGate {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        self.shared.gates.lock().expect("gates").insert(name.to_string(), gate.clone());
+        SourceGate { gate, name: name.to_string(), shared: self.shared.clone() }
+    }
+
     /// Serves a source that misbehaves (see [`HostileSource`]).
     pub fn add_hostile_source(&self, name: &str, how: HostileSource) -> String {
         self.shared.hostile.lock().expect("hostile").insert(name.to_string(), how);
@@ -388,5 +400,23 @@ impl Farm {
 
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// See [`Farm::hold_source`]: the held requests go on when this is opened or dropped.
+pub struct SourceGate {
+    gate: Arc<tokio::sync::Semaphore>,
+    name: String,
+    shared: Arc<Shared>,
+}
+
+impl SourceGate {
+    pub fn open(self) {}
+}
+
+impl Drop for SourceGate {
+    fn drop(&mut self) {
+        self.shared.gates.lock().expect("gates").remove(&self.name);
+        self.gate.close();
     }
 }

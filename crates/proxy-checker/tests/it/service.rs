@@ -224,16 +224,9 @@ async fn both_rate_limits_with_retry_after() {
 async fn not_ready_and_empty_pool_answer_503() {
     let farm = Farm::start(farm_spec()).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // The source takes a while: until the first round ends there is nothing to serve.
-    let slow = farm.add_source(
-        "slow.txt",
-        SourceBody {
-            body: Arc::new(farm.list_urls().into_bytes()),
-            status: 200,
-            gzip: false,
-            delay: Duration::from_millis(1500),
-        },
-    );
+    // The source is held: until the first round ends there is nothing to serve.
+    let slow = farm.add_list("slow.txt", farm.list_urls());
+    let gate = farm.hold_source("slow.txt");
     let h = start(&config(&farm, vec![slow], dir.path()), dir.path()).await;
     let (s, body, _) = h.get("/ready").await;
     assert_eq!(s, 503, "{body}");
@@ -241,6 +234,7 @@ async fn not_ready_and_empty_pool_answer_503() {
     assert_eq!(s, 503);
     assert!(body.contains("first round has not finished"), "{body}");
     assert!(h.stat().await["round_in_progress"]["round_id"].as_u64() == Some(1));
+    gate.open();
     h.wait_round(1).await;
     assert_eq!(h.get("/ready").await.0, 200);
 
@@ -266,11 +260,8 @@ async fn reload_while_a_round_runs_serves_the_old_snapshot_until_the_new_one_is_
     let h = start(&config(&farm, vec![url], dir.path()), dir.path()).await;
     h.wait_round(1).await;
     let before = h.authed("/get-proxy?all=1").await.1;
-    // Make the next fetch slow, then ask for a round twice.
-    farm.add_source(
-        "l.txt",
-        SourceBody { body: Arc::new(list.into_bytes()), status: 200, gzip: false, delay: Duration::from_millis(800) },
-    );
+    // Hold the next fetch of the source until the test has looked, then ask for a round twice.
+    let gate = farm.hold_source("l.txt");
     let first = h.post_reload().await;
     assert_eq!(first["status"], "started");
     let id = first["round_id"].as_u64().unwrap();
@@ -282,6 +273,7 @@ async fn reload_while_a_round_runs_serves_the_old_snapshot_until_the_new_one_is_
     let st = h.stat().await;
     assert!(st["round_in_progress"]["total"].is_u64(), "{st}");
     assert_eq!(h.authed("/get-proxy?all=1").await.1, before);
+    gate.open();
     h.wait_round(2).await;
     assert_eq!(h.post_reload().await["round_id"], 3, "a new round may start once the last ended");
 }
