@@ -233,7 +233,7 @@ async fn not_ready_and_empty_pool_answer_503() {
     let (s, body) = h.authed("/get-proxy").await;
     assert_eq!(s, 503);
     assert!(body.contains("first round has not finished"), "{body}");
-    assert!(h.stat().await["round_in_progress"]["round_id"].as_u64() == Some(1));
+    h.until("round 1 to run", async |h| h.stat().await["round_in_progress"]["round_id"].as_u64() == Some(1)).await;
     gate.open();
     h.wait_round(1).await;
     assert_eq!(h.get("/ready").await.0, 200);
