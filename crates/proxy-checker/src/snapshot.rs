@@ -155,6 +155,13 @@ impl ProxyEntry {
     /// `scheme://[user:pass@]host:port`: what a client needs to use the proxy, as given.
     pub fn url(&self, dns_remote: bool) -> String {
         let scheme = self.scheme(dns_remote);
+        // `proxy` already is this URL when there is nothing to add (the hot case).
+        if self.username.is_none()
+            && self.proxy.starts_with(scheme)
+            && self.proxy.get(scheme.len()..).is_some_and(|r| r.starts_with("://"))
+        {
+            return self.proxy.clone();
+        }
         match &self.username {
             Some(u) => {
                 let enc = |s: &str| percent_encoding::utf8_percent_encode(s, USERINFO).to_string();
@@ -433,11 +440,12 @@ mod tests {
     use super::*;
 
     fn entry(proxy: &str, protocol: &str, latency: u32, forward: bool, tunnel: bool) -> ProxyEntry {
+        let (host, port) = proxy.split_once("://").and_then(|(_, a)| a.rsplit_once(':')).unwrap();
         ProxyEntry {
             proxy: proxy.into(),
             protocol: protocol.into(),
-            host: "1.2.3.4".into(),
-            port: 1,
+            host: host.into(),
+            port: port.parse().unwrap(),
             username: None,
             password: None,
             latency_ms: latency,
@@ -477,11 +485,11 @@ mod tests {
         assert!(s.select(&[Selector::Socks4], None).is_empty());
         assert_eq!(&s.text_all[..], b"http://b:1\nsocks5://d:1\nhttp://c:1\nhttp://a:1\n");
         let c = s.entry(2);
-        assert_eq!((c.url(false), c.url(true)), ("http://1.2.3.4:1".to_string(), "http://1.2.3.4:1".to_string()));
+        assert_eq!((c.url(false), c.url(true)), ("http://c:1".to_string(), "http://c:1".to_string()));
         let d = s.entry(1);
-        assert_eq!((d.url(false), d.url(true)), ("socks5://1.2.3.4:1".to_string(), "socks5h://1.2.3.4:1".to_string()));
+        assert_eq!((d.url(false), d.url(true)), ("socks5://d:1".to_string(), "socks5h://d:1".to_string()));
         let mut with_creds = d.clone();
         (with_creds.username, with_creds.password) = (Some("u ser@x".into()), Some("p:a+ss/1".into()));
-        assert_eq!(with_creds.url(false), "socks5://u%20ser%40x:p%3Aa%2Bss%2F1@1.2.3.4:1");
+        assert_eq!(with_creds.url(false), "socks5://u%20ser%40x:p%3Aa%2Bss%2F1@d:1");
     }
 }
