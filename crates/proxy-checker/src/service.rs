@@ -513,7 +513,7 @@ impl Service {
         });
         self.metrics.alive_proxies.set(snap.len() as i64);
         for (anonymity, n) in snap.count_by_anonymity() {
-            self.metrics.pool_proxies.with_label_values(&[anonymity]).set(n as i64);
+            self.metrics.pool_proxies.with_label_values(&[anonymity]).set(*n as i64);
         }
         match self.phase() {
             Phase::Running { progress, .. } => {

@@ -332,6 +332,8 @@ pub struct Snapshot {
     pub text_all: Bytes,
     /// Some entries carry credentials (the pre-rendered text omits them).
     pub has_credentials: bool,
+    /// Live proxies by anonymity level (counted once, for `/stat` and `/metrics`).
+    by_anonymity: std::collections::BTreeMap<&'static str, usize>,
 }
 
 impl Snapshot {
@@ -353,7 +355,15 @@ impl Snapshot {
             text.push('\n');
         }
         let has_credentials = data.proxies.iter().any(|e| e.username.is_some());
-        Self { data, loaded, by_selector, text_all: Bytes::from(text), has_credentials }
+        let mut by_anonymity: std::collections::BTreeMap<&'static str, usize> =
+            crate::check::Anonymity::ALL.iter().map(|a| (a.as_str(), 0)).collect();
+        for e in &data.proxies {
+            if let Some(n) = crate::check::Anonymity::parse(&e.anonymity).and_then(|a| by_anonymity.get_mut(a.as_str()))
+            {
+                *n += 1;
+            }
+        }
+        Self { data, loaded, by_selector, text_all: Bytes::from(text), has_credentials, by_anonymity }
     }
 
     pub fn empty() -> Self {
@@ -419,15 +429,8 @@ impl Snapshot {
     }
 
     /// Live proxies by anonymity level.
-    pub fn count_by_anonymity(&self) -> std::collections::BTreeMap<&'static str, usize> {
-        let mut counts: std::collections::BTreeMap<&'static str, usize> =
-            crate::check::Anonymity::ALL.iter().map(|a| (a.as_str(), 0)).collect();
-        for e in &self.data.proxies {
-            if let Some(n) = crate::check::Anonymity::parse(&e.anonymity).and_then(|a| counts.get_mut(a.as_str())) {
-                *n += 1;
-            }
-        }
-        counts
+    pub fn count_by_anonymity(&self) -> &std::collections::BTreeMap<&'static str, usize> {
+        &self.by_anonymity
     }
 
     pub fn entry(&self, i: u32) -> &ProxyEntry {

@@ -132,15 +132,18 @@ impl Judge {
         &self.connect_target
     }
 
-    /// Where a check's nonce goes: the header when the judge echoes it (the URL then
-    /// holds nothing a proxy could forge an answer from), else the query.
-    fn carrier(&self) -> super::echo::Carrier {
-        self.calibration.as_ref().map_or(super::echo::Carrier::Query, |c| c.carrier)
+    /// Where a check's nonce goes — `(query, header)`: the header when the judge echoes it
+    /// (the URL then holds nothing a proxy could forge an answer from), else the query.
+    fn split<'n>(&self, nonce: Option<&'n str>) -> (Option<&'n str>, Option<&'n str>) {
+        match self.calibration.as_ref().map(|c| c.carrier) {
+            Some(super::echo::Carrier::Header) => (None, nonce),
+            _ => (nonce, None),
+        }
     }
 
-    fn push_target(&self, out: &mut Vec<u8>, nonce: Option<&str>) {
+    fn push_target(&self, out: &mut Vec<u8>, query_nonce: Option<&str>) {
         out.extend_from_slice(self.target.as_bytes());
-        if let Some(n) = nonce.filter(|_| self.carrier() == super::echo::Carrier::Query) {
+        if let Some(n) = query_nonce {
             out.push(if self.target.contains('?') { b'&' } else { b'?' });
             out.extend_from_slice(NONCE_PARAM.as_bytes());
             out.push(b'=');
@@ -148,14 +151,7 @@ impl Judge {
         }
     }
 
-    fn push_header_nonce(out: &mut Vec<u8>, nonce: &str) {
-        out.extend_from_slice(super::echo::NONCE_HEADER.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(nonce.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-
-    fn push_common(&self, out: &mut Vec<u8>) {
+    fn push_common(&self, out: &mut Vec<u8>, header_nonce: Option<&str>) {
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         out.extend_from_slice(self.authority.as_bytes());
         out.extend_from_slice(
@@ -166,17 +162,21 @@ impl Judge {
             )
             .as_bytes(),
         );
+        if let Some(n) = header_nonce {
+            out.extend_from_slice(super::echo::NONCE_HEADER.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
 
     /// A request in origin form, for a tunnel or a direct probe.
     pub fn origin_request(&self, nonce: Option<&str>) -> Vec<u8> {
+        let (query, header) = self.split(nonce);
         let mut out = Vec::with_capacity(192);
         out.extend_from_slice(b"GET ");
-        self.push_target(&mut out, nonce);
-        self.push_common(&mut out);
-        if let Some(n) = nonce.filter(|_| self.carrier() == super::echo::Carrier::Header) {
-            Self::push_header_nonce(&mut out, n);
-        }
+        self.push_target(&mut out, query);
+        self.push_common(&mut out, header);
         out.extend_from_slice(b"\r\n");
         out
     }
@@ -185,27 +185,20 @@ impl Judge {
     pub fn calibration_request(&self, query_nonce: &str, header_nonce: &str) -> Vec<u8> {
         let mut out = Vec::with_capacity(224);
         out.extend_from_slice(b"GET ");
-        out.extend_from_slice(self.target.as_bytes());
-        out.push(if self.target.contains('?') { b'&' } else { b'?' });
-        out.extend_from_slice(NONCE_PARAM.as_bytes());
-        out.push(b'=');
-        out.extend_from_slice(query_nonce.as_bytes());
-        self.push_common(&mut out);
-        Self::push_header_nonce(&mut out, header_nonce);
+        self.push_target(&mut out, Some(query_nonce));
+        self.push_common(&mut out, Some(header_nonce));
         out.extend_from_slice(b"\r\n");
         out
     }
 
     /// A request in absolute form, for an HTTP forward proxy.
     pub fn forward_request(&self, nonce: Option<&str>, creds: Option<&Credentials>) -> Vec<u8> {
+        let (query, header) = self.split(nonce);
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"GET http://");
         out.extend_from_slice(self.authority.as_bytes());
-        self.push_target(&mut out, nonce);
-        self.push_common(&mut out);
-        if let Some(n) = nonce.filter(|_| self.carrier() == super::echo::Carrier::Header) {
-            Self::push_header_nonce(&mut out, n);
-        }
+        self.push_target(&mut out, query);
+        self.push_common(&mut out, header);
         push_proxy_auth(&mut out, creds);
         out.extend_from_slice(b"\r\n");
         out

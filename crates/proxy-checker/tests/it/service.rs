@@ -381,11 +381,8 @@ async fn restart_recovery_redis() {
     let prefix = format!("pctest:{:x}:", fastrand::u64(..));
     restart_recovers(json!({"type": "redis", "redis_url": redis_url(), "redis_key_prefix": prefix})).await;
     // Only the pointer and one snapshot remain.
-    let c = redis::Client::open(redis_url()).unwrap();
-    let mut conn = c.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+    let keys = redis_keys_drop(&prefix).await;
     assert_eq!(keys.len(), 2, "{keys:?}");
-    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -607,10 +604,7 @@ async fn a_snapshot_from_a_newer_binary_is_refused_by_every_store() {
         assert!(s.load().await.unwrap().is_some(), "{storage}");
     }
     if redis_available().await {
-        let c = redis::Client::open(redis_url()).unwrap();
-        let mut conn = c.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
-        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+        redis_keys_drop(&prefix).await;
     }
 }
 
@@ -691,10 +685,7 @@ async fn anonymity_and_exit_address_are_served_and_filtered() {
         assert!(loaded.proxies.iter().all(|e| e.exit_ip.as_deref() == Some(e.host.as_str())), "{storage}");
     }
     if redis_available().await {
-        let c = redis::Client::open(redis_url()).unwrap();
-        let mut conn = c.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
-        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+        redis_keys_drop(&prefix).await;
     }
 }
 

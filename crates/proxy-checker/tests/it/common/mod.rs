@@ -128,6 +128,17 @@ pub fn alive_set(farm: &Farm) -> BTreeSet<String> {
         .collect()
 }
 
+/// Deletes every key under `prefix` from the test Redis; returns the keys it found.
+pub async fn redis_keys_drop(prefix: &str) -> Vec<String> {
+    let c = redis::Client::open(redis_url()).unwrap();
+    let mut conn = c.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}*")).query_async(&mut conn).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+    }
+    keys
+}
+
 pub fn redis_url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
