@@ -1,30 +1,24 @@
 #!/usr/bin/env python3
 """API benchmark: `/get-proxy` of `proxy-checker serve` holding 20,000 proxies, next to nginx
 serving a static file of the same size, under wrk, in the same run; then the same load while
-`POST /reload` runs 20 rounds; and the peak RSS of `serve` through a 20k-proxy round.
+`POST /reload` runs 20 rounds; then alternating runs with rechecks of the pool on
+(`checker.recheck_interval_secs` = `--recheck-secs`, all 20,000 proxies rechecked that often)
+and off, switched by rewriting the watched config; and the peak RSS of `serve` through a
+20k-proxy round.
 
-Usage: python3 bench/api.py [--reps N] [--duration S] [--reload-rounds N]
+Usage: python3 bench/api.py [--reps N] [--duration S] [--reload-rounds N] [--recheck-secs S]
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light). Prints Markdown, also
 written to bench-out/api.md.
 """
-import argparse, json, os, signal, statistics, subprocess, sys, tempfile, threading, time
+import argparse, json, os, statistics, subprocess, sys, tempfile, threading, time
 
-from common import REL, build_release, free_port, proc_status, wrk_summary, write_report
+from common import BENCH_KEY as KEY, REL, build_release, free_port, proc_status, serve_config, stop, wait
+from common import wrk_summary, write_report
 import common
-
-KEY = "bench-key-0123456789abcdef"
 
 
 def http(method, url, key=True):
     return common.http(method, url, KEY if key else None)
-
-
-def wait(cond, what, timeout=300):
-    end = time.time() + timeout
-    while not cond():
-        if time.time() > end:
-            sys.exit(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def wrk(url, duration, conns=256, threads=2, header=True):
@@ -36,11 +30,17 @@ def wrk(url, duration, conns=256, threads=2, header=True):
     return wrk_summary(out)
 
 
+def rechecks_of(base):
+    text = http("GET", base + "/metrics", key=False)[1].decode()
+    return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith("proxychecker_rechecks_total{"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--reload-rounds", type=int, default=20)
+    ap.add_argument("--recheck-secs", type=int, default=20)
     a = ap.parse_args()
     build_release()
     tmp = tempfile.mkdtemp(prefix="pc-api-bench-")
@@ -48,20 +48,13 @@ def main():
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     info = json.loads(farm.stdout.readline())
     port = free_port()
-    cfg = {
-        "sources": [info["list_url"]],
-        "aggregation": {"interval_secs": 86400, "allow_private_sources": True},
-        "checker": {"judge_url": info["judge_url"], "allow_private": True, "concurrency_total": 25000},
-        "api": {"listen": f"127.0.0.1:{port}", "api_keys": [KEY], "rate_limit_per_minute": 10000000,
-                "rate_limit_per_ip_per_minute": 10000000},
-        "storage": {"type": "file", "path": os.path.join(tmp, "snap.json")},
-        "log": {"level": "warn", "format": "json"},
-    }
+    cfg = serve_config(info, port, tmp, checker={"recheck_interval_secs": 0})
     cfg_path = os.path.join(tmp, "config.json")
     json.dump(cfg, open(cfg_path, "w"))
     serve = subprocess.Popen([os.path.join(REL, "proxy-checker"), "serve", "--config", cfg_path],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
+    rechecks = lambda: rechecks_of(base)
     nginx = None
     try:
         wait(lambda: http("GET", base + "/ready", key=False)[0] == 200 if serve.poll() is None else sys.exit("serve died"),
@@ -111,14 +104,33 @@ http {{ access_log off; server {{ listen 127.0.0.1:{nport}; root {www}; location
         t.start()
         under = wrk(base + "/get-proxy", est)
         t.join()
+
+        # Rechecks on and off, alternating, in the same process (the config is watched).
+        def set_recheck(secs):
+            cfg["checker"]["recheck_interval_secs"] = secs
+            tmp_cfg = cfg_path + ".new"
+            json.dump(cfg, open(tmp_cfg, "w"))
+            os.rename(tmp_cfg, cfg_path)
+            want = secs if secs else None
+            wait(lambda: json.loads(http("GET", base + "/stat")[1])["freshness"]["recheck_interval_secs"] == want,
+                 "the config reload")
+
+        def last_pass():
+            p = json.loads(http("GET", base + "/stat")[1])["freshness"]["last_recheck"]
+            return p["finished_at"] if p else 0
+
+        on_rows, off_rows, rechecked = [], [], []
+        for _ in range(a.reps):
+            set_recheck(a.recheck_secs)
+            seen = last_pass()
+            wait(lambda: last_pass() > seen, "a recheck pass")
+            before = rechecks()
+            on_rows.append(wrk(base + "/get-proxy", a.duration))
+            rechecked.append((rechecks() - before) / a.duration)
+            set_recheck(0)
+            off_rows.append(wrk(base + "/get-proxy", a.duration))
     finally:
-        for p in (serve, farm, nginx):
-            if p and p.poll() is None:
-                p.send_signal(signal.SIGTERM if p is not farm else signal.SIGINT)
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(serve, farm, nginx)
     exit_code = serve.returncode
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -140,6 +152,17 @@ http {{ access_log off; server {{ listen 127.0.0.1:{nport}; root {www}; location
             f"### Under reload: {done['rounds']} rounds of {alive} proxies while wrk ran {est}s", "",
             f"{under['total']} requests, {under['rps']:.0f} req/s, p50 {under['p50']:.2f} ms, p99 {under['p99']:.2f} ms; "
             f"non-2xx {under['non2xx']}, socket errors {under['errors']} (target: 0 and 0).", "",
+            f"### With rechecks: every proxy rechecked every {a.recheck_secs} s, alternating with rechecks off", "",
+            "| run | rechecks on: req/s | p50 ms | p99 ms | rechecks/s | rechecks off: req/s | p50 ms | p99 ms |",
+            "|---|---|---|---|---|---|---|---|"]
+    for i in range(a.reps):
+        x, n = on_rows[i], off_rows[i]
+        out.append(f"| {i+1} | {x['rps']:.0f} | {x['p50']:.2f} | {x['p99']:.2f} | {rechecked[i]:.0f} | "
+                   f"{n['rps']:.0f} | {n['p50']:.2f} | {n['p99']:.2f} |")
+    out += ["", f"Medians: rechecks on {med(on_rows, 'rps'):.0f} req/s, p99 {med(on_rows, 'p99'):.2f} ms "
+            f"({statistics.median(rechecked):.0f} rechecks/s); off {med(off_rows, 'rps'):.0f} req/s, "
+            f"p99 {med(off_rows, 'p99'):.2f} ms; ratio on/off **{med(on_rows, 'rps') / med(off_rows, 'rps'):.2f}**. "
+            f"Failed or non-2xx: {sum(r['non2xx'] + r['errors'] for r in on_rows + off_rows)}.", "",
             "### Memory", "", f"Peak RSS (VmHWM) of `serve` through its first 20,000-proxy round "
             f"({round_ms} ms): **{hwm:.1f} MiB**. `serve` exited with code {exit_code} on SIGTERM.", ""]
     write_report("api.md", "\n".join(out))

@@ -56,3 +56,44 @@ def wrk_summary(out):
     non2xx = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     errs = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out)) if "Socket errors" in out else 0
     return {"rps": rps, "p50": lat(50), "p99": lat(99), "total": total, "non2xx": non2xx, "errors": errs}
+
+
+BENCH_KEY = "bench-key-0123456789abcdef"
+
+
+def wait(cond, what, timeout=300):
+    """Polls `cond` every 100 ms; exits the benchmark after `timeout` seconds."""
+    import sys, time
+    end = time.time() + timeout
+    while not cond():
+        if time.time() > end:
+            sys.exit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def serve_config(info, port, tmp, checker=None, aggregation=None):
+    """A `serve` config over the farm `info` (its printed JSON line): the farm's list and
+    judge, API on `port` with the bench key and no effective rate limit, file storage in
+    `tmp`; `checker` and `aggregation` keys added or overridden."""
+    return {
+        "sources": [info["list_url"]],
+        "aggregation": {"interval_secs": 86400, "allow_private_sources": True, **(aggregation or {})},
+        "checker": {"judge_url": info["judge_url"], "allow_private": True, "concurrency_total": 25000,
+                    **(checker or {})},
+        "api": {"listen": f"127.0.0.1:{port}", "api_keys": [BENCH_KEY], "rate_limit_per_minute": 10000000,
+                "rate_limit_per_ip_per_minute": 10000000},
+        "storage": {"type": "file", "path": os.path.join(tmp, "snap.json")},
+        "log": {"level": "warn", "format": "json"},
+    }
+
+
+def stop(*procs):
+    """SIGTERM to `serve` and nginx, SIGINT to the farm (its Ctrl-C); kill after 15 s."""
+    import signal
+    for p in procs:
+        if p and p.poll() is None:
+            p.send_signal(signal.SIGINT if "proxy-farm" in str(p.args) else signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()

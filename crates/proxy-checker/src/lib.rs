@@ -19,6 +19,7 @@ pub mod check;
 pub mod config;
 pub mod fuzzing;
 pub mod guard;
+pub mod history;
 pub mod keyfile;
 pub mod listener;
 pub mod metrics;

@@ -47,6 +47,17 @@ pub struct Metrics {
     pub checker_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     pub store_writes_total: IntCounterVec,
     pub config_reloads_total: IntCounterVec,
+    /// Rechecks of served (and pulled) proxies between rounds, by result.
+    pub rechecks_total: IntCounterVec,
+    /// Pool changes made by rechecks: `pulled` (failed, out of the served pool),
+    /// `returned` (a pulled one passed again), `dropped` (failed too often to recheck).
+    pub pool_changes_total: IntCounterVec,
+    /// `POST /report` answers by outcome.
+    pub reports_total: IntCounterVec,
+    pub history_entries: IntGauge,
+    pub history_writes_total: IntCounterVec,
+    /// Age of the oldest successful check among the served proxies.
+    pub pool_oldest_check_age_seconds: Gauge,
 }
 
 impl Default for Metrics {
@@ -218,6 +229,35 @@ impl Metrics {
                 "Config reloads by result",
                 &["result"],
             ),
+            rechecks_total: counter_vec(
+                "proxychecker_rechecks_total",
+                "Rechecks of served and pulled proxies between rounds, by result (alive or dead)",
+                &["result"],
+            ),
+            pool_changes_total: counter_vec(
+                "proxychecker_pool_changes_total",
+                "Proxies pulled from the served pool by a failed recheck, returned by a passed one, or dropped",
+                &["change"],
+            ),
+            reports_total: counter_vec("proxychecker_reports_total", "POST /report answers by outcome", &["outcome"]),
+            history_entries: reg(
+                &registry,
+                IntGauge::new("proxychecker_history_entries", "Proxies with a track record in the history")
+                    .expect("valid"),
+            ),
+            history_writes_total: counter_vec(
+                "proxychecker_history_writes_total",
+                "History writes to the store by result",
+                &["result"],
+            ),
+            pool_oldest_check_age_seconds: reg(
+                &registry,
+                Gauge::new(
+                    "proxychecker_pool_oldest_check_age_seconds",
+                    "Age of the oldest last successful check among the served proxies",
+                )
+                .expect("valid"),
+            ),
             registry,
         }
     }
@@ -242,12 +282,22 @@ impl Metrics {
         }
         for result in ["ok", "error"] {
             self.store_writes_total.with_label_values(&[result]);
+            self.history_writes_total.with_label_values(&[result]);
         }
         for result in ["ok", "rejected"] {
             self.config_reloads_total.with_label_values(&[result]);
         }
-        for limiter in ["ip", "key"] {
+        for limiter in ["ip", "key", "report"] {
             self.rate_limited_total.with_label_values(&[limiter]);
+        }
+        for result in ["alive", "dead"] {
+            self.rechecks_total.with_label_values(&[result]);
+        }
+        for change in ["pulled", "returned", "dropped"] {
+            self.pool_changes_total.with_label_values(&[change]);
+        }
+        for outcome in crate::service::ReportOutcome::LABELS {
+            self.reports_total.with_label_values(&[outcome]);
         }
     }
 

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::check::{Candidate, Engine, Progress, RunError, RunStats, Verdict};
+use crate::check::{Candidate, Engine, Progress, RunError, RunStats, Scope, Verdict};
 use crate::guard;
 use crate::proxy::{Host, Proxy};
 use crate::source::{self, Dedupe, FetchSettings, Reject, RejectReason, SourceSpec, SourceStats};
@@ -201,7 +201,7 @@ impl RoundContext {
             }
             match proxy.host {
                 Host::Ip(ip) => {
-                    let c = Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source };
+                    let c = Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source, scope: Scope::Full };
                     if !send(c, &mut st, feed.progress, tx).await {
                         return st;
                     }
@@ -220,7 +220,7 @@ impl RoundContext {
             feed.progress.lookups.fetch_add(1, Ordering::Relaxed);
             match verdict {
                 Ok(ip) => {
-                    let c = Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source };
+                    let c = Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source, scope: Scope::Full };
                     if !send(c, &mut st, feed.progress, tx).await {
                         return st;
                     }
@@ -267,7 +267,7 @@ impl RoundContext {
 /// until the resolver thread returns, so abandoned lookups still count against
 /// [`RESOLVE_SLOTS`] (that task, and only it, may outlive a cancelled round, as long as the
 /// system resolver takes).
-async fn lookup(name: Arc<str>, slots: Arc<Semaphore>) -> Option<Vec<IpAddr>> {
+pub(crate) async fn lookup(name: Arc<str>, slots: Arc<Semaphore>) -> Option<Vec<IpAddr>> {
     let slot = slots.acquire_owned().await.ok()?;
     let task = tokio::spawn(async move {
         let _slot = slot;

@@ -118,6 +118,10 @@ impl Server {
         if tokio::time::timeout(Service::SHUTDOWN_GRACE, &mut self.scheduler).await.is_err() {
             tracing::warn!("round did not stop within the grace period");
         }
+        // Track records gathered since the last save (rechecks, a cancelled round).
+        if tokio::time::timeout(Service::SHUTDOWN_GRACE, self.state.service.persist_history()).await.is_err() {
+            tracing::warn!("the history was not persisted within the grace period");
+        }
         for t in self.background.drain(..) {
             t.abort();
         }
@@ -157,8 +161,9 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
         .build()?;
     let rounds = checker_rt.spawn(service.clone().run_scheduler(shutdown.clone()));
     let scheduler = checker_rt.spawn(supervise_scheduler(service.clone(), shutdown.clone(), rounds));
+    let rechecks = checker_rt.spawn(service.clone().run_rechecks(shutdown.clone()));
     let _ = service.metrics.checker_runtime.set(checker_rt.handle().clone());
-    let mut background = Vec::new();
+    let mut background = vec![rechecks];
     let watched = service;
     let stall_limit = opts.stall_limit;
     background.push(tokio::spawn(async move {

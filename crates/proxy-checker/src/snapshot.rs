@@ -19,7 +19,7 @@ use crate::round::RoundReport;
 pub const FORMAT_VERSION: u32 = 1;
 
 /// One live proxy.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProxyEntry {
     /// `scheme://host:port` (no credentials).
     pub proxy: String,
@@ -45,6 +45,37 @@ pub struct ProxyEntry {
     /// The address the judge saw the proxy's requests come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_ip: Option<String>,
+    /// Share of its last checks (up to [`crate::history::WINDOW`]) that found it alive;
+    /// from the history, 0 in snapshots from before it was kept.
+    #[serde(default)]
+    pub uptime: f64,
+    /// Checks recorded in its history (rounds and rechecks).
+    #[serde(default)]
+    pub checks: u32,
+    /// When it was first seen (Unix seconds).
+    #[serde(default)]
+    pub first_seen: f64,
+    /// Its last successful check (Unix seconds).
+    #[serde(default)]
+    pub last_ok: f64,
+    /// [`score`], computed when the snapshot is built.
+    #[serde(default)]
+    pub score: f64,
+}
+
+/// How good a proxy is to hand out, in 0..=1: `uptime × 1000 / (1000 + latency_ms) ×
+/// (0.5 + 0.5 × min(1, known / 24 h))`, where `known` is the time since it was first
+/// seen. A proxy always alive, fast and known for a day scores near 1; one seen once
+/// scores at most 0.5; each second of latency halves it again.
+pub fn score(uptime: f64, latency_ms: u32, first_seen: f64, now: f64) -> f64 {
+    let known = if first_seen > 0.0 { (now - first_seen).max(0.0) } else { 0.0 };
+    let track = 0.5 + 0.5 * (known / 86_400.0).min(1.0);
+    uptime.clamp(0.0, 1.0) * 1000.0 / (1000.0 + f64::from(latency_ms)) * track
+}
+
+/// Unix milliseconds → seconds.
+fn secs(ms: u64) -> f64 {
+    ms as f64 / 1000.0
 }
 
 fn unknown() -> String {
@@ -189,7 +220,25 @@ impl ProxyEntry {
             source: sources.get(usize::from(v.candidate.source)).map(|s| s.name.clone()).unwrap_or_default(),
             anonymity: a.anonymity.as_str().to_string(),
             exit_ip: a.exit_ip.map(|ip| ip.to_string()),
+            uptime: 0.0,
+            checks: 0,
+            first_seen: 0.0,
+            last_ok: 0.0,
+            score: 0.0,
         })
+    }
+
+    /// Its key in the history.
+    pub fn key(&self) -> Option<crate::history::Key> {
+        crate::history::Key::parse(&self.host, self.port)
+    }
+
+    /// Copies its track record from the history.
+    pub fn annotate(&mut self, r: &crate::history::Record) {
+        self.uptime = r.uptime();
+        self.checks = r.checks;
+        self.first_seen = secs(r.first_seen);
+        self.last_ok = secs(r.last_ok);
     }
 }
 
@@ -334,6 +383,24 @@ pub struct Snapshot {
     pub has_credentials: bool,
     /// Live proxies by anonymity level (counted once, for `/stat` and `/metrics`).
     by_anonymity: std::collections::BTreeMap<&'static str, usize>,
+    /// Position of each entry when ordered by score, best first.
+    score_rank: Vec<u32>,
+    /// The oldest `last_ok` in the pool (Unix seconds; 0 when empty or unknown).
+    pub oldest_ok: f64,
+    /// Entry index by where the proxy listens.
+    by_key: std::collections::HashMap<crate::history::Key, u32>,
+}
+
+/// What `/get-proxy` filters on, beyond the protocol selectors.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub selectors: Vec<Selector>,
+    pub max_latency_ms: Option<u32>,
+    pub anonymity: Vec<crate::check::Anonymity>,
+    /// At least this share of its recent checks alive (0..=1).
+    pub min_uptime: Option<f64>,
+    /// At least this many checks on record.
+    pub min_checks: Option<u32>,
 }
 
 impl Snapshot {
@@ -355,6 +422,19 @@ impl Snapshot {
             text.push('\n');
         }
         let has_credentials = data.proxies.iter().any(|e| e.username.is_some());
+        let now = unix(SystemTime::now());
+        for e in &mut data.proxies {
+            e.score = score(e.uptime, e.latency_ms, e.first_seen, now);
+        }
+        let mut order: Vec<u32> = (0..data.proxies.len() as u32).collect();
+        order.sort_by(|a, b| data.proxies[*b as usize].score.total_cmp(&data.proxies[*a as usize].score));
+        let mut score_rank = vec![0u32; order.len()];
+        for (rank, i) in order.iter().enumerate() {
+            score_rank[*i as usize] = rank as u32;
+        }
+        let by_key = data.proxies.iter().enumerate().filter_map(|(i, e)| Some((e.key()?, i as u32))).collect();
+        let oldest_ok =
+            data.proxies.iter().map(|e| e.last_ok).filter(|t| *t > 0.0).min_by(f64::total_cmp).unwrap_or(0.0);
         let mut by_anonymity: std::collections::BTreeMap<&'static str, usize> =
             crate::check::Anonymity::ALL.iter().map(|a| (a.as_str(), 0)).collect();
         for e in &data.proxies {
@@ -363,7 +443,17 @@ impl Snapshot {
                 *n += 1;
             }
         }
-        Self { data, loaded, by_selector, text_all: Bytes::from(text), has_credentials, by_anonymity }
+        Self {
+            data,
+            loaded,
+            by_selector,
+            text_all: Bytes::from(text),
+            has_credentials,
+            by_anonymity,
+            score_rank,
+            oldest_ok,
+            by_key,
+        }
     }
 
     pub fn empty() -> Self {
@@ -412,20 +502,37 @@ impl Snapshot {
         }
     }
 
-    /// [`Self::select`], then only the proxies whose anonymity is one of `anonymity`
-    /// (all when empty).
-    pub fn select_filtered(
-        &self,
-        selectors: &[Selector],
-        max_latency_ms: Option<u32>,
-        anonymity: &[crate::check::Anonymity],
-    ) -> Selection<'_> {
-        let all = self.select(selectors, max_latency_ms);
-        if anonymity.is_empty() {
+    /// [`Self::select`], then only the proxies that pass the rest of `f`: anonymity one
+    /// of `f.anonymity` (all when empty), uptime and checks at least the minimums.
+    pub fn select_filtered(&self, f: &Filter) -> Selection<'_> {
+        let all = self.select(&f.selectors, f.max_latency_ms);
+        if f.anonymity.is_empty() && f.min_uptime.is_none() && f.min_checks.is_none() {
             return all;
         }
-        let wanted = |i: u32| anonymity.iter().any(|a| a.as_str() == self.entry(i).anonymity);
+        let wanted = |i: u32| {
+            let e = self.entry(i);
+            (f.anonymity.is_empty() || f.anonymity.iter().any(|a| a.as_str() == e.anonymity))
+                && f.min_uptime.is_none_or(|m| e.uptime >= m)
+                && f.min_checks.is_none_or(|m| e.checks >= m)
+        };
         Selection::Owned((0..all.len()).map(|k| all.get(k)).filter(|i| wanted(*i)).collect())
+    }
+
+    /// The first `n` of `picked` by score, best first (ties: faster first).
+    pub fn best_by_score(&self, sel: &Selection<'_>, n: usize) -> Vec<u32> {
+        let mut v: Vec<u32> = (0..sel.len()).map(|k| sel.get(k)).collect();
+        let rank = |i: &u32| self.score_rank.get(*i as usize).copied().unwrap_or(u32::MAX);
+        if n < v.len() {
+            v.select_nth_unstable_by_key(n, rank);
+            v.truncate(n);
+        }
+        v.sort_unstable_by_key(rank);
+        v
+    }
+
+    /// The served entry listening at `key`.
+    pub fn find(&self, key: &crate::history::Key) -> Option<&ProxyEntry> {
+        self.by_key.get(key).map(|i| self.entry(*i))
     }
 
     /// Live proxies by anonymity level.
@@ -458,6 +565,11 @@ mod tests {
             source: "s".into(),
             anonymity: "elite".into(),
             exit_ip: None,
+            uptime: 1.0,
+            checks: 1,
+            first_seen: 0.0,
+            last_ok: 0.0,
+            score: 0.0,
         }
     }
 

@@ -247,6 +247,11 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, 
     let Some(req) = read_request(&mut s, &mut buf).await else {
         return;
     };
+    if req.target == "/farm/killed" {
+        let body = shared.killed_list();
+        write_response(&mut s, "200 OK", "text/plain", "", body.as_bytes(), Delivery::Normal).await;
+        return;
+    }
     if let Some(path) = req.target.strip_prefix("/sources/") {
         let name = path.split_once('?').map_or(path, |(n, _)| n);
         *shared.source_hits.lock().expect("hits").entry(name.to_string()).or_default() += 1;

@@ -56,6 +56,8 @@ pub struct Shared {
     source_hits: Mutex<HashMap<String, u64>>,
     tls: tls::FarmTls,
     flaky_seen: Mutex<HashSet<u32>>,
+    /// Proxies killed after the start ([`Farm::kill`]): index → Unix time of the kill.
+    killed: Mutex<HashMap<u32, f64>>,
 }
 
 impl Shared {
@@ -67,6 +69,19 @@ impl Shared {
     /// True the first time proxy `i` is visited.
     fn first_visit(&self, i: u32) -> bool {
         self.flaky_seen.lock().expect("flaky").insert(i)
+    }
+
+    /// Whether proxy `i` was killed: it then closes every connection at once.
+    fn is_killed(&self, i: u32) -> bool {
+        self.killed.lock().expect("killed").contains_key(&i)
+    }
+
+    /// `ip unix_time` per killed proxy, one per line (the `/farm/killed` page).
+    fn killed_list(&self) -> String {
+        let killed = self.killed.lock().expect("killed");
+        let mut lines: Vec<String> = killed.iter().map(|(i, at)| format!("{} {at:.3}\n", spec::ip_of(*i))).collect();
+        lines.sort();
+        lines.concat()
     }
 
     fn is_judge_down(&self) -> bool {
@@ -224,6 +239,7 @@ impl Farm {
             source_hits: Mutex::new(HashMap::new()),
             tls: tls::FarmTls::generate()?,
             flaky_seen: Mutex::new(HashSet::new()),
+            killed: Mutex::new(HashMap::new()),
         });
         let cancel = CancellationToken::new();
         let proxy_port = proxy_l.local_addr()?.port();
@@ -388,6 +404,27 @@ impl Farm {
     /// Requests served for `/sources/NAME`.
     pub fn source_hits(&self, name: &str) -> u64 {
         self.shared.source_hits.lock().expect("hits").get(name).copied().unwrap_or(0)
+    }
+
+    /// Kills the proxy at `ip`: from now on it closes every connection at once, as a
+    /// proxy that died between two checks. Returns false for an address of no proxy.
+    pub fn kill(&self, ip: Ipv4Addr) -> bool {
+        let Some(i) = spec::index_of(ip).filter(|i| self.shared.group_of(*i).is_some()) else { return false };
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        self.shared.killed.lock().expect("killed").entry(i).or_insert(now.as_secs_f64());
+        true
+    }
+
+    /// Brings a killed proxy back.
+    pub fn revive(&self, ip: Ipv4Addr) {
+        if let Some(i) = spec::index_of(ip) {
+            self.shared.killed.lock().expect("killed").remove(&i);
+        }
+    }
+
+    /// Killed proxies and when, as `/farm/killed` lists them.
+    pub fn killed(&self) -> String {
+        self.shared.killed_list()
     }
 
     pub fn set_judge_down(&self, down: bool) {

@@ -45,6 +45,12 @@ struct Args {
     /// for `proxy-checker check --config` against this farm.
     #[arg(long)]
     demo: bool,
+    /// Share of the still-living proxies killed per minute, at random, spread over the
+    /// minute (0.1: a tenth of them each minute): proxies that die between checks. A
+    /// killed proxy closes every connection at once; `/farm/killed` on the judge lists
+    /// them with the Unix time of their death.
+    #[arg(long, default_value_t = 0.0)]
+    kill_per_minute: f64,
 }
 
 /// The demo's mix: what a public list holds, on every protocol.
@@ -130,7 +136,29 @@ fn main() -> anyhow::Result<()> {
             "truth_file": truth_file,
         });
         println!("{info}");
-        tokio::signal::ctrl_c().await?;
+        if args.kill_per_minute > 0.0 {
+            let mut living: Vec<std::net::Ipv4Addr> = farm.proxies().map(|p| p.ip).collect();
+            let mut owed = 0.0;
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            let share = args.kill_per_minute.min(1.0) / 120.0;
+            let killing = async {
+                loop {
+                    tick.tick().await;
+                    owed += living.len() as f64 * share;
+                    while owed >= 1.0 && !living.is_empty() {
+                        owed -= 1.0;
+                        let ip = living.swap_remove(fastrand::usize(..living.len()));
+                        farm.kill(ip);
+                    }
+                }
+            };
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r?,
+                () = killing => {}
+            }
+        } else {
+            tokio::signal::ctrl_c().await?;
+        }
         drop(farm);
         Ok(())
     })

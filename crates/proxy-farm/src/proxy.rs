@@ -61,6 +61,9 @@ pub async fn handle(shared: Arc<Shared>, mut s: TcpStream) {
     let Some(group) = shared.group_of(index) else {
         return;
     };
+    if shared.is_killed(index) {
+        return;
+    }
     let ctx = Ctx {
         index,
         protocol: group.protocol,

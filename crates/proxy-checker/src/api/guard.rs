@@ -47,7 +47,16 @@ pub struct Guard {
     admin_required: bool,
     per_key: DefaultKeyedRateLimiter<usize>,
     per_ip: RateLimiter<IpAddr, ClientTable, DefaultClock>,
+    /// `POST /report` per key (per client address with auth off).
+    reports: DefaultKeyedRateLimiter<Reporter>,
     last_sweep: std::sync::Mutex<Instant>,
+}
+
+/// Who a report is counted against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Reporter {
+    Key(usize),
+    Ip(IpAddr),
 }
 
 fn per_minute(n: u32) -> Quota {
@@ -107,6 +116,7 @@ impl Guard {
                 ClientTable::default(),
                 DefaultClock::default(),
             ),
+            reports: RateLimiter::keyed(per_minute(api.report_per_minute)),
             last_sweep: std::sync::Mutex::new(Instant::now()),
         }
     }
@@ -150,6 +160,19 @@ impl Guard {
         super::forwarded::client_ip(peer, headers, &self.trusted_proxies, self.forwarded_header)
     }
 
+    /// Applies the `POST /report` limit: per key, or per client address when no key is
+    /// needed (the route's key was already checked by [`Self::authorize`]).
+    pub fn admit_report(&self, presented: Option<&str>, ip: IpAddr) -> Result<(), Refusal> {
+        let who = match presented.and_then(|k| self.key_index(k)) {
+            Some(i) if self.auth => Reporter::Key(i),
+            _ => Reporter::Ip(limiter_key(ip)),
+        };
+        self.reports.check_key(&who).map_err(|n| Refusal::Limited {
+            limiter: "report",
+            retry_after: n.wait_time_from(DefaultClock::default().now()),
+        })
+    }
+
     /// Applies the per-IP limit.
     pub fn admit_ip(&self, ip: IpAddr) -> Result<(), Refusal> {
         self.per_ip.check_key(&limiter_key(ip)).map_err(|n| Refusal::Limited {
@@ -170,6 +193,8 @@ impl Guard {
         self.per_ip.retain_recent();
         self.per_ip.shrink_to_fit();
         self.per_key.retain_recent();
+        self.reports.retain_recent();
+        self.reports.shrink_to_fit();
     }
 
     pub fn tracked_ips(&self) -> usize {

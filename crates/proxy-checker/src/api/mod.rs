@@ -1,5 +1,5 @@
 //! The HTTP API (axum): `/health`, `/ready`, `/metrics`, `/judge`, `/get-proxy`, `/stat`,
-//! `POST /reload`. Handlers read the service's `ArcSwap`s and never wait on a round; they
+//! `POST /reload`, `POST /report`, `/proxy/{address}`. Handlers read the service's `ArcSwap`s and never wait on a round; they
 //! know nothing of sockets to proxies.
 
 mod clients;
@@ -56,6 +56,8 @@ pub enum ApiError {
         retry_after: Duration,
     },
     NoProxy(String),
+    /// A proxy the service does not know (`/proxy/{address}`, `POST /report`).
+    UnknownProxy(String),
     /// No snapshot to serve yet; the message says whether rounds are failing.
     NotReady(String),
     /// The service has a fault (scheduler stopped, round stalled): `/health`, `/ready`.
@@ -81,6 +83,9 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 serde_json::json!({"error": "rate_limited", "limiter": limiter, "retry_after_secs": retry_after.as_secs_f64().ceil() as u64}),
             ),
+            ApiError::UnknownProxy(message) => {
+                (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": message}))
+            }
             ApiError::NoProxy(message) => {
                 (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "no_proxy", "message": message}))
             }
@@ -92,7 +97,8 @@ impl IntoResponse for ApiError {
             }
         };
         let mut resp = (status, Json(body)).into_response();
-        if let ApiError::RateLimited { retry_after, .. } = self {
+        if let ApiError::RateLimited { limiter, retry_after } = self {
+            resp.extensions_mut().insert(LimitedBy(limiter));
             let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;
             resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
@@ -151,6 +157,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", "/get-proxy", Access::Key),
     route("GET", "/stat", Access::Key),
     route("POST", "/reload", Access::Admin),
+    route("POST", "/report", Access::Key),
+    route("GET", "/proxy/{address}", Access::Key),
 ];
 
 /// The handler of a route in [`ROUTES`]. A path missing here is a bug caught by the route
@@ -165,16 +173,29 @@ fn handler(r: &Route) -> MethodRouter<Arc<AppState>> {
         ("GET", "/get-proxy") => get(routes::get_proxy),
         ("GET", "/stat") => get(routes::stat),
         ("POST", "/reload") => post(routes::reload),
+        ("POST", "/report") => post(routes::report),
+        ("GET", "/proxy/{address}") => get(routes::proxy_record),
         _ => unreachable!("route {} {} has no handler", r.method, r.path),
     }
 }
 
 /// Query parameters `/get-proxy` accepts.
-pub const GET_PROXY_PARAMS: &[&str] =
-    &["limit", "all", "format", "protocol", "max_latency_ms", "order", "anonymity", "dns", "api_key"];
+pub const GET_PROXY_PARAMS: &[&str] = &[
+    "limit",
+    "all",
+    "format",
+    "protocol",
+    "max_latency_ms",
+    "order",
+    "anonymity",
+    "min_uptime",
+    "min_checks",
+    "dns",
+    "api_key",
+];
 
 /// Largest request body accepted (the API takes none that matter).
-const BODY_LIMIT: usize = 16 * 1024;
+pub(crate) const BODY_LIMIT: usize = 16 * 1024;
 /// Deadline for handling one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -240,12 +261,12 @@ async fn observe(State(state): State<Arc<AppState>>, req: Request, next: Next) -
 pub(crate) struct LimitedBy(pub(crate) &'static str);
 
 /// The client address: the peer, or behind trusted proxies the forwarded client.
-fn client_ip(req: &Request, guard: &Guard) -> IpAddr {
+pub(crate) fn client_ip(req: &Request, guard: &Guard) -> IpAddr {
     let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
     guard.client_ip(peer, req.headers())
 }
 
-fn presented_key(req: &Request) -> Option<String> {
+pub(crate) fn presented_key(req: &Request) -> Option<String> {
     if let Some(v) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
         return Some(v.to_string());
     }
@@ -267,16 +288,6 @@ async fn admit(State((state, access)): State<(Arc<AppState>, Access)>, req: Requ
     });
     match verdict {
         Ok(()) => next.run(req).await,
-        Err(r) => {
-            let limiter = match &r {
-                Refusal::Limited { limiter, .. } => Some(*limiter),
-                Refusal::Unauthorized | Refusal::Forbidden => None,
-            };
-            let mut resp = ApiError::from(r).into_response();
-            if let Some(l) = limiter {
-                resp.extensions_mut().insert(LimitedBy(l));
-            }
-            resp
-        }
+        Err(r) => ApiError::from(r).into_response(),
     }
 }

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 
 use super::{ApiError, AppState};
-use crate::service::{Phase, ReloadOutcome};
-use crate::snapshot::{ProxyEntry, Selector, Snapshot, unix};
+use crate::history::Key;
+use crate::service::{Phase, ReloadOutcome, ReportOutcome};
+use crate::snapshot::{Filter, ProxyEntry, Selector, Snapshot, unix};
 
 /// 200 `ok` unless the service has a fault (the scheduler stopped, a round stalled).
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -138,16 +139,16 @@ enum Order {
     RoundRobin,
     Random,
     Fastest,
+    /// Best [`crate::snapshot::score`] first.
+    Score,
 }
 
 struct Params {
     limit: usize,
     all: bool,
     format: Format,
-    selectors: Vec<Selector>,
-    max_latency_ms: Option<u32>,
+    filter: Filter,
     order: Order,
-    anonymity: Vec<crate::check::Anonymity>,
     /// `dns=remote`: SOCKS URLs as `socks5h://`/`socks4a://` (the proxy resolves names).
     dns_remote: bool,
 }
@@ -163,10 +164,8 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
         limit: 1,
         all: false,
         format: Format::Text,
-        selectors: Vec::new(),
-        max_latency_ms: None,
+        filter: Filter::default(),
         order: Order::RoundRobin,
-        anonymity: Vec::new(),
         dns_remote: false,
     };
     for (k, v) in url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
@@ -199,13 +198,13 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
                 for item in v.split(',').map(str::trim).filter(|s| !s.is_empty()) {
                     let s = Selector::parse(item)
                         .ok_or_else(|| bad("protocol", format!("`{item}`: allowed: http, https, socks4, socks5")))?;
-                    if !p.selectors.contains(&s) {
-                        p.selectors.push(s);
+                    if !p.filter.selectors.contains(&s) {
+                        p.filter.selectors.push(s);
                     }
                 }
             }
             "max_latency_ms" => {
-                p.max_latency_ms = Some(
+                p.filter.max_latency_ms = Some(
                     v.parse::<u32>()
                         .map_err(|_| bad("max_latency_ms", format!("`{v}`: must be a non-negative integer")))?,
                 )
@@ -215,7 +214,8 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
                     "rr" => Order::RoundRobin,
                     "random" => Order::Random,
                     "fastest" => Order::Fastest,
-                    _ => return Err(bad("order", format!("`{v}`: allowed: rr, random, fastest"))),
+                    "score" => Order::Score,
+                    _ => return Err(bad("order", format!("`{v}`: allowed: rr, random, fastest, score"))),
                 }
             }
             "anonymity" => {
@@ -223,10 +223,24 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
                     let a = crate::check::Anonymity::parse(item).ok_or_else(|| {
                         bad("anonymity", format!("`{item}`: allowed: transparent, anonymous, elite, unknown"))
                     })?;
-                    if !p.anonymity.contains(&a) {
-                        p.anonymity.push(a);
+                    if !p.filter.anonymity.contains(&a) {
+                        p.filter.anonymity.push(a);
                     }
                 }
+            }
+            "min_uptime" => {
+                p.filter.min_uptime = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|u| (0.0..=1.0).contains(u))
+                        .ok_or_else(|| bad("min_uptime", format!("`{v}`: must be a number from 0 to 1")))?,
+                )
+            }
+            "min_checks" => {
+                p.filter.min_checks = Some(
+                    v.parse::<u32>()
+                        .map_err(|_| bad("min_checks", format!("`{v}`: must be a non-negative integer")))?,
+                )
             }
             "dns" => {
                 p.dns_remote = match v.as_ref() {
@@ -275,13 +289,14 @@ fn render(snap: &Snapshot, picked: &[u32], format: Format, dns_remote: bool) -> 
         }
         Format::Csv => {
             let mut out = String::from(
-                "proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,source,anonymity,exit_ip\n",
+                "proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,source,anonymity,exit_ip,uptime,checks,\
+                 first_seen,last_ok,score\n",
             );
             for i in picked {
                 let e = snap.entry(*i);
                 let _ = writeln!(
                     out,
-                    "{},{},{},{},{},{},{},{},{},{},{}",
+                    "{},{},{},{},{},{},{},{},{},{},{},{:.3},{},{:.3},{:.3},{:.4}",
                     e.url(dns_remote),
                     e.protocol,
                     e.host,
@@ -292,7 +307,12 @@ fn render(snap: &Snapshot, picked: &[u32], format: Format, dns_remote: bool) -> 
                     e.tunnel,
                     e.source.replace(',', "%2C"),
                     e.anonymity,
-                    e.exit_ip.as_deref().unwrap_or("")
+                    e.exit_ip.as_deref().unwrap_or(""),
+                    e.uptime,
+                    e.checks,
+                    e.first_seen,
+                    e.last_ok,
+                    e.score
                 );
             }
             ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
@@ -307,38 +327,48 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
         return Err(ApiError::NoProxy(empty_pool(&state.service)));
     }
     // The hot case, pre-rendered: every proxy, fastest first, as text.
+    let f = &p.filter;
     if p.all
-        && p.selectors.is_empty()
-        && p.max_latency_ms.is_none()
-        && p.anonymity.is_empty()
+        && f.selectors.is_empty()
+        && f.max_latency_ms.is_none()
+        && f.anonymity.is_empty()
+        && f.min_uptime.is_none()
+        && f.min_checks.is_none()
         && !p.dns_remote
         && p.format == Format::Text
-        && p.order != Order::Random
+        && matches!(p.order, Order::RoundRobin | Order::Fastest)
         && !snap.has_credentials
     {
         return Ok(
             ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Bytes::clone(&snap.text_all)).into_response()
         );
     }
-    let matching = snap.select_filtered(&p.selectors, p.max_latency_ms, &p.anonymity);
+    let matching = snap.select_filtered(f);
     if matching.is_empty() {
         let mut why = Vec::new();
-        if !p.selectors.is_empty() {
-            let names: Vec<&str> = p.selectors.iter().map(|s| s.as_str()).collect();
+        if !f.selectors.is_empty() {
+            let names: Vec<&str> = f.selectors.iter().map(|s| s.as_str()).collect();
             why.push(format!("protocol={}", names.join(",")));
         }
-        if let Some(m) = p.max_latency_ms {
+        if let Some(m) = f.max_latency_ms {
             why.push(format!("max_latency_ms={m}"));
         }
-        if !p.anonymity.is_empty() {
-            let names: Vec<&str> = p.anonymity.iter().map(|a| a.as_str()).collect();
+        if !f.anonymity.is_empty() {
+            let names: Vec<&str> = f.anonymity.iter().map(|a| a.as_str()).collect();
             why.push(format!("anonymity={}", names.join(",")));
+        }
+        if let Some(m) = f.min_uptime {
+            why.push(format!("min_uptime={m}"));
+        }
+        if let Some(m) = f.min_checks {
+            why.push(format!("min_checks={m}"));
         }
         return Err(ApiError::NoProxy(format!("no proxy matches {} ({} in the pool)", why.join(" and "), snap.len())));
     }
     let len = matching.len();
     let n = if p.all { len } else { p.limit.min(len) };
     let picked: Vec<u32> = match p.order {
+        Order::Score => snap.best_by_score(&matching, n),
         _ if p.all && p.order != Order::Random => (0..len).map(|k| matching.get(k)).collect(),
         Order::Fastest => (0..n).map(|k| matching.get(k)).collect(),
         Order::RoundRobin => {
@@ -372,7 +402,15 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
         Phase::Idle => serde_json::Value::Null,
     };
     let cfg = svc.config.load();
+    let now = unix(std::time::SystemTime::now());
     Json(serde_json::json!({
+        "freshness": {
+            "oldest_ok_age_secs": if snap.oldest_ok > 0.0 { serde_json::json!(((now - snap.oldest_ok).max(0.0) * 10.0).round() / 10.0) } else { serde_json::Value::Null },
+            "recheck_interval_secs": cfg.checker.recheck.interval.map(|i| i.as_secs()),
+            "pulled": svc.pulled(),
+            "history_entries": crate::service::lock(&svc.history).len(),
+            "last_recheck": svc.last_pass(),
+        },
         "pool": {
             "alive": snap.len(),
             "stale": snap.loaded,
@@ -406,7 +444,7 @@ pub async fn stat(State(state): State<Arc<AppState>>) -> Response {
         "health": svc.fault().map_or_else(|| "ok".to_string(), |f| f.to_string()),
         "last_error": svc.last_error(),
         "next_round_at": svc.next_round_at().map(unix),
-        "effective_concurrency": cfg.checker.concurrency_requested.min(svc.fd_budget),
+        "effective_concurrency": svc.round_concurrency(),
         "fd_budget": svc.fd_budget,
     }))
     .into_response()
@@ -434,10 +472,132 @@ pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
         ReloadOutcome::Started(id) => ("started", id),
         ReloadOutcome::AlreadyRunning(id) => ("running", id),
         ReloadOutcome::TooSoon(retry_after) => {
-            let mut resp = ApiError::RateLimited { limiter: "reload", retry_after }.into_response();
-            resp.extensions_mut().insert(super::LimitedBy("reload"));
-            return resp;
+            return ApiError::RateLimited { limiter: "reload", retry_after }.into_response();
         }
     };
     (StatusCode::ACCEPTED, Json(serde_json::json!({"status": status, "round_id": id}))).into_response()
+}
+
+/// The proxy a `POST /report` names: `?proxy=` or a JSON body `{"proxy": "..."}`, as
+/// `host:port` or a proxy URL.
+fn reported_proxy(query: Option<&str>, body: &[u8]) -> Result<Key, ApiError> {
+    let from_query = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "proxy")
+        .map(|(_, v)| v.into_owned());
+    let given = match from_query {
+        Some(p) => p,
+        None if body.iter().all(u8::is_ascii_whitespace) => {
+            return Err(bad("proxy", "missing: send ?proxy=HOST:PORT or a JSON body {\"proxy\": \"HOST:PORT\"}"));
+        }
+        None => {
+            #[derive(serde::Deserialize)]
+            struct Body {
+                proxy: String,
+            }
+            serde_json::from_slice::<Body>(body)
+                .map_err(|e| bad("proxy", format!("the body is not {{\"proxy\": \"HOST:PORT\"}}: {e}")))?
+                .proxy
+        }
+    };
+    Key::parse_address(&given).ok_or_else(|| {
+        let shown: String = given.chars().take(80).collect();
+        bad("proxy", format!("`{}`: expected HOST:PORT or a proxy URL", crate::redact::redacted_str(&shown)))
+    })
+}
+
+/// `POST /report`: a client found this served proxy failing. It is rechecked at once
+/// (once, however many report it; at most `api.report_per_minute` reports per key) and
+/// pulled only if that recheck fails.
+pub async fn report(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
+    let guard = state.guard.load();
+    let ip = super::client_ip(&req, &guard);
+    let presented = super::presented_key(&req);
+    let query = req.uri().query().map(str::to_string);
+    let body = match axum::body::to_bytes(req.into_body(), super::BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(_) => return bad("proxy", "the body could not be read (at most 16 KiB)").into_response(),
+    };
+    let key = match reported_proxy(query.as_deref(), &body) {
+        Ok(k) => k,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(r) = guard.admit_report(presented.as_deref(), ip) {
+        return ApiError::from(r).into_response();
+    }
+    let proxy = key.to_string();
+    match state.service.report(key) {
+        ReportOutcome::Queued => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({"status": "queued", "proxy": proxy}))).into_response()
+        }
+        ReportOutcome::AlreadyQueued => {
+            (StatusCode::ACCEPTED, Json(serde_json::json!({"status": "already_queued", "proxy": proxy})))
+                .into_response()
+        }
+        ReportOutcome::RecentlyChecked(at) => Json(serde_json::json!({
+            "status": "recently_checked", "proxy": proxy, "last_checked": at,
+            "message": format!("checked less than {} s ago; report it again later if it still fails", crate::service::REPORT_MIN_GAP.as_secs()),
+        }))
+        .into_response(),
+        ReportOutcome::Pulled => Json(serde_json::json!({
+            "status": "pulled", "proxy": proxy, "message": "a failed recheck already took it out of the served pool",
+        }))
+        .into_response(),
+        ReportOutcome::NotServed => ApiError::UnknownProxy(format!("{proxy} is not in the served pool")).into_response(),
+    }
+}
+
+/// `GET /proxy/{address}`: one proxy's record — whether it is served, pulled or neither,
+/// its served entry, and its track record. 404 when the service has no record of it.
+pub async fn proxy_record(
+    State(state): State<Arc<AppState>>,
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Response {
+    let Ok(axum::extract::Path(address)) = path else {
+        return bad("address", "not a valid path segment").into_response();
+    };
+    let Some(key) = Key::parse_address(&address) else {
+        return bad("address", "expected HOST:PORT (IPv6 in brackets: [::1]:1080)").into_response();
+    };
+    let svc = &state.service;
+    let snap = svc.snapshot.load();
+    let entry = snap.find(&key);
+    let record = crate::service::lock(&svc.history).get(&key).cloned();
+    let pulled = entry.is_none() && svc.is_pulled(&key);
+    if entry.is_none() && record.is_none() && !pulled {
+        return ApiError::UnknownProxy(format!("no record of {key}")).into_response();
+    }
+    let secs = |ms: u64| if ms == 0 { serde_json::Value::Null } else { serde_json::json!(ms as f64 / 1000.0) };
+    let history = record.map(|r| {
+        serde_json::json!({
+            "first_seen": secs(r.first_seen),
+            "last_ok": secs(r.last_ok),
+            "last_checked": secs(r.last_checked),
+            "checks": r.checks,
+            "successes": r.successes,
+            "consecutive_failures": r.consecutive_failures,
+            "uptime": r.uptime(),
+            "uptime_window": r.recent_len,
+            "uptime_ewma": r.uptime_ewma,
+            "latency_ewma_ms": if r.successes > 0 { serde_json::json!(r.latency_ewma_ms.round()) } else { serde_json::Value::Null },
+            "latency_median_ms": r.latency_median_ms(),
+            "protocol": r.protocol().map(|p| p.as_str()),
+            "forward": r.caps & 1 != 0,
+            "tunnel": r.caps & 2 != 0,
+            "changes": r.changes,
+        })
+    });
+    let state_name = if entry.is_some() {
+        "served"
+    } else if pulled {
+        "pulled"
+    } else {
+        "not_served"
+    };
+    Json(serde_json::json!({
+        "proxy": key.to_string(),
+        "state": state_name,
+        "entry": entry,
+        "history": history,
+    }))
+    .into_response()
 }

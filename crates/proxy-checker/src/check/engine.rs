@@ -34,7 +34,7 @@ use super::judge::{Judge, JudgeError};
 use super::limit::AdaptiveLimit;
 use super::probe::{self, Exchange, Success};
 use super::reason::Failure;
-use super::{Alive, Candidate, CheckSettings, Mode, Progress, Reason, Verdict};
+use super::{Alive, Candidate, CheckSettings, Mode, Progress, Reason, Scope, Verdict};
 use crate::proxy::Protocol;
 
 /// Why an engine could not be built.
@@ -218,13 +218,15 @@ struct Job {
 }
 
 /// The probes a proxy of `protocol` gets.
-fn tests_for(mode: Mode, protocol: Protocol, can_forward: bool) -> [Option<(Test, State)>; 2] {
-    let tests = match (mode, protocol) {
-        (Mode::ConnectOnly, _) => [Some(Test::Connect), None],
-        (Mode::FullHttp, Protocol::Socks4) => [Some(Test::Socks4), None],
-        (Mode::FullHttp, Protocol::Socks5) => [Some(Test::Socks5), None],
-        (Mode::FullHttp, Protocol::Http | Protocol::Https) if !can_forward => [Some(Test::Tunnel), None],
-        (Mode::FullHttp, Protocol::Http | Protocol::Https) => [Some(Test::Forward), Some(Test::Tunnel)],
+fn tests_for(mode: Mode, protocol: Protocol, can_forward: bool, scope: Scope) -> [Option<(Test, State)>; 2] {
+    let tests = match (mode, protocol, scope) {
+        (Mode::ConnectOnly, _, _) => [Some(Test::Connect), None],
+        (Mode::FullHttp, Protocol::Socks4, _) => [Some(Test::Socks4), None],
+        (Mode::FullHttp, Protocol::Socks5, _) => [Some(Test::Socks5), None],
+        (Mode::FullHttp, Protocol::Http | Protocol::Https, _) if !can_forward => [Some(Test::Tunnel), None],
+        (Mode::FullHttp, Protocol::Http | Protocol::Https, Scope::Tunnel) => [Some(Test::Tunnel), None],
+        (Mode::FullHttp, Protocol::Http | Protocol::Https, Scope::Forward) => [Some(Test::Forward), None],
+        (Mode::FullHttp, Protocol::Http | Protocol::Https, Scope::Full) => [Some(Test::Forward), Some(Test::Tunnel)],
     };
     tests.map(|t| t.map(|t| (t, State::Pending)))
 }
@@ -234,7 +236,7 @@ impl Job {
     /// `https://` judges, which cannot be fetched by forwarding, so tunnel only).
     fn new(cand: Candidate, mode: Mode, forward_judge: Option<usize>, tunnel_judge: usize) -> Self {
         let can_forward = forward_judge.is_some();
-        let tests = tests_for(mode, cand.proxy.protocol, can_forward);
+        let tests = tests_for(mode, cand.proxy.protocol, can_forward, cand.scope);
         Self {
             cand,
             attempt: 0,
@@ -251,7 +253,7 @@ impl Job {
     fn relabel(&mut self, to: Protocol) {
         self.relabelled_from.get_or_insert(self.cand.proxy.protocol);
         self.cand.proxy.protocol = to;
-        self.tests = tests_for(Mode::FullHttp, to, self.can_forward);
+        self.tests = tests_for(Mode::FullHttp, to, self.can_forward, Scope::Full);
     }
 
     /// The judge that a failed job's verdict is held against: the one of the test whose
@@ -839,7 +841,12 @@ mod tests {
 
     fn candidate() -> Candidate {
         let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: usize::MAX };
-        Candidate { proxy: parse_token("1.2.3.4:80", opts).unwrap(), addr: "1.2.3.4:80".parse().unwrap(), source: 0 }
+        Candidate {
+            proxy: parse_token("1.2.3.4:80", opts).unwrap(),
+            addr: "1.2.3.4:80".parse().unwrap(),
+            source: 0,
+            scope: Default::default(),
+        }
     }
 
     /// Thousands of check tasks are alive at once: their state must stay small. Large

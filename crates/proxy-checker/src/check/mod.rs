@@ -90,6 +90,20 @@ pub struct Candidate {
     pub addr: SocketAddr,
     /// Index of the source that listed it first.
     pub source: u16,
+    /// What the check exercises.
+    pub scope: Scope,
+}
+
+/// How much of an HTTP proxy one check exercises (SOCKS proxies have one test anyway).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every capability: forward and tunnel (a round's check).
+    #[default]
+    Full,
+    /// One exchange, the forward test (a recheck of a proxy that only forwards).
+    Forward,
+    /// One exchange, the tunnel test (a recheck of a proxy that tunnels).
+    Tunnel,
 }
 
 /// How much a proxy tells the sites it fetches about its client, from the judge's echo.

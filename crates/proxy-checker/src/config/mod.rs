@@ -44,6 +44,19 @@ pub struct CheckerConfig {
     pub allow_private: bool,
     /// Fds kept for everything but checks; `None`: 5% (64..=1024).
     pub fd_reserve: Option<u64>,
+    pub recheck: RecheckConfig,
+}
+
+/// Rechecks of the served pool between rounds (`checker.recheck_*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecheckConfig {
+    /// How often each served (or pulled) proxy is rechecked; `None`: only on reports.
+    pub interval: Option<Duration>,
+    /// Rechecks in flight at most (taken from the fd budget, at most a quarter of it).
+    pub concurrency: usize,
+    /// Consecutive failures after which a pulled proxy is no longer rechecked (a full
+    /// round can find it again).
+    pub drop_after: u16,
 }
 
 /// Storage backends.
@@ -84,6 +97,8 @@ pub struct ApiConfig {
     /// Request headers `/judge` never echoes, lower-case (the built-in list plus
     /// `api.judge_hide_headers`).
     pub judge_hide_headers: Vec<String>,
+    /// `POST /report` calls per key (per client address with auth off) per minute.
+    pub report_per_minute: u32,
 }
 
 /// Headers `/judge` never echoes, whatever the config says.
@@ -167,6 +182,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub storage: StorageConfig,
     pub log: LogConfig,
+    /// Bounds of each proxy's track record (`history.*`).
+    pub history: crate::history::Limits,
 }
 
 /// The example config shipped at the repository root, embedded.

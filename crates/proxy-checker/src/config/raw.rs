@@ -18,6 +18,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub storage: RawStorage,
     #[serde(default)]
+    pub history: RawHistory,
+    #[serde(default)]
     pub log: RawLog,
 }
 
@@ -78,6 +80,17 @@ pub struct RawChecker {
     pub ca_file: Option<String>,
     pub fd_reserve: Option<u64>,
     pub detect_protocol: Option<bool>,
+    /// Seconds between rechecks of a served proxy; 0 turns periodic rechecks off.
+    pub recheck_interval_secs: Option<u64>,
+    pub recheck_concurrency: Option<usize>,
+    pub recheck_drop_after: Option<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHistory {
+    pub retention_hours: Option<u64>,
+    pub max_entries: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,6 +110,7 @@ pub struct RawApi {
     pub reload_min_interval_secs: Option<u64>,
     pub judge_enabled: Option<bool>,
     pub judge_hide_headers: Option<Vec<String>>,
+    pub report_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

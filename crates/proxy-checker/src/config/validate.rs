@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::{OneOrMany, RawAggregation, RawApi, RawChecker, RawConfig, RawLog, RawSource, RawStorage};
+use super::raw::{OneOrMany, RawAggregation, RawApi, RawChecker, RawConfig, RawHistory, RawLog, RawSource, RawStorage};
 use super::{
     ApiConfig, CheckerConfig, Config, DEFAULT_JUDGES, ForwardedHeader, JUDGE_ALWAYS_HIDDEN, LogConfig, LogFormat,
-    StorageConfig, StorageKind,
+    RecheckConfig, StorageConfig, StorageKind,
 };
 use crate::check::{CheckSettings, Mode, Validation};
 use crate::proxy::Protocol;
@@ -88,6 +88,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, Invalid> {
         api: api(&raw.api)?,
         storage: storage(&raw.storage)?,
         log: log(&raw.log)?,
+        history: history(&raw.history)?,
     })
 }
 
@@ -187,6 +188,23 @@ fn checker(c: &RawChecker) -> Result<CheckerConfig, Invalid> {
         batch_size: ranged("checker.batch_size", c.batch_size, 256, 1, 100_000)?,
         allow_private: c.allow_private.unwrap_or(false),
         fd_reserve: c.fd_reserve,
+        recheck: RecheckConfig {
+            interval: match ranged("checker.recheck_interval_secs", c.recheck_interval_secs, 60, 0, 86_400)? {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+            concurrency: ranged("checker.recheck_concurrency", c.recheck_concurrency, 1024, 1, 100_000)?,
+            drop_after: ranged("checker.recheck_drop_after", c.recheck_drop_after, 3, 1, 1000)?,
+        },
+    })
+}
+
+/// `history.*`: how long dead proxies are remembered and how many records at most.
+fn history(h: &RawHistory) -> Result<crate::history::Limits, Invalid> {
+    let hours = ranged("history.retention_hours", h.retention_hours, 24, 1, 24 * 365)?;
+    Ok(crate::history::Limits {
+        max_entries: ranged("history.max_entries", h.max_entries, 100_000, 100, 10_000_000)?,
+        retention_ms: hours * 3_600_000,
     })
 }
 
@@ -275,6 +293,7 @@ fn api(api: &RawApi) -> Result<ApiConfig, Invalid> {
         )?),
         judge_enabled: api.judge_enabled.unwrap_or(true),
         judge_hide_headers,
+        report_per_minute: ranged("api.report_per_minute", api.report_per_minute, 60, 1, 1_000_000)?,
     })
 }
 

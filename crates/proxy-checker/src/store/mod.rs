@@ -18,6 +18,7 @@ pub use sqlite::SqliteStore;
 
 use crate::BoxError;
 use crate::config::{StorageConfig, StorageKind};
+use crate::history::{Persisted, Row};
 use crate::snapshot::{FORMAT_VERSION, SnapshotData};
 
 /// A boxed future, so `Store` stays object-safe.
@@ -42,8 +43,8 @@ pub enum StoreError {
         source: BoxError,
     },
     #[error(
-        "{backend} at {location}: the stored snapshot has format version {found}, newer than the {supported} this \
-         binary reads: it was written by a newer proxy-checker; run that version, or remove the snapshot to start empty"
+        "{backend} at {location}: the stored data has format version {found}, newer than the {supported} this \
+         binary reads: it was written by a newer proxy-checker; run that version, or remove it to start empty"
     )]
     NewerFormat { backend: &'static str, location: String, found: u32, supported: u32 },
 }
@@ -80,6 +81,23 @@ pub trait Store: Send + Sync {
     fn save(&self, data: Arc<SnapshotData>) -> BoxFuture<'_, Result<(), StoreError>>;
     /// The last stored snapshot, if any.
     fn load(&self) -> BoxFuture<'_, Result<Option<SnapshotData>, StoreError>>;
+    /// Replaces the stored history (every proxy's track record), whole.
+    fn save_history(&self, rows: Arc<Vec<Row>>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// The stored history (empty if none was stored).
+    fn load_history(&self) -> BoxFuture<'_, Result<Vec<Row>, StoreError>>;
+}
+
+/// A loaded history, refused if a newer binary wrote it.
+pub(crate) fn vet_history(p: Persisted, backend: &'static str, location: &str) -> Result<Vec<Row>, StoreError> {
+    if p.version > crate::history::FORMAT_VERSION {
+        return Err(StoreError::NewerFormat {
+            backend,
+            location: location.to_string(),
+            found: p.version,
+            supported: crate::history::FORMAT_VERSION,
+        });
+    }
+    Ok(p.rows)
 }
 
 /// Opens the configured backend. Opening never contacts a server: Redis connects on first

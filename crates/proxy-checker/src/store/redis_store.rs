@@ -1,7 +1,8 @@
 //! The Redis store: async, auto-reconnecting (`ConnectionManager`, created on first use so
 //! a Redis that is down at start does not stop the service). A snapshot is written under a
 //! new key, then one `SET` switches the pointer, then the old key is deleted: a reader
-//! never sees half of a snapshot.
+//! never sees half of a snapshot. The history is one JSON value under `PREFIXhistory`,
+//! written under a temporary key and `RENAME`d over it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{BoxFuture, Store, StoreError};
+use crate::history::{Persisted, PersistedRef, Row};
 use crate::snapshot::SnapshotData;
 
 pub struct RedisStore {
@@ -46,6 +48,10 @@ impl RedisStore {
 
     fn pointer(&self) -> String {
         format!("{}current", self.prefix)
+    }
+
+    fn history_key(&self) -> String {
+        format!("{}history", self.prefix)
     }
 }
 
@@ -89,6 +95,35 @@ impl Store for RedisStore {
             let Some(body) = body else { return Ok(None) };
             let data = serde_json::from_slice(&body).map_err(|e| StoreError::corrupt("redis", &self.location, e))?;
             super::vet(data, "redis", &self.location).map(Some)
+        })
+    }
+
+    fn save_history(&self, rows: Arc<Vec<Row>>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let body = tokio::task::spawn_blocking(move || serde_json::to_vec(&PersistedRef::new(&rows)))
+                .await
+                .map_err(|e| self.err(e))?
+                .map_err(|e| self.err(e))?;
+            let tmp = format!("{}history:tmp:{:x}", self.prefix, fastrand::u64(..));
+            let mut c = self.conn().await?;
+            let _: () = c.set(&tmp, body).await.map_err(|e| self.err(e))?;
+            let renamed: Result<(), _> = c.rename(&tmp, self.history_key()).await;
+            if let Err(e) = renamed {
+                let _: Result<(), _> = c.del(&tmp).await;
+                return Err(self.err(e));
+            }
+            Ok(())
+        })
+    }
+
+    fn load_history(&self) -> BoxFuture<'_, Result<Vec<Row>, StoreError>> {
+        Box::pin(async move {
+            let mut c = self.conn().await?;
+            let body: Option<Vec<u8>> = c.get(self.history_key()).await.map_err(|e| self.err(e))?;
+            let Some(body) = body else { return Ok(Vec::new()) };
+            let p: Persisted =
+                serde_json::from_slice(&body).map_err(|e| StoreError::corrupt("redis", &self.location, e))?;
+            super::vet_history(p, "redis", &self.location)
         })
     }
 }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{BoxFuture, Store, StoreError};
+use crate::history::Row;
 use crate::snapshot::{ProxyEntry, RoundSummary, SnapshotData};
 
 pub struct SqliteStore {
@@ -20,11 +21,26 @@ CREATE TABLE IF NOT EXISTS proxies (
     proxy TEXT NOT NULL, protocol TEXT NOT NULL, host TEXT NOT NULL, port INTEGER NOT NULL,
     username TEXT, password TEXT, latency_ms INTEGER NOT NULL, connect_ms INTEGER NOT NULL,
     forward INTEGER NOT NULL, tunnel INTEGER NOT NULL, source TEXT NOT NULL
-);";
+);
+CREATE TABLE IF NOT EXISTS history (
+    host TEXT NOT NULL, port INTEGER NOT NULL, first_seen INTEGER NOT NULL, last_ok INTEGER NOT NULL,
+    last_checked INTEGER NOT NULL, checks INTEGER NOT NULL, successes INTEGER NOT NULL,
+    consecutive_failures INTEGER NOT NULL, changes INTEGER NOT NULL, recent INTEGER NOT NULL,
+    recent_len INTEGER NOT NULL, protocol INTEGER NOT NULL, caps INTEGER NOT NULL,
+    uptime_ewma REAL NOT NULL, latency_ewma_ms REAL NOT NULL, latencies TEXT NOT NULL,
+    PRIMARY KEY (host, port)
+) WITHOUT ROWID;";
 
 /// Columns added since the first schema: `(name, declaration)`, added to older databases
 /// when they are opened.
-const ADDED_COLUMNS: &[(&str, &str)] = &[("anonymity", "TEXT NOT NULL DEFAULT 'unknown'"), ("exit_ip", "TEXT")];
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("anonymity", "TEXT NOT NULL DEFAULT 'unknown'"),
+    ("exit_ip", "TEXT"),
+    ("uptime", "REAL NOT NULL DEFAULT 0"),
+    ("checks", "INTEGER NOT NULL DEFAULT 0"),
+    ("first_seen", "REAL NOT NULL DEFAULT 0"),
+    ("last_ok", "REAL NOT NULL DEFAULT 0"),
+];
 
 fn add_missing_columns(conn: &mut Connection) -> rusqlite::Result<()> {
     // In one write transaction: two processes opening an old database at once do not
@@ -68,8 +84,8 @@ fn write(conn: &mut Connection, data: &SnapshotData) -> rusqlite::Result<()> {
     tx.execute("DELETE FROM proxies", [])?;
     {
         let mut ins = tx.prepare_cached(
-            "INSERT INTO proxies (proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source, anonymity, exit_ip)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            "INSERT INTO proxies (proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source, anonymity, exit_ip, uptime, checks, first_seen, last_ok)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
         )?;
         for e in &data.proxies {
             ins.execute(params![
@@ -85,7 +101,11 @@ fn write(conn: &mut Connection, data: &SnapshotData) -> rusqlite::Result<()> {
                 e.tunnel,
                 e.source,
                 e.anonymity,
-                e.exit_ip
+                e.exit_ip,
+                e.uptime,
+                e.checks,
+                e.first_seen,
+                e.last_ok
             ])?;
         }
     }
@@ -109,7 +129,7 @@ fn read(conn: &mut Connection, location: &str) -> Result<Option<SnapshotData>, S
         Some(v) => v.parse::<u32>().map_err(|e| StoreError::corrupt("sqlite", location, e))?,
     };
     let mut stmt = tx
-        .prepare("SELECT proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source, anonymity, exit_ip FROM proxies ORDER BY latency_ms")
+        .prepare("SELECT proxy, protocol, host, port, username, password, latency_ms, connect_ms, forward, tunnel, source, anonymity, exit_ip, uptime, checks, first_seen, last_ok FROM proxies ORDER BY latency_ms")
         .map_err(io)?;
     let proxies = stmt
         .query_map([], |r| {
@@ -127,12 +147,99 @@ fn read(conn: &mut Connection, location: &str) -> Result<Option<SnapshotData>, S
                 source: r.get(10)?,
                 anonymity: r.get(11)?,
                 exit_ip: r.get(12)?,
+                uptime: r.get(13)?,
+                checks: r.get(14)?,
+                first_seen: r.get(15)?,
+                last_ok: r.get(16)?,
+                score: 0.0,
             })
         })
         .map_err(io)?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| StoreError::corrupt("sqlite", location, e))?;
     super::vet(SnapshotData { version, round, proxies }, "sqlite", location).map(Some)
+}
+
+fn write_history(conn: &mut Connection, rows: &[Row]) -> rusqlite::Result<()> {
+    let tx = conn.transaction()?;
+    tx.execute("DELETE FROM history", [])?;
+    {
+        let mut ins = tx.prepare_cached(
+            "INSERT OR REPLACE INTO history (host, port, first_seen, last_ok, last_checked, checks, successes,
+             consecutive_failures, changes, recent, recent_len, protocol, caps, uptime_ewma, latency_ewma_ms, latencies)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+        )?;
+        for r in rows {
+            let latencies = r.latencies.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+            ins.execute(params![
+                r.host,
+                r.port,
+                r.first_seen as i64,
+                r.last_ok as i64,
+                r.last_checked as i64,
+                r.checks,
+                r.successes,
+                r.consecutive_failures,
+                r.changes,
+                r.recent,
+                r.recent_len,
+                r.protocol,
+                r.caps,
+                f64::from(r.uptime_ewma),
+                f64::from(r.latency_ewma_ms),
+                latencies
+            ])?;
+        }
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO meta (k, v) VALUES ('history_version', ?1)",
+        [crate::history::FORMAT_VERSION.to_string()],
+    )?;
+    tx.commit()
+}
+
+fn read_history(conn: &mut Connection, location: &str) -> Result<Vec<Row>, StoreError> {
+    let io = |e: rusqlite::Error| SqliteStore::err(location, e);
+    let tx = conn.transaction().map_err(io)?;
+    let version: Option<String> =
+        tx.query_row("SELECT v FROM meta WHERE k = 'history_version'", [], |r| r.get(0)).optional().map_err(io)?;
+    let version = match version {
+        None => return Ok(Vec::new()),
+        Some(v) => v.parse::<u32>().map_err(|e| StoreError::corrupt("sqlite", location, e))?,
+    };
+    let mut stmt = tx
+        .prepare(
+            "SELECT host, port, first_seen, last_ok, last_checked, checks, successes, consecutive_failures, changes,
+             recent, recent_len, protocol, caps, uptime_ewma, latency_ewma_ms, latencies FROM history",
+        )
+        .map_err(io)?;
+    let rows = stmt
+        .query_map([], |r| {
+            let ts = |i: usize| r.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
+            let latencies: String = r.get(15)?;
+            Ok(Row {
+                host: r.get(0)?,
+                port: r.get(1)?,
+                first_seen: ts(2)?,
+                last_ok: ts(3)?,
+                last_checked: ts(4)?,
+                checks: r.get(5)?,
+                successes: r.get(6)?,
+                consecutive_failures: r.get(7)?,
+                changes: r.get(8)?,
+                recent: r.get(9)?,
+                recent_len: r.get(10)?,
+                protocol: r.get(11)?,
+                caps: r.get(12)?,
+                uptime_ewma: r.get::<_, f64>(13)? as f32,
+                latency_ewma_ms: r.get::<_, f64>(14)? as f32,
+                latencies: latencies.split(',').filter_map(|l| l.parse().ok()).collect(),
+            })
+        })
+        .map_err(io)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| StoreError::corrupt("sqlite", location, e))?;
+    super::vet_history(crate::history::Persisted { version, rows }, "sqlite", location)
 }
 
 impl Store for SqliteStore {
@@ -160,6 +267,32 @@ impl Store for SqliteStore {
             tokio::task::spawn_blocking(move || {
                 let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
                 read(&mut c, &location)
+            })
+            .await
+            .map_err(|e| Self::err(&self.location, e))?
+        })
+    }
+
+    fn save_history(&self, rows: Arc<Vec<Row>>) -> BoxFuture<'_, Result<(), StoreError>> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                write_history(&mut c, &rows)
+            })
+            .await
+            .map_err(|e| Self::err(&self.location, e))?
+            .map_err(|e| Self::err(&self.location, e))
+        })
+    }
+
+    fn load_history(&self) -> BoxFuture<'_, Result<Vec<Row>, StoreError>> {
+        let conn = self.conn.clone();
+        let location = self.location.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut c = conn.lock().unwrap_or_else(|p| p.into_inner());
+                read_history(&mut c, &location)
             })
             .await
             .map_err(|e| Self::err(&self.location, e))?

@@ -77,6 +77,7 @@ fn candidates(farm: &Farm) -> Vec<Candidate> {
             proxy: parse_token(&p.url(), opts).expect("farm URLs parse"),
             addr: SocketAddr::new(IpAddr::V4(p.ip), p.port),
             source: 0,
+            scope: Default::default(),
         })
         .collect()
 }
@@ -395,6 +396,7 @@ fn listed_as(farm: &Farm, listed: &str) -> Vec<Candidate> {
             proxy: parse_token(&format!("{listed}://{}", p.addr()), opts).unwrap(),
             addr: SocketAddr::new(IpAddr::V4(p.ip), p.port),
             source: 0,
+            scope: Default::default(),
         })
         .collect()
 }

@@ -229,6 +229,11 @@ fn snapshot(n: u64) -> SnapshotData {
             source: format!("round-{n}"),
             anonymity: "elite".into(),
             exit_ip: Some(format!("10.{}.{}.{}", n % 250, i / 250, i % 250)),
+            uptime: 1.0,
+            checks: 1,
+            first_seen: 1.0,
+            last_ok: 1.0,
+            score: 0.0,
         })
         .collect();
     SnapshotData { version: 1, round: RoundSummary { round_id: n, alive: count as u64, ..Default::default() }, proxies }

@@ -60,6 +60,7 @@ fn candidate(p: &FarmProxy) -> Candidate {
         proxy: parse_token(&p.url(), opts).expect("farm URLs parse"),
         addr: SocketAddr::new(IpAddr::V4(p.ip), p.port),
         source: 0,
+        scope: Default::default(),
     }
 }
 

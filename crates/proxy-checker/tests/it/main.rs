@@ -10,6 +10,7 @@ mod cli;
 mod deploy;
 mod engine;
 mod faults;
+mod freshness;
 mod fuzz_corpus;
 mod hostile_clients;
 mod hostile_proxies;

@@ -53,16 +53,26 @@ async fn every_route_answers_by_its_access_level() {
             ("/get-proxy", Access::Key),
             ("/stat", Access::Key),
             ("/reload", Access::Admin),
+            ("/report", Access::Key),
+            ("/proxy/{address}", Access::Key),
         ],
         "a route changed its access level: update this table on purpose"
     );
+    let served = farm.proxies().next().unwrap().addr();
     for r in ROUTES {
-        let (none, _) = send(&h, r.method, r.path, None, &[]).await;
-        let (plain, _) = send(&h, r.method, r.path, Some(KEY), &[]).await;
-        let (admin, _) = send(&h, r.method, r.path, Some(ADMIN), &[]).await;
+        // Routes with a parameter get a real one; a report of a proxy that is not served
+        // is 404 once admitted (nothing is dialed).
+        let (path, admitted) = match r.path {
+            "/proxy/{address}" => (format!("/proxy/{served}"), 200),
+            "/report" => ("/report?proxy=127.9.9.9:1".to_string(), 404),
+            p => (p.to_string(), 200),
+        };
+        let (none, _) = send(&h, r.method, &path, None, &[]).await;
+        let (plain, _) = send(&h, r.method, &path, Some(KEY), &[]).await;
+        let (admin, _) = send(&h, r.method, &path, Some(ADMIN), &[]).await;
         let want = match r.access {
             Access::Public | Access::Open | Access::Metrics => [200, 200, 200],
-            Access::Key => [401, 200, 200],
+            Access::Key => [401, admitted, admitted],
             Access::Admin => [401, 403, 202],
         };
         assert_eq!([none, plain, admin], want, "{} {} ({:?})", r.method, r.path, r.access);

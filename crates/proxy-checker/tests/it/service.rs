@@ -380,9 +380,9 @@ async fn restart_recovery_redis() {
     }
     let prefix = format!("pctest:{:x}:", fastrand::u64(..));
     restart_recovers(json!({"type": "redis", "redis_url": redis_url(), "redis_key_prefix": prefix})).await;
-    // Only the pointer and one snapshot remain.
+    // Only the pointer, one snapshot and the history remain.
     let keys = redis_keys_drop(&prefix).await;
-    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_eq!(keys.len(), 3, "{keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -467,6 +467,8 @@ async fn a_failing_store_never_stops_rounds_or_the_api() {
         h.get("/metrics").await.1.contains("proxychecker_store_writes_total{result=\"error\"} 2")
     })
     .await;
+    // The history's writes fail the same way, counted apart.
+    assert!(h.get("/metrics").await.1.contains("proxychecker_history_writes_total{result=\"error\"} 2"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -667,7 +669,7 @@ async fn anonymity_and_exit_address_are_served_and_filtered() {
         let (s, csv) = h.authed("/get-proxy?all=1&format=csv&anonymity=transparent").await;
         assert_eq!(s, 200);
         assert!(
-            csv.starts_with("proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,source,anonymity,exit_ip\n")
+            csv.starts_with("proxy,protocol,host,port,latency_ms,connect_ms,forward,tunnel,source,anonymity,exit_ip,")
         );
         assert_eq!(csv.lines().filter(|l| l.contains(",transparent,127.1.")).count(), 2, "{csv}");
         let (s, bad) = h.authed("/get-proxy?anonymity=secret").await;

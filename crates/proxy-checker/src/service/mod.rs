@@ -21,8 +21,13 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+mod recheck;
+
+pub use recheck::{PassSummary, REPORT_MIN_GAP, ReportOutcome};
+
 use crate::check::Progress;
 use crate::config::Config;
+use crate::history::{History, Key, Observation, now_ms};
 use crate::metrics::Metrics;
 use crate::round::{RoundContext, RoundError};
 use crate::snapshot::{Snapshot, SnapshotData, SourceSummary, unix};
@@ -103,7 +108,7 @@ pub struct RoundEnd {
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
 /// section here is a single assignment or clone).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -130,6 +135,17 @@ pub struct Service {
     /// Why the running round was cancelled by the stall detector, for its `last_error`.
     stall_note: Mutex<Option<String>>,
     last_failed: Mutex<Option<FailedRound>>,
+    /// Every proxy's track record: rounds and rechecks write it, the snapshot builder,
+    /// `/proxy` and `/report` read it. Short critical sections only.
+    pub history: Arc<Mutex<History>>,
+    /// Proxies a failed recheck pulled out of the served pool. Held while a new snapshot
+    /// is built and swapped in: rounds and recheck passes swap one at a time.
+    pool: Mutex<recheck::Pool>,
+    reports: Mutex<recheck::Reports>,
+    /// Wakes the recheck loop (a report came in).
+    recheck_wake: Notify,
+    last_pass: Mutex<Option<PassSummary>>,
+    history_saved: Mutex<Option<Instant>>,
 }
 
 /// What `POST /reload` did.
@@ -161,16 +177,30 @@ impl Service {
                 None
             }
         };
+        let mut history = History::new(config.history);
+        match store.load_history().await {
+            Ok(rows) => {
+                let (n, bad) = (rows.len(), history.load(rows));
+                if n > 0 {
+                    tracing::info!(records = n - bad, unreadable = bad, store = store.kind(), "history loaded");
+                }
+            }
+            Err(e) => tracing::warn!(error = %crate::Chain(&e), "could not load the history; starting without"),
+        }
         let ready = loaded.is_some();
         let last_id = loaded.as_ref().map_or(0, |d| d.round.round_id);
         let snapshot = match loaded {
-            Some(d) => Snapshot::new(d, true),
+            Some(mut d) => {
+                annotate(&mut d.proxies, &history);
+                Snapshot::new(d, true)
+            }
             None => Snapshot::empty(),
         };
         let metrics = Arc::new(Metrics::new());
         metrics.alive_proxies.set(snapshot.len() as i64);
         metrics.last_round_timestamp_seconds.set(snapshot.data.round.finished_at);
         metrics.round_interval_seconds.set(config.interval.as_secs_f64());
+        metrics.history_entries.set(history.len() as i64);
         Arc::new(Self {
             config: ArcSwap::from_pointee(config),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -189,6 +219,12 @@ impl Service {
             progress_seen: Mutex::new((0, 0, Instant::now())),
             stall_note: Mutex::new(None),
             last_failed: Mutex::new(None),
+            history: Arc::new(Mutex::new(history)),
+            pool: Mutex::new(recheck::Pool::default()),
+            reports: Mutex::new(recheck::Reports::default()),
+            recheck_wake: Notify::new(),
+            last_pass: Mutex::new(None),
+            history_saved: Mutex::new(None),
         })
     }
 
@@ -337,9 +373,12 @@ impl Service {
         {
             restart.push("storage");
         }
+        lock(&self.history).set_limits(new.history);
         self.config.store(Arc::new(new));
-        // The interval may have changed: let the scheduler recompute its wait.
+        // The intervals may have changed: let the scheduler and the rechecks recompute
+        // their waits.
         self.wake.notify_one();
+        self.recheck_wake.notify_one();
         restart
     }
 
@@ -409,7 +448,7 @@ impl Service {
     async fn run_round(&self, id: u64, cancel: &CancellationToken) -> &'static str {
         let config = self.config.load_full();
         let mut cfg = (*config).clone();
-        let concurrency = cfg.checker.concurrency_requested.min(self.fd_budget).max(1);
+        let concurrency = self.round_concurrency();
         cfg.checker.settings.concurrency = concurrency;
         let progress = Arc::new(Progress::default());
         let started = SystemTime::now();
@@ -421,7 +460,12 @@ impl Service {
         let result = match RoundContext::from_config(&cfg) {
             Ok(mut ctx) => {
                 let metrics = self.metrics.clone();
-                ctx.observer = Some(Arc::new(move |v: &crate::check::Verdict| metrics.observe(v)));
+                let history = self.history.clone();
+                ctx.observer = Some(Arc::new(move |v: &crate::check::Verdict| {
+                    metrics.observe(v);
+                    let key = Key::new(v.candidate.proxy.host.clone(), v.candidate.proxy.port);
+                    lock(&history).observe(key, &Observation::of_round(v, now_ms()));
+                }));
                 ctx.run(progress, round_cancel).await.map_err(|e| match e {
                     RoundError::NoUsableSource { why, sources } => (format!("no usable source: {why}"), sources),
                     other => (crate::error_chain(&other), Vec::new()),
@@ -432,14 +476,27 @@ impl Service {
         match result {
             Ok(report) => {
                 self.count_sources(&report.sources);
-                let data = Arc::new(SnapshotData::from_report(&report, id, cfg.checker.settings.mode, concurrency));
+                let mut data = SnapshotData::from_report(&report, id, cfg.checker.settings.mode, concurrency);
+                {
+                    let mut history = lock(&self.history);
+                    annotate(&mut data.proxies, &history);
+                    history.prune(now_ms());
+                    self.metrics.history_entries.set(history.len() as i64);
+                }
+                let snapshot = Arc::new(Snapshot::new(data, false));
+                let data = Arc::new(snapshot.data.clone());
                 let r = &data.round;
                 let secs = (r.duration_ms as f64 / 1000.0).max(1e-3);
                 self.metrics.round_duration_seconds.observe(secs);
                 self.metrics.rounds_total.with_label_values(&["ok"]).inc();
                 self.metrics.last_round_timestamp_seconds.set(r.finished_at);
                 self.metrics.alive_proxies.set(data.proxies.len() as i64);
-                self.snapshot.store(Arc::new(Snapshot::new((*data).clone(), false)));
+                {
+                    // The round's verdicts replace what rechecks had pulled.
+                    let mut pool = lock(&self.pool);
+                    pool.pulled.clear();
+                    self.snapshot.store(snapshot);
+                }
                 self.ready.store(true, Ordering::Release);
                 *lock(&self.last_error) = None;
                 *lock(&self.phase) = Phase::Idle;
@@ -451,6 +508,7 @@ impl Service {
                     local_requeues = r.local_requeues, "round finished"
                 );
                 self.persist(data).await;
+                self.persist_history().await;
                 "ok"
             }
             Err((e, sources)) => {
@@ -502,6 +560,13 @@ impl Service {
         }
     }
 
+    /// Checks in flight at most in a round: the configured concurrency within the fd
+    /// budget, less what rechecks may hold while the round runs.
+    pub fn round_concurrency(&self) -> usize {
+        let requested = self.config.load().checker.concurrency_requested;
+        requested.min(self.fd_budget.saturating_sub(self.recheck_concurrency())).max(1)
+    }
+
     /// Refreshes the gauges that are read rather than counted.
     pub fn refresh_gauges(&self) {
         self.metrics.round_interval_seconds.set(self.config.load().interval.as_secs_f64());
@@ -512,6 +577,9 @@ impl Service {
             0.0
         });
         self.metrics.alive_proxies.set(snap.len() as i64);
+        let oldest = if snap.oldest_ok > 0.0 { (unix(SystemTime::now()) - snap.oldest_ok).max(0.0) } else { 0.0 };
+        self.metrics.pool_oldest_check_age_seconds.set(oldest);
+        self.metrics.history_entries.set(lock(&self.history).len() as i64);
         for (anonymity, n) in snap.count_by_anonymity() {
             self.metrics.pool_proxies.with_label_values(&[anonymity]).set(*n as i64);
         }
@@ -522,14 +590,22 @@ impl Service {
             }
             _ => {
                 self.metrics.checks_in_flight.set(0);
-                let c = self.config.load().checker.concurrency_requested.min(self.fd_budget);
-                self.metrics.effective_concurrency.set(c as i64);
+                self.metrics.effective_concurrency.set(self.round_concurrency() as i64);
             }
         }
     }
 
     /// How long shutdown waits for the scheduler to stop (the running round is cancelled).
     pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+}
+
+/// Copies each entry's track record from the history.
+fn annotate(proxies: &mut [crate::snapshot::ProxyEntry], history: &History) {
+    for e in proxies {
+        if let Some(r) = e.key().and_then(|k| history.get(&k)) {
+            e.annotate(r);
+        }
+    }
 }
 
 #[cfg(test)]
