@@ -140,11 +140,13 @@ fn latency_ms(a: &Alive) -> u32 {
 
 impl Record {
     fn observe(&mut self, o: &Observation) {
-        if self.first_seen == 0 {
+        if self.first_seen == 0 || self.first_seen > o.at {
             self.first_seen = o.at;
         }
         let first = self.checks == 0;
-        self.last_checked = self.last_checked.max(o.at);
+        // The latest observation sets the times, even if the clock stepped back (a time
+        // in the future would keep the proxy from being due until the clock caught up).
+        self.last_checked = o.at;
         self.checks = self.checks.saturating_add(1);
         self.recent = (self.recent << 1) | u32::from(o.ok.is_some());
         self.recent_len = self.recent_len.saturating_add(1).min(WINDOW);
@@ -154,7 +156,7 @@ impl Record {
             Some(ms) => {
                 self.successes = self.successes.saturating_add(1);
                 self.consecutive_failures = 0;
-                self.last_ok = self.last_ok.max(o.at);
+                self.last_ok = o.at;
                 let ms16 = u16::try_from(ms).unwrap_or(u16::MAX);
                 let slot = usize::from(self.latencies_next) % LATENCIES;
                 if let Some(s) = self.latencies.get_mut(slot) {
@@ -322,11 +324,13 @@ impl History {
         self.records.iter().map(|(k, r)| Row::new(k, r)).collect()
     }
 
-    /// Loads rows from the store (unreadable ones are skipped and counted).
+    /// Loads rows from the store (unreadable ones are skipped and counted); times in
+    /// the future are taken as now.
     pub fn load(&mut self, rows: Vec<Row>) -> usize {
         let mut bad = 0;
+        let now = now_ms();
         for row in rows {
-            match row.into_parts() {
+            match row.into_parts(now) {
                 Some((k, r)) => {
                     self.records.insert(k, r);
                 }
@@ -401,13 +405,13 @@ impl Row {
     }
 
     /// Back to key and record; `None` for a row no version of this code could write.
-    fn into_parts(self) -> Option<(Key, Record)> {
+    fn into_parts(self, now: u64) -> Option<(Key, Record)> {
         let key = Key::parse(&self.host, self.port)?;
         let finite = |x: f32| if x.is_finite() { x } else { 0.0 };
         let mut r = Record {
-            first_seen: self.first_seen,
-            last_ok: self.last_ok,
-            last_checked: self.last_checked,
+            first_seen: self.first_seen.min(now),
+            last_ok: self.last_ok.min(now),
+            last_checked: self.last_checked.min(now),
             checks: self.checks,
             successes: self.successes.min(self.checks),
             consecutive_failures: self.consecutive_failures,
@@ -431,11 +435,37 @@ impl Row {
     }
 }
 
-/// The persisted history: what the file and Redis stores read.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// The persisted history: what the file and Redis stores read. A row that does not
+/// parse is kept as junk (and skipped on load), not a reason to lose the others.
+#[derive(Debug, Default, Deserialize)]
 pub struct Persisted {
     pub version: u32,
-    pub rows: Vec<Row>,
+    pub rows: Vec<MaybeRow>,
+}
+
+/// A stored row, or something in its place that is not one.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum MaybeRow {
+    Row(Row),
+    Junk(serde::de::IgnoredAny),
+}
+
+impl Persisted {
+    /// The rows that parsed, and how many did not.
+    pub fn into_rows(self) -> (Vec<Row>, usize) {
+        let total = self.rows.len();
+        let rows: Vec<Row> = self
+            .rows
+            .into_iter()
+            .filter_map(|r| match r {
+                MaybeRow::Row(r) => Some(r),
+                MaybeRow::Junk(_) => None,
+            })
+            .collect();
+        let junk = total - rows.len();
+        (rows, junk)
+    }
 }
 
 /// What the file and Redis stores write (the rows borrowed, not copied).
@@ -517,11 +547,14 @@ mod tests {
         h.observe(Key::parse("[::1]", 1080).unwrap(), &dead(5));
         h.observe(Key::parse("Proxy.Example", 3128).unwrap(), &ok(5, 70_000));
         let rows = h.rows();
-        let json = serde_json::to_string(&Persisted { version: FORMAT_VERSION, rows }).unwrap();
-        let mut back: Persisted = serde_json::from_str(&json).unwrap();
-        back.rows.push(Row { host: String::new(), ..back.rows[0].clone() });
+        let json = serde_json::to_string(&PersistedRef::new(&rows)).unwrap();
+        // A row of another shape and one with an out-of-range field: skipped, the rest kept.
+        let json = json.replacen("\"rows\":[", "\"rows\":[{\"host\":1},{\"host\":\"1.2.3.4\",\"port\":99999},", 1);
+        let (mut back, junk) = serde_json::from_str::<Persisted>(&json).unwrap().into_rows();
+        assert_eq!(junk, 2);
+        back.push(Row { host: String::new(), ..back[0].clone() });
         let mut h2 = History::new(LIMITS);
-        assert_eq!(h2.load(back.rows), 1);
+        assert_eq!(h2.load(back), 1);
         assert_eq!(h2.len(), 3);
         // The same records (the latency ring may start elsewhere: rows list it oldest first).
         let sorted = |h: &History| {

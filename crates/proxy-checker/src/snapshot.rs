@@ -66,7 +66,7 @@ pub struct ProxyEntry {
 /// How good a proxy is to hand out, in 0..=1: `uptime × 1000 / (1000 + latency_ms) ×
 /// (0.5 + 0.5 × min(1, known / 24 h))`, where `known` is the time since it was first
 /// seen. A proxy always alive, fast and known for a day scores near 1; one seen once
-/// scores at most 0.5; each second of latency halves it again.
+/// scores at most 0.5; one second of latency halves it (two: a third).
 pub fn score(uptime: f64, latency_ms: u32, first_seen: f64, now: f64) -> f64 {
     let known = if first_seen > 0.0 { (now - first_seen).max(0.0) } else { 0.0 };
     let track = 0.5 + 0.5 * (known / 86_400.0).min(1.0);
@@ -433,8 +433,16 @@ impl Snapshot {
             score_rank[*i as usize] = rank as u32;
         }
         let by_key = data.proxies.iter().enumerate().filter_map(|(i, e)| Some((e.key()?, i as u32))).collect();
-        let oldest_ok =
-            data.proxies.iter().map(|e| e.last_ok).filter(|t| *t > 0.0).min_by(f64::total_cmp).unwrap_or(0.0);
+        // An entry without a track record (a snapshot from before the history) counts as
+        // checked when its round ended.
+        let finished = data.round.finished_at;
+        let oldest_ok = data
+            .proxies
+            .iter()
+            .map(|e| if e.last_ok > 0.0 { e.last_ok } else { finished })
+            .filter(|t| *t > 0.0)
+            .min_by(f64::total_cmp)
+            .unwrap_or(0.0);
         let mut by_anonymity: std::collections::BTreeMap<&'static str, usize> =
             crate::check::Anonymity::ALL.iter().map(|a| (a.as_str(), 0)).collect();
         for e in &data.proxies {
@@ -606,5 +614,56 @@ mod tests {
         let mut with_creds = d.clone();
         (with_creds.username, with_creds.password) = (Some("u ser@x".into()), Some("p:a+ss/1".into()));
         assert_eq!(with_creds.url(false), "socks5://u%20ser%40x:p%3Aa%2Bss%2F1@d:1");
+    }
+
+    #[test]
+    fn the_score_is_what_the_docs_say() {
+        let now = 1_000_000.0;
+        let day = 86_400.0;
+        assert_eq!(score(1.0, 0, now - day, now), 1.0);
+        assert_eq!(score(1.0, 0, now, now), 0.5, "seen once: at most half");
+        assert_eq!(score(1.0, 1000, now - 2.0 * day, now), 0.5, "a second of latency halves it");
+        assert!((score(0.5, 0, now - day / 2.0, now) - 0.375).abs() < 1e-12);
+        assert_eq!(score(0.0, 10, now - day, now), 0.0);
+        assert_eq!(score(1.0, 0, 0.0, now), 0.5, "unknown first sight counts as new");
+    }
+
+    #[test]
+    fn filters_and_score_order() {
+        let now = unix(SystemTime::now());
+        let mut proxies = vec![
+            entry("http://a:1", "http", 10, true, true),
+            entry("http://b:1", "http", 20, true, true),
+            entry("socks5://c:1", "socks5", 30, false, true),
+            entry("socks5://d:1", "socks5", 40, false, true),
+        ];
+        // a: flaky; b: steady, new; c: steady, known for a day; d: one check only, slower.
+        for (e, (uptime, checks, known)) in
+            proxies.iter_mut().zip([(0.5, 10, 0.0), (1.0, 10, 0.0), (1.0, 10, 86_400.0), (1.0, 1, 0.0)])
+        {
+            (e.uptime, e.checks, e.first_seen, e.last_ok) = (uptime, checks, now - known, now - 5.0);
+        }
+        let data = SnapshotData {
+            version: 1,
+            round: RoundSummary { mode: "full-http".into(), ..Default::default() },
+            proxies,
+        };
+        let s = Snapshot::new(data, false);
+        let hosts = |v: &[u32]| v.iter().map(|i| s.entry(*i).host.clone()).collect::<Vec<_>>();
+        let all = s.select(&[], None);
+        // c 0.971, b 0.490, d 0.481, a 0.248.
+        assert_eq!(hosts(&s.best_by_score(&all, 4)), ["c", "b", "d", "a"]);
+        assert_eq!(hosts(&s.best_by_score(&all, 2)), ["c", "b"]);
+        let f = |min_uptime, min_checks| Filter { min_uptime, min_checks, ..Filter::default() };
+        let sel = |f: &Filter| {
+            let v = s.select_filtered(f);
+            hosts(&(0..v.len()).map(|k| v.get(k)).collect::<Vec<_>>())
+        };
+        assert_eq!(sel(&f(Some(0.9), None)), ["b", "c", "d"]);
+        assert_eq!(sel(&f(Some(0.5), Some(2))), ["a", "b", "c"]);
+        assert_eq!(sel(&Filter { selectors: vec![Selector::Socks5], ..f(None, Some(10)) }), ["c"]);
+        assert!((now - s.oldest_ok - 5.0).abs() < 1.0);
+        assert_eq!(s.find(&crate::history::Key::parse("c", 1).unwrap()).map(|e| e.latency_ms), Some(30));
+        assert!(s.find(&crate::history::Key::parse("c", 2).unwrap()).is_none());
     }
 }

@@ -47,16 +47,11 @@ pub struct Guard {
     admin_required: bool,
     per_key: DefaultKeyedRateLimiter<usize>,
     per_ip: RateLimiter<IpAddr, ClientTable, DefaultClock>,
-    /// `POST /report` per key (per client address with auth off).
-    reports: DefaultKeyedRateLimiter<Reporter>,
+    /// `POST /report` per key; per client address with auth off (in a bounded table,
+    /// as the per-IP limit).
+    reports: DefaultKeyedRateLimiter<usize>,
+    reports_by_ip: RateLimiter<IpAddr, ClientTable, DefaultClock>,
     last_sweep: std::sync::Mutex<Instant>,
-}
-
-/// Who a report is counted against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum Reporter {
-    Key(usize),
-    Ip(IpAddr),
 }
 
 fn per_minute(n: u32) -> Quota {
@@ -117,6 +112,11 @@ impl Guard {
                 DefaultClock::default(),
             ),
             reports: RateLimiter::keyed(per_minute(api.report_per_minute)),
+            reports_by_ip: RateLimiter::new(
+                per_minute(api.report_per_minute),
+                ClientTable::default(),
+                DefaultClock::default(),
+            ),
             last_sweep: std::sync::Mutex::new(Instant::now()),
         }
     }
@@ -163,11 +163,11 @@ impl Guard {
     /// Applies the `POST /report` limit: per key, or per client address when no key is
     /// needed (the route's key was already checked by [`Self::authorize`]).
     pub fn admit_report(&self, presented: Option<&str>, ip: IpAddr) -> Result<(), Refusal> {
-        let who = match presented.and_then(|k| self.key_index(k)) {
-            Some(i) if self.auth => Reporter::Key(i),
-            _ => Reporter::Ip(limiter_key(ip)),
+        let verdict = match presented.and_then(|k| self.key_index(k)) {
+            Some(i) if self.auth => self.reports.check_key(&i),
+            _ => self.reports_by_ip.check_key(&limiter_key(ip)),
         };
-        self.reports.check_key(&who).map_err(|n| Refusal::Limited {
+        verdict.map_err(|n| Refusal::Limited {
             limiter: "report",
             retry_after: n.wait_time_from(DefaultClock::default().now()),
         })
@@ -194,7 +194,7 @@ impl Guard {
         self.per_ip.shrink_to_fit();
         self.per_key.retain_recent();
         self.reports.retain_recent();
-        self.reports.shrink_to_fit();
+        self.reports_by_ip.retain_recent();
     }
 
     pub fn tracked_ips(&self) -> usize {

@@ -84,7 +84,7 @@ impl IntoResponse for ApiError {
                 serde_json::json!({"error": "rate_limited", "limiter": limiter, "retry_after_secs": retry_after.as_secs_f64().ceil() as u64}),
             ),
             ApiError::UnknownProxy(message) => {
-                (StatusCode::NOT_FOUND, serde_json::json!({"error": "not_found", "message": message}))
+                (StatusCode::NOT_FOUND, serde_json::json!({"error": "unknown_proxy", "message": message}))
             }
             ApiError::NoProxy(message) => {
                 (StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": "no_proxy", "message": message}))

@@ -481,9 +481,14 @@ pub async fn reload(State(state): State<Arc<AppState>>) -> Response {
 /// The proxy a `POST /report` names: `?proxy=` or a JSON body `{"proxy": "..."}`, as
 /// `host:port` or a proxy URL.
 fn reported_proxy(query: Option<&str>, body: &[u8]) -> Result<Key, ApiError> {
-    let from_query = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "proxy")
-        .map(|(_, v)| v.into_owned());
+    let mut from_query = None;
+    for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            "proxy" => from_query = Some(v.into_owned()),
+            "api_key" => {}
+            other => return Err(bad(other, "unknown parameter (allowed: proxy, api_key)")),
+        }
+    }
     let given = match from_query {
         Some(p) => p,
         None if body.iter().all(u8::is_ascii_whitespace) => {

@@ -146,6 +146,9 @@ pub struct Service {
     recheck_wake: Notify,
     last_pass: Mutex<Option<PassSummary>>,
     history_saved: Mutex<Option<Instant>>,
+    /// One snapshot write at a time (see [`Service::persist`]); one history write.
+    persisting: tokio::sync::Mutex<()>,
+    persisting_history: tokio::sync::Mutex<()>,
 }
 
 /// What `POST /reload` did.
@@ -225,6 +228,8 @@ impl Service {
             recheck_wake: Notify::new(),
             last_pass: Mutex::new(None),
             history_saved: Mutex::new(None),
+            persisting: tokio::sync::Mutex::new(()),
+            persisting_history: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -484,18 +489,17 @@ impl Service {
                     self.metrics.history_entries.set(history.len() as i64);
                 }
                 let snapshot = Arc::new(Snapshot::new(data, false));
-                let data = Arc::new(snapshot.data.clone());
-                let r = &data.round;
+                let r = &snapshot.data.round;
                 let secs = (r.duration_ms as f64 / 1000.0).max(1e-3);
                 self.metrics.round_duration_seconds.observe(secs);
                 self.metrics.rounds_total.with_label_values(&["ok"]).inc();
                 self.metrics.last_round_timestamp_seconds.set(r.finished_at);
-                self.metrics.alive_proxies.set(data.proxies.len() as i64);
+                self.metrics.alive_proxies.set(snapshot.len() as i64);
                 {
                     // The round's verdicts replace what rechecks had pulled.
                     let mut pool = lock(&self.pool);
                     pool.pulled.clear();
-                    self.snapshot.store(snapshot);
+                    self.snapshot.store(snapshot.clone());
                 }
                 self.ready.store(true, Ordering::Release);
                 *lock(&self.last_error) = None;
@@ -507,7 +511,7 @@ impl Service {
                     checks_per_sec = (r.checked as f64 / secs).round(), retries = r.retries,
                     local_requeues = r.local_requeues, "round finished"
                 );
-                self.persist(data).await;
+                self.persist().await;
                 self.persist_history().await;
                 "ok"
             }
@@ -550,7 +554,12 @@ impl Service {
         lock(&self.last_failed).clone()
     }
 
-    async fn persist(&self, data: Arc<SnapshotData>) {
+    /// Writes the snapshot served now. One write at a time, each of what is served
+    /// when it starts: rounds and recheck passes both persist, and an older pool can
+    /// never be written after a newer one.
+    async fn persist(&self) {
+        let _one = self.persisting.lock().await;
+        let data = Arc::new(self.snapshot.load().data.clone());
         match self.store.save(data).await {
             Ok(()) => self.metrics.store_writes_total.with_label_values(&["ok"]).inc(),
             Err(e) => {
@@ -563,6 +572,7 @@ impl Service {
     /// Checks in flight at most in a round: the configured concurrency within the fd
     /// budget, less what rechecks may hold while the round runs.
     pub fn round_concurrency(&self) -> usize {
+        // Rechecks take theirs from the budget (a few with periodic rechecks off).
         let requested = self.config.load().checker.concurrency_requested;
         requested.min(self.fd_budget.saturating_sub(self.recheck_concurrency())).max(1)
     }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Service, lock};
 use crate::check::{Alive, Candidate, Engine, Progress, Scope, Verdict};
 use crate::history::{Key, Observation, now_ms};
-use crate::proxy::{Credentials, Host, Protocol, Proxy};
+use crate::proxy::{Credentials, DedupKey, Host, Protocol, Proxy};
 use crate::snapshot::{ProxyEntry, Snapshot, SnapshotData};
 
 /// A proxy rechecked because of a report is not rechecked for another report this soon.
@@ -33,10 +33,10 @@ pub const REPORT_MIN_GAP: Duration = Duration::from_secs(10);
 /// The history is persisted after passes at most this often (and after every round).
 const HISTORY_SAVE_GAP: Duration = Duration::from_secs(300);
 
-/// Proxies out of the served pool that rechecks still follow.
+/// Entries out of the served pool that rechecks still follow, by entry.
 #[derive(Default)]
 pub(super) struct Pool {
-    pub(super) pulled: HashMap<Key, ProxyEntry>,
+    pub(super) pulled: HashMap<DedupKey, ProxyEntry>,
 }
 
 /// Reported proxies waiting for the next pass, those in the running pass, and those a
@@ -95,10 +95,34 @@ pub struct PassSummary {
     pub error: Option<String>,
 }
 
-/// One proxy to recheck.
+/// One served or pulled entry to recheck.
 struct Target {
+    /// Its history record (where it listens).
     key: Key,
+    /// Which entry (protocol family, host, port, credentials): two entries may share a
+    /// `host:port`.
+    ident: DedupKey,
+    proxy: Proxy,
     entry: ProxyEntry,
+}
+
+/// What a finished pass found: per entry, when, and alive or not.
+type Outcomes = Vec<(DedupKey, Key, u64, Option<Alive>)>;
+
+/// Rechecks in flight when periodic rechecks are off (a pass then only serves reports).
+const REPORT_ONLY_CONCURRENCY: usize = 16;
+/// Passes start at most this often (a stream of reports wakes the loop each time).
+const MIN_PASS_GAP: Duration = Duration::from_secs(1);
+
+/// The proxy a served entry describes (`None` for an entry no round could have written).
+fn entry_proxy(e: &ProxyEntry) -> Option<Proxy> {
+    let protocol: Protocol = e.protocol.parse().ok()?;
+    let key = e.key()?;
+    let credentials = e
+        .username
+        .as_ref()
+        .map(|u| Arc::new(Credentials { username: u.clone(), password: e.password.clone().unwrap_or_default() }));
+    Some(Proxy { protocol, host: key.host, port: e.port, credentials })
 }
 
 impl Service {
@@ -108,10 +132,16 @@ impl Service {
             .map_or(Duration::from_secs(3600), |i| (i / 4).clamp(Duration::from_millis(250), Duration::from_secs(5)))
     }
 
-    /// Rechecks in flight at most: the configured number, at most a quarter of the fd
-    /// budget (rounds get the rest, see [`Service::round_concurrency`]).
+    /// Rechecks in flight at most, taken from the fd budget (rounds get the rest, see
+    /// [`Service::round_concurrency`]): the configured number, at most a quarter of the
+    /// budget; a few when periodic rechecks are off (passes then only serve reports).
     pub fn recheck_concurrency(&self) -> usize {
-        self.config.load().checker.recheck.concurrency.min(self.fd_budget / 4).max(1)
+        let cfg = self.config.load();
+        let wanted = match cfg.checker.recheck.interval {
+            Some(_) => cfg.checker.recheck.concurrency,
+            None => REPORT_ONLY_CONCURRENCY,
+        };
+        wanted.min(self.fd_budget / 4).max(1)
     }
 
     /// `POST /report`: queue a served proxy for a recheck now, once.
@@ -123,11 +153,8 @@ impl Service {
 
     fn report_outcome(&self, key: Key) -> ReportOutcome {
         if self.snapshot.load().find(&key).is_none() {
-            return if lock(&self.pool).pulled.contains_key(&key) {
-                ReportOutcome::Pulled
-            } else {
-                ReportOutcome::NotServed
-            };
+            let pulled = lock(&self.pool).pulled.values().any(|e| e.key().as_ref() == Some(&key));
+            return if pulled { ReportOutcome::Pulled } else { ReportOutcome::NotServed };
         }
         let mut reports = lock(&self.reports);
         if reports.queued.contains(&key) || reports.running.contains(&key) {
@@ -144,9 +171,11 @@ impl Service {
     }
 
     /// Runs recheck passes until `cancel`: every tick when rechecks are on, at once when
-    /// a proxy is reported. A pass that panics is logged and the loop goes on.
+    /// a proxy is reported (at most one pass per [`MIN_PASS_GAP`]). A pass that panics is
+    /// logged and the loop goes on.
     pub async fn run_rechecks(self: Arc<Self>, cancel: CancellationToken) {
         use futures_util::FutureExt;
+        let mut last_start: Option<Instant> = None;
         loop {
             let tick = Self::recheck_tick(self.config.load().checker.recheck.interval);
             tokio::select! {
@@ -154,6 +183,13 @@ impl Service {
                 _ = tokio::time::sleep(tick) => {}
                 _ = self.recheck_wake.notified() => {}
             }
+            if let Some(gap) = last_start.and_then(|t| MIN_PASS_GAP.checked_sub(t.elapsed())) {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(gap) => {}
+                }
+            }
+            last_start = Some(Instant::now());
             let pass = std::panic::AssertUnwindSafe(self.recheck_pass(&cancel)).catch_unwind().await;
             if let Err(payload) = pass {
                 let what = crate::panic_message(&*payload);
@@ -163,8 +199,10 @@ impl Service {
         }
     }
 
-    /// The proxies due now: served and pulled ones whose last check is old enough, and
-    /// the reported ones.
+    /// The entries due now: served and pulled ones whose last check is older than their
+    /// due age, served ones with a failure on record since their last success (a round
+    /// saw them fail: confirmed or cleared at once), and every entry of a reported
+    /// `host:port`.
     fn due(&self, reported: &HashSet<Key>) -> Vec<Target> {
         let cfg = self.config.load();
         let now = now_ms();
@@ -176,24 +214,32 @@ impl Service {
         let snap = self.snapshot.load();
         let pool = lock(&self.pool);
         let history = lock(&self.history);
-        let is_due = |key: &Key| {
-            let Some(age) = due_age else { return reported.contains(key) };
+        let is_due = |key: &Key, served: bool| {
+            if reported.contains(key) {
+                return true;
+            }
+            let Some(age) = due_age else { return false };
+            let Some(r) = history.get(key) else { return true };
             // Up to half the due age earlier, by a fraction fixed per proxy.
             let early = age / 2 * (spread(key) % 1024) / 1024;
-            let last = history.get(key).map_or(0, |r| r.last_checked);
-            reported.contains(key) || now.saturating_sub(last) >= age - early
+            (served && r.consecutive_failures > 0) || now.saturating_sub(r.last_checked) >= age - early
         };
+        let served = snap.data.proxies.iter().map(|e| (e, true));
+        let pulled = pool.pulled.values().map(|e| (e, false));
         let mut out = Vec::new();
-        let served = snap.data.proxies.iter().filter_map(|e| Some((e.key()?, e)));
-        for (key, entry) in served.chain(pool.pulled.iter().map(|(k, e)| (k.clone(), e))) {
-            if is_due(&key) {
-                out.push(Target { key, entry: entry.clone() });
+        for (entry, is_served) in served.chain(pulled) {
+            let (Some(key), Some(proxy)) = (entry.key(), entry_proxy(entry)) else { continue };
+            if is_due(&key, is_served) {
+                out.push(Target { ident: proxy.dedup_key(), key, proxy, entry: entry.clone() });
             }
         }
         out
     }
 
-    /// One pass: due proxies rechecked, the history updated, the served pool rebuilt.
+    /// One pass: due entries rechecked; if the run finished, every verdict recorded in
+    /// the history and the served pool rebuilt from them. A run that could not finish
+    /// (judges down, cancelled) changes nothing: its verdicts are not all-or-nothing,
+    /// and one that fails for our own reasons must not pull a proxy.
     async fn recheck_pass(&self, cancel: &CancellationToken) {
         let reported: HashSet<Key> = {
             let mut r = lock(&self.reports);
@@ -209,16 +255,34 @@ impl Service {
             return;
         }
         let started = Instant::now();
-        let (results, error) = self.recheck(&targets, cancel).await;
-        for (_, alive) in &results {
-            let result = if alive.is_some() { "alive" } else { "dead" };
-            self.metrics.rechecks_total.with_label_values(&[result]).inc();
-        }
-        let mut summary = if results.is_empty() { PassSummary::default() } else { self.apply(results) };
+        let round_before = self.snapshot.load().data.round.round_id;
+        let mut summary = match self.recheck(targets, cancel).await {
+            Ok(outcomes) => {
+                {
+                    let mut history = lock(&self.history);
+                    for (_, key, at, alive) in &outcomes {
+                        let ok = alive.map(|a| u32::try_from(a.latency.as_millis()).unwrap_or(u32::MAX));
+                        history.observe(key.clone(), &Observation { at: *at, ok, found: None });
+                    }
+                }
+                for (.., alive) in &outcomes {
+                    let result = if alive.is_some() { "alive" } else { "dead" };
+                    self.metrics.rechecks_total.with_label_values(&[result]).inc();
+                }
+                if self.snapshot.load().data.round.round_id == round_before {
+                    self.apply(outcomes)
+                } else {
+                    // A round replaced the pool during the pass: its verdicts stand; a
+                    // proxy it kept and this pass saw fail is due again at once (its
+                    // failure is on record).
+                    PassSummary { checked: outcomes.len() as u64, ..PassSummary::default() }
+                }
+            }
+            Err(e) => PassSummary { error: Some(e), ..PassSummary::default() },
+        };
         summary.reported = reported.len() as u64;
         summary.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         summary.finished_at = now_ms() as f64 / 1000.0;
-        summary.error = error;
         {
             let mut r = lock(&self.reports);
             r.running.clear();
@@ -227,7 +291,7 @@ impl Service {
             r.done.extend(reported.into_iter().map(|k| (k, now)));
         }
         if let Some(e) = &summary.error {
-            tracing::warn!(error = %e, proxies = targets.len(), "recheck pass failed; the pool stays as it was");
+            tracing::warn!(error = %e, "recheck pass could not run; the pool stays as it was");
         } else {
             tracing::debug!(
                 checked = summary.checked,
@@ -243,8 +307,7 @@ impl Service {
         let changed = summary.pulled + summary.returned + summary.dropped > 0;
         *lock(&self.last_pass) = Some(summary);
         if changed {
-            let data = Arc::new(self.snapshot.load().data.clone());
-            self.persist(data).await;
+            self.persist().await;
         }
         let save = lock(&self.history_saved).is_none_or(|t| t.elapsed() >= HISTORY_SAVE_GAP);
         if save {
@@ -252,97 +315,120 @@ impl Service {
         }
     }
 
-    /// Rechecks `targets` with the engine (one exchange each); records every verdict in
-    /// the history. Returns each key's outcome (`None`: failed) and, if the run could not
-    /// finish, why (verdicts it gave before are kept: they are real).
-    async fn recheck(
-        &self,
-        targets: &[Target],
-        cancel: &CancellationToken,
-    ) -> (Vec<(Key, Option<Alive>)>, Option<String>) {
+    /// Rechecks `targets` with the engine: one exchange each (the capability it is
+    /// served for), no retries, no relabelling (an entry that now speaks another
+    /// protocol fails: it is not what is served). Hostnames are looked up again,
+    /// concurrently and once per name; one that does not resolve now, or whose address
+    /// the guard refuses, is skipped (a local failure is never a verdict).
+    async fn recheck(&self, targets: Vec<Target>, cancel: &CancellationToken) -> Result<Outcomes, String> {
+        use futures_util::StreamExt;
         let cfg = self.config.load_full();
-        let mut results = Vec::with_capacity(targets.len());
-        let mut candidates = Vec::with_capacity(targets.len());
-        let mut keys: HashMap<(IpAddr, u16, Protocol), Key> = HashMap::new();
+        let allow_private = cfg.checker.allow_private;
+        let names: HashSet<Arc<str>> = targets
+            .iter()
+            .filter_map(|t| match &t.proxy.host {
+                Host::Name(n) => Some(n.clone()),
+                Host::Ip(_) => None,
+            })
+            .collect();
         let slots = Arc::new(tokio::sync::Semaphore::new(crate::round::RESOLVE_SLOTS));
+        let resolved: HashMap<Arc<str>, IpAddr> = futures_util::stream::iter(names)
+            .map(|name| {
+                let slots = slots.clone();
+                async move {
+                    let ips = crate::round::lookup(name.clone(), slots).await?;
+                    ips.iter().try_for_each(|ip| crate::guard::check(*ip, allow_private)).ok()?;
+                    Some((name, *ips.first()?))
+                }
+            })
+            .buffer_unordered(crate::round::RESOLVE_SLOTS)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        let mut keys: HashMap<DedupKey, Key> = HashMap::with_capacity(targets.len());
+        let mut candidates = Vec::with_capacity(targets.len());
         for t in targets {
-            match candidate(&t.entry, cfg.checker.allow_private, &slots).await {
-                Some(c) => {
-                    keys.insert((c.addr.ip(), c.addr.port(), c.proxy.protocol), t.key.clone());
-                    candidates.push(c);
-                }
-                // Unresolvable now, or an address the guard refuses: a failed recheck.
-                None => {
-                    self.record(&t.key, None);
-                    results.push((t.key.clone(), None));
-                }
+            let ip = match &t.proxy.host {
+                Host::Ip(ip) => *ip,
+                Host::Name(n) => match resolved.get(n) {
+                    Some(ip) => *ip,
+                    None => continue,
+                },
+            };
+            if crate::guard::check(ip, allow_private).is_err() {
+                continue;
             }
+            let scope = match (t.proxy.protocol.is_http_family(), t.entry.tunnel) {
+                (false, _) => Scope::Full,
+                (true, true) => Scope::Tunnel,
+                (true, false) => Scope::Forward,
+            };
+            keys.insert(t.ident, t.key);
+            candidates.push(Candidate { addr: SocketAddr::new(ip, t.proxy.port), proxy: t.proxy, source: 0, scope });
+        }
+        if candidates.is_empty() {
+            return Ok(Vec::new());
         }
         let mut settings = cfg.checker.settings.clone();
         settings.retries = 0;
+        settings.detect_protocol = false;
         settings.concurrency = self.recheck_concurrency();
-        let engine = match crate::check::engine::tls_config(settings.ca_file.as_deref())
+        let engine = crate::check::engine::tls_config(settings.ca_file.as_deref())
             .and_then(|tls| Engine::new(settings, tls))
-        {
-            Ok(e) => e,
-            Err(e) => return (results, Some(crate::error_chain(&e))),
-        };
+            .map_err(|e| crate::error_chain(&e))?;
         let progress = Arc::new(Progress::default());
         progress.total.store(candidates.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let metrics = self.metrics.clone();
+        let mut outcomes = Vec::with_capacity(candidates.len());
         let mut sink = |v: Verdict| {
             metrics.observe(&v);
-            let p = &v.candidate;
-            let key = keys
-                .get(&(p.addr.ip(), p.addr.port(), p.proxy.protocol))
-                .or_else(|| v.relabelled_from.and_then(|from| keys.get(&(p.addr.ip(), p.addr.port(), from))))
-                .cloned()
-                .unwrap_or_else(|| Key::new(p.proxy.host.clone(), p.proxy.port));
-            let alive = v.outcome.ok();
-            lock(&self.history).observe(key.clone(), &Observation::of_recheck(&v, now_ms()));
-            results.push((key, alive));
+            let ident = v.candidate.proxy.dedup_key();
+            if let Some(key) = keys.get(&ident) {
+                outcomes.push((ident, key.clone(), now_ms(), v.outcome.ok()));
+            }
         };
-        let run = engine.run(futures_util::stream::iter(candidates), progress, cancel.child_token(), &mut sink).await;
-        (results, run.err().map(|e| crate::error_chain(&e)))
-    }
-
-    fn record(&self, key: &Key, ok: Option<u32>) {
-        lock(&self.history).observe(key.clone(), &Observation { at: now_ms(), ok, found: None });
+        engine
+            .run(futures_util::stream::iter(candidates), progress, cancel.child_token(), &mut sink)
+            .await
+            .map_err(|e| crate::error_chain(&e))?;
+        Ok(outcomes)
     }
 
     /// Applies a pass's outcomes to the pool now served (a round may have replaced the
     /// one the pass started from): failed ones are pulled, passed pulled ones return,
     /// pulled ones that failed too often are dropped; every entry's track record is
     /// refreshed; the new snapshot is swapped in.
-    fn apply(&self, results: Vec<(Key, Option<Alive>)>) -> PassSummary {
+    fn apply(&self, outcomes: Outcomes) -> PassSummary {
         let drop_after = self.config.load().checker.recheck.drop_after;
         let mut s = PassSummary {
-            checked: results.len() as u64,
-            alive: results.iter().filter(|(_, a)| a.is_some()).count() as u64,
+            checked: outcomes.len() as u64,
+            alive: outcomes.iter().filter(|o| o.3.is_some()).count() as u64,
             ..PassSummary::default()
         };
-        let outcome: HashMap<Key, Option<Alive>> = results.into_iter().collect();
+        let outcome: HashMap<DedupKey, (Key, Option<Alive>)> =
+            outcomes.into_iter().map(|(ident, key, _, alive)| (ident, (key, alive))).collect();
         let mut pool = lock(&self.pool);
         let snap = self.snapshot.load_full();
         let mut proxies = Vec::with_capacity(snap.len());
         for e in &snap.data.proxies {
-            match e.key().and_then(|k| outcome.get(&k).map(|o| (k, o))) {
-                Some((key, None)) => {
-                    pool.pulled.insert(key, e.clone());
+            let ident = entry_proxy(e).map(|p| p.dedup_key());
+            match ident.and_then(|i| outcome.get(&i).map(|o| (i, o))) {
+                Some((ident, (_, None))) => {
+                    pool.pulled.insert(ident, e.clone());
                     s.pulled += 1;
                 }
-                Some((_, Some(a))) => proxies.push(refreshed(e, a)),
+                Some((_, (_, Some(a)))) => proxies.push(refreshed(e, a)),
                 None => proxies.push(e.clone()),
             }
         }
         let history = lock(&self.history);
-        pool.pulled.retain(|key, e| match outcome.get(key) {
-            Some(Some(a)) => {
+        pool.pulled.retain(|ident, e| match outcome.get(ident) {
+            Some((_, Some(a))) => {
                 proxies.push(refreshed(e, a));
                 s.returned += 1;
                 false
             }
-            Some(None) if history.get(key).is_some_and(|r| r.consecutive_failures >= drop_after) => {
+            Some((key, None)) if history.get(key).is_some_and(|r| r.consecutive_failures >= drop_after) => {
                 s.dropped += 1;
                 false
             }
@@ -375,9 +461,9 @@ impl Service {
         lock(&self.pool).pulled.len()
     }
 
-    /// Whether `key` is pulled (out of the served pool, still rechecked).
+    /// Whether an entry at `key` is pulled (out of the served pool, still rechecked).
     pub fn is_pulled(&self, key: &Key) -> bool {
-        lock(&self.pool).pulled.contains_key(key)
+        lock(&self.pool).pulled.values().any(|e| e.key().as_ref() == Some(key))
     }
 
     /// The last recheck pass, if one ran.
@@ -388,6 +474,7 @@ impl Service {
     /// Writes the history to the store (after rounds, after passes at most every
     /// [`HISTORY_SAVE_GAP`], at shutdown).
     pub async fn persist_history(&self) {
+        let _one = self.persisting_history.lock().await;
         *lock(&self.history_saved) = Some(Instant::now());
         let rows = Arc::new(lock(&self.history).rows());
         match self.store.save_history(rows).await {
@@ -410,36 +497,4 @@ fn spread(key: &Key) -> u64 {
 fn refreshed(e: &ProxyEntry, a: &Alive) -> ProxyEntry {
     let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
     ProxyEntry { latency_ms: ms(a.latency), connect_ms: ms(a.connect), ..e.clone() }
-}
-
-/// The engine's candidate for a served entry: the capability it is served for (tunnel
-/// when it tunnels, else forward), its address (a hostname looked up again, every
-/// address guarded). `None` when it cannot be dialed now.
-async fn candidate(e: &ProxyEntry, allow_private: bool, slots: &Arc<tokio::sync::Semaphore>) -> Option<Candidate> {
-    let protocol: Protocol = e.protocol.parse().ok()?;
-    let key = e.key()?;
-    let ip = match &key.host {
-        Host::Ip(ip) => *ip,
-        Host::Name(name) => {
-            let ips = crate::round::lookup(name.clone(), slots.clone()).await?;
-            ips.iter().try_for_each(|ip| crate::guard::check(*ip, allow_private)).ok()?;
-            *ips.first()?
-        }
-    };
-    crate::guard::check(ip, allow_private).ok()?;
-    let credentials = e
-        .username
-        .as_ref()
-        .map(|u| Arc::new(Credentials { username: u.clone(), password: e.password.clone().unwrap_or_default() }));
-    let scope = match (protocol.is_http_family(), e.tunnel) {
-        (false, _) => Scope::Full,
-        (true, true) => Scope::Tunnel,
-        (true, false) => Scope::Forward,
-    };
-    Some(Candidate {
-        proxy: Proxy { protocol, host: key.host, port: e.port, credentials },
-        addr: SocketAddr::new(ip, e.port),
-        source: 0,
-        scope,
-    })
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{BoxFuture, Store, StoreError};
-use crate::history::{Persisted, PersistedRef, Row};
+use crate::history::{PersistedRef, Row};
 use crate::snapshot::SnapshotData;
 
 pub struct FileStore {
@@ -66,8 +66,7 @@ impl FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(StoreError::io("file", &location, e)),
         };
-        let p: Persisted = serde_json::from_slice(&bytes).map_err(|e| StoreError::corrupt("file", &location, e))?;
-        super::vet_history(p, "file", &location)
+        super::history_from_json(&bytes, "file", &location)
     }
 
     fn read(&self) -> Result<Option<SnapshotData>, StoreError> {

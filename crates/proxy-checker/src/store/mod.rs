@@ -87,17 +87,41 @@ pub trait Store: Send + Sync {
     fn load_history(&self) -> BoxFuture<'_, Result<Vec<Row>, StoreError>>;
 }
 
-/// A loaded history, refused if a newer binary wrote it.
-pub(crate) fn vet_history(p: Persisted, backend: &'static str, location: &str) -> Result<Vec<Row>, StoreError> {
-    if p.version > crate::history::FORMAT_VERSION {
+/// A loaded history's rows, refused if a newer binary wrote it; rows that do not parse
+/// (`junk`) are skipped with a warning, never a reason to lose the others.
+pub(crate) fn history_rows(
+    version: u32,
+    rows: Vec<Row>,
+    junk: usize,
+    backend: &'static str,
+    location: &str,
+) -> Result<Vec<Row>, StoreError> {
+    if version > crate::history::FORMAT_VERSION {
         return Err(StoreError::NewerFormat {
             backend,
             location: location.to_string(),
-            found: p.version,
+            found: version,
             supported: crate::history::FORMAT_VERSION,
         });
     }
-    Ok(p.rows)
+    if junk > 0 {
+        tracing::warn!(
+            backend,
+            location,
+            skipped = junk,
+            kept = rows.len(),
+            "history rows that do not parse were skipped"
+        );
+    }
+    Ok(rows)
+}
+
+/// [`history_rows`] of a JSON history (the file and Redis stores).
+pub(crate) fn history_from_json(bytes: &[u8], backend: &'static str, location: &str) -> Result<Vec<Row>, StoreError> {
+    let p: Persisted = serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt(backend, location, e))?;
+    let version = p.version;
+    let (rows, junk) = p.into_rows();
+    history_rows(version, rows, junk, backend, location)
 }
 
 /// Opens the configured backend. Opening never contacts a server: Redis connects on first

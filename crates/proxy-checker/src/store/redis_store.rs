@@ -11,7 +11,7 @@ use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::{BoxFuture, Store, StoreError};
-use crate::history::{Persisted, PersistedRef, Row};
+use crate::history::{PersistedRef, Row};
 use crate::snapshot::SnapshotData;
 
 pub struct RedisStore {
@@ -106,7 +106,8 @@ impl Store for RedisStore {
                 .map_err(|e| self.err(e))?;
             let tmp = format!("{}history:tmp:{:x}", self.prefix, fastrand::u64(..));
             let mut c = self.conn().await?;
-            let _: () = c.set(&tmp, body).await.map_err(|e| self.err(e))?;
+            // Expires on its own if the connection drops before the RENAME.
+            let _: () = c.set_ex(&tmp, body, 600).await.map_err(|e| self.err(e))?;
             let renamed: Result<(), _> = c.rename(&tmp, self.history_key()).await;
             if let Err(e) = renamed {
                 let _: Result<(), _> = c.del(&tmp).await;
@@ -121,9 +122,7 @@ impl Store for RedisStore {
             let mut c = self.conn().await?;
             let body: Option<Vec<u8>> = c.get(self.history_key()).await.map_err(|e| self.err(e))?;
             let Some(body) = body else { return Ok(Vec::new()) };
-            let p: Persisted =
-                serde_json::from_slice(&body).map_err(|e| StoreError::corrupt("redis", &self.location, e))?;
-            super::vet_history(p, "redis", &self.location)
+            super::history_from_json(&body, "redis", &self.location)
         })
     }
 }

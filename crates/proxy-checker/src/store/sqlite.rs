@@ -213,7 +213,10 @@ fn read_history(conn: &mut Connection, location: &str) -> Result<Vec<Row>, Store
              recent, recent_len, protocol, caps, uptime_ewma, latency_ewma_ms, latencies FROM history",
         )
         .map_err(io)?;
-    let rows = stmt
+    // A row that does not read (out of range, NULL, wrong type) is skipped, not a reason
+    // to lose the others.
+    let mut junk = 0;
+    let rows: Vec<Row> = stmt
         .query_map([], |r| {
             let ts = |i: usize| r.get::<_, i64>(i).map(|v| u64::try_from(v).unwrap_or(0));
             let latencies: String = r.get(15)?;
@@ -237,9 +240,9 @@ fn read_history(conn: &mut Connection, location: &str) -> Result<Vec<Row>, Store
             })
         })
         .map_err(io)?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| StoreError::corrupt("sqlite", location, e))?;
-    super::vet_history(crate::history::Persisted { version, rows }, "sqlite", location)
+        .filter_map(|r| r.map_err(|_| junk += 1).ok())
+        .collect();
+    super::history_rows(version, rows, junk, "sqlite", location)
 }
 
 impl Store for SqliteStore {

@@ -66,6 +66,10 @@ fn fresh_config(farm: &Farm, dir: &std::path::Path, recheck_secs: u64, drop_afte
     let mut cfg = config(farm, vec![farm.add_list("l.txt", farm.list_urls())], dir);
     cfg["checker"]["recheck_interval_secs"] = json!(recheck_secs);
     cfg["checker"]["recheck_drop_after"] = json!(drop_after);
+    // Killed proxies close at once; a working one is never slow enough for this, even
+    // on a busy machine, so rechecks many times a second find only what was killed.
+    cfg["checker"]["timeout_ms"] = json!(10_000);
+    cfg["checker"]["connect_timeout_ms"] = json!(5_000);
     cfg
 }
 
@@ -198,7 +202,15 @@ async fn reports_are_rechecked_at_once_and_pull_only_on_a_failed_recheck() {
 
     // Not served, or not an address: nothing is dialed.
     let (s, body) = report(&h, "127.9.9.9:3128").await;
-    assert_eq!((s, &body["error"]), (404, &json!("not_found")), "{body}");
+    assert_eq!((s, &body["error"]), (404, &json!("unknown_proxy")), "{body}");
+    let r = h
+        .http
+        .post(format!("{}/report?proxy={}&wait=1", h.base, good.addr()))
+        .header("X-Api-Key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "unknown parameters are refused");
     let r = h.http.post(format!("{}/report", h.base)).header("X-Api-Key", KEY).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 400);
     assert_eq!(h.http.post(format!("{}/report?proxy=x", h.base)).send().await.unwrap().status().as_u16(), 401);
@@ -221,6 +233,42 @@ async fn reports_are_rechecked_at_once_and_pull_only_on_a_failed_recheck() {
     // The good proxy is still served after all this.
     assert!(lines(&h.authed("/get-proxy?all=1").await.1).contains(&served_url(&good)));
     assert_eq!(h.stat().await["last_round"]["round_id"], 1);
+    h.shutdown().await;
+}
+
+/// A recheck pass that cannot run (the judge is down) pulls nothing and records
+/// nothing: our failure is never the proxy's. Once the judge is back, the dead one goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_with_the_judge_down_pulls_nothing() {
+    let farm = Farm::start(spec()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = start(&fresh_config(&farm, dir.path(), 1, 2), dir.path()).await;
+    h.wait_round(1).await;
+    let before = lines(&h.authed("/get-proxy?all=1").await.1);
+    let victim = working(&farm, Protocol::Http)[0].clone();
+    farm.set_judge_down(true);
+    farm.kill(victim.ip);
+    h.until("two recheck passes to fail", async |h| {
+        let st = h.stat().await;
+        st["freshness"]["last_recheck"]["error"].is_string()
+            && metric(&h.get("/metrics").await.1, "proxychecker_rechecks_total{result=\"dead\"}") == 0.0
+            && {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                h.stat().await["freshness"]["last_recheck"]["error"].is_string()
+            }
+    })
+    .await;
+    assert_eq!(lines(&h.authed("/get-proxy?all=1").await.1), before, "nothing pulled");
+    let r = record(&h, &victim.addr()).await;
+    assert_eq!(
+        (r["state"].as_str(), r["history"]["checks"].as_u64()),
+        (Some("served"), Some(1)),
+        "nothing recorded: {r}"
+    );
+    assert_eq!(metric(&h.get("/metrics").await.1, "proxychecker_pool_changes_total{change=\"pulled\"}"), 0.0);
+    farm.set_judge_down(false);
+    h.until("the dead proxy to be pulled", async |h| record(h, &victim.addr()).await["state"] != "served").await;
+    assert_eq!(h.authed("/get-proxy?all=1").await.1.lines().count(), before.len() - 1);
     h.shutdown().await;
 }
 

@@ -468,7 +468,10 @@ async fn a_failing_store_never_stops_rounds_or_the_api() {
     })
     .await;
     // The history's writes fail the same way, counted apart.
-    assert!(h.get("/metrics").await.1.contains("proxychecker_history_writes_total{result=\"error\"} 2"));
+    h.until("the history write failures to be counted", async |h| {
+        h.get("/metrics").await.1.contains("proxychecker_history_writes_total{result=\"error\"} 2")
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -33,8 +33,10 @@ pub fn config(farm: &Farm, sources: Vec<String>, dir: &Path) -> Value {
     json!({
         "sources": sources,
         "aggregation": {"interval_secs": 3600, "source_timeout_ms": 10000, "source_retries": 0, "allow_private_sources": true},
+        // Rechecks between rounds off: what a test sees is what its rounds found (the
+        // freshness tests turn them on).
         "checker": {"judge_url": farm.judge_url(), "allow_private": true, "timeout_ms": 1500, "connect_timeout_ms": 500,
-                    "retries": 0, "concurrency_total": 200},
+                    "retries": 0, "concurrency_total": 200, "recheck_interval_secs": 0},
         "api": {"listen": "127.0.0.1:0", "api_keys": [KEY], "rate_limit_per_minute": 100000, "rate_limit_per_ip_per_minute": 100000,
                 "reload_min_interval_secs": 0},
         "storage": {"type": "file", "path": dir.join("snap.json")},
