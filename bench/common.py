@@ -81,7 +81,7 @@ def serve_config(info, port, tmp, checker=None, aggregation=None):
         "checker": {"judge_url": info["judge_url"], "allow_private": True, "concurrency_total": 25000,
                     **(checker or {})},
         "api": {"listen": f"127.0.0.1:{port}", "api_keys": [BENCH_KEY], "rate_limit_per_minute": 10000000,
-                "rate_limit_per_ip_per_minute": 10000000},
+                "rate_limit_per_ip_per_minute": 10000000, "reload_min_interval_secs": 0},
         "storage": {"type": "file", "path": os.path.join(tmp, "snap.json")},
         "log": {"level": "warn", "format": "json"},
     }
