@@ -102,9 +102,6 @@ pub struct Record {
     pub latencies: [u16; LATENCIES],
     pub latencies_len: u8,
     pub latencies_next: u8,
-    /// The last check was a round's (its recheck is spread over the interval; after
-    /// that, rechecks keep their own phase).
-    pub last_by_round: bool,
 }
 
 /// What one check found, as the history records it.
@@ -116,21 +113,18 @@ pub struct Observation {
     /// Protocol and (forward, tunnel) from a full check (rechecks test one capability
     /// and leave these alone).
     pub found: Option<(Protocol, bool, bool)>,
-    /// Made by a round (not a recheck).
-    pub round: bool,
 }
 
 impl Observation {
     /// A round's verdict (a full check).
     pub fn of_round(v: &Verdict, at: u64) -> Self {
         let alive = v.outcome.as_ref().ok();
-        let found = alive.map(|a| (v.candidate.proxy.protocol, a.forward, a.tunnel));
-        Self { at, ok: alive.map(latency_ms), found, round: true }
+        Self { at, ok: alive.map(latency_ms), found: alive.map(|a| (v.candidate.proxy.protocol, a.forward, a.tunnel)) }
     }
 
-    /// A recheck's outcome (one capability).
-    pub fn of_recheck(alive: Option<&Alive>, at: u64) -> Self {
-        Self { at, ok: alive.map(latency_ms), found: None, round: false }
+    /// A recheck's verdict (one capability).
+    pub fn of_recheck(v: &Verdict, at: u64) -> Self {
+        Self { at, ok: v.outcome.as_ref().ok().map(latency_ms), found: None }
     }
 }
 
@@ -153,7 +147,6 @@ impl Record {
         // The latest observation sets the times, even if the clock stepped back (a time
         // in the future would keep the proxy from being due until the clock caught up).
         self.last_checked = o.at;
-        self.last_by_round = o.round;
         self.checks = self.checks.saturating_add(1);
         self.recent = (self.recent << 1) | u32::from(o.ok.is_some());
         self.recent_len = self.recent_len.saturating_add(1).min(WINDOW);
@@ -497,11 +490,11 @@ mod tests {
     }
 
     fn ok(at: u64, ms: u32) -> Observation {
-        Observation { at, ok: Some(ms), found: None, round: false }
+        Observation { at, ok: Some(ms), found: None }
     }
 
     fn dead(at: u64) -> Observation {
-        Observation { at, ok: None, found: None, round: false }
+        Observation { at, ok: None, found: None }
     }
 
     const LIMITS: Limits = Limits { max_entries: 1000, retention_ms: 3_600_000 };
@@ -510,17 +503,11 @@ mod tests {
     fn a_record_follows_its_checks() {
         let mut h = History::new(LIMITS);
         let k = key(1);
-        h.observe(
-            k.clone(),
-            &Observation { at: 1000, ok: Some(100), found: Some((Protocol::Http, true, true)), round: true },
-        );
+        h.observe(k.clone(), &Observation { at: 1000, ok: Some(100), found: Some((Protocol::Http, true, true)) });
         h.observe(k.clone(), &ok(2000, 300));
         h.observe(k.clone(), &dead(3000));
         h.observe(k.clone(), &dead(4000));
-        h.observe(
-            k.clone(),
-            &Observation { at: 5000, ok: Some(200), found: Some((Protocol::Socks5, false, true)), round: true },
-        );
+        h.observe(k.clone(), &Observation { at: 5000, ok: Some(200), found: Some((Protocol::Socks5, false, true)) });
         let r = h.get(&k).unwrap();
         assert_eq!((r.first_seen, r.last_ok, r.last_checked), (1000, 5000, 5000));
         assert_eq!((r.checks, r.successes, r.consecutive_failures), (5, 3, 0));

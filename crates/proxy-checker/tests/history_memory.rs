@@ -34,11 +34,11 @@ fn a_million_dead_proxies_over_ten_rounds_stay_within_the_bound() {
         // Rounds five minutes apart; within a round verdicts arrive a millisecond apart.
         let start = 1_000_000 + round * 300_000;
         for i in 0..LIVE {
-            h.observe(key(i), &Observation { at: start + u64::from(i), ok: Some(50), found: None, round: true });
+            h.observe(key(i), &Observation { at: start + u64::from(i), ok: Some(50), found: None });
         }
         for i in 0..DEAD_PER_ROUND {
             let id = 1_000_000 + round as u32 * DEAD_PER_ROUND + i;
-            h.observe(key(id), &Observation { at: start + u64::from(LIVE + i), ok: None, found: None, round: true });
+            h.observe(key(id), &Observation { at: start + u64::from(LIVE + i), ok: None, found: None });
         }
         h.prune(start + 300_000);
         assert!(h.len() <= limits.max_entries, "round {round}: {} records", h.len());
@@ -64,7 +64,7 @@ fn a_million_dead_proxies_over_ten_rounds_stay_within_the_bound() {
     // A day later, with only the live ones still checked, the dead are forgotten.
     let later = 1_000_000 + ROUNDS * 300_000 + 25 * hour;
     for i in 0..LIVE {
-        h.observe(key(i), &Observation { at: later, ok: Some(40), found: None, round: true });
+        h.observe(key(i), &Observation { at: later, ok: Some(40), found: None });
     }
     h.prune(later);
     assert_eq!(h.len(), LIVE as usize, "only the live proxies outlive retention");

@@ -9,10 +9,10 @@
 //!
 //! A pass takes the proxies whose last check is older than their due age: the interval
 //! less a lead (one tick and one check timeout, at most half the interval), so that the
-//! last successful check of anything served is at most about one interval old. The
-//! first recheck after a round comes up to half of that earlier, by a fraction fixed per
-//! proxy (a hash of its address): a pool a round checked at once is then rechecked
-//! spread over the interval, each proxy at its own phase, not in one burst per interval.
+//! last successful check of anything served is at most about one interval old — less up
+//! to half of that, by a fraction fixed per proxy (a hash of its address), so that a
+//! pool checked by one round at once is rechecked spread over the interval rather than
+//! in one burst per interval.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -220,9 +220,8 @@ impl Service {
             }
             let Some(age) = due_age else { return false };
             let Some(r) = history.get(key) else { return true };
-            // After a round: up to half the due age earlier, by a fraction fixed per proxy,
-            // so a pool checked at once is rechecked spread out, each at its own phase.
-            let early = if r.last_by_round { age / 2 * (spread(key) % 1024) / 1024 } else { 0 };
+            // Up to half the due age earlier, by a fraction fixed per proxy.
+            let early = age / 2 * (spread(key) % 1024) / 1024;
             (served && r.consecutive_failures > 0) || now.saturating_sub(r.last_checked) >= age - early
         };
         let served = snap.data.proxies.iter().map(|e| (e, true));
@@ -262,7 +261,8 @@ impl Service {
                 {
                     let mut history = lock(&self.history);
                     for (_, key, at, alive) in &outcomes {
-                        history.observe(key.clone(), &Observation::of_recheck(alive.as_ref(), *at));
+                        let ok = alive.map(|a| u32::try_from(a.latency.as_millis()).unwrap_or(u32::MAX));
+                        history.observe(key.clone(), &Observation { at: *at, ok, found: None });
                     }
                 }
                 for (.., alive) in &outcomes {
