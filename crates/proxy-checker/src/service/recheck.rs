@@ -7,11 +7,11 @@
 //! back; one that failed `checker.recheck_drop_after` times in a row is dropped until a
 //! round finds it again.
 //!
-//! A pass takes the proxies whose last check is older than their due age: the interval
-//! less a lead (one tick and one check timeout, at most half the interval), so that the
-//! last successful check of anything served is at most about one interval old — less up
-//! to half of that, by a fraction fixed per proxy (a hash of its address), so that a
-//! pool checked by one round at once is rechecked spread over the interval rather than
+//! Checks of a proxy are at most a *due age* apart — the interval less a lead (one tick
+//! and one check timeout, at most half the interval) — so the last successful check of
+//! anything served is at most about one interval old. Within that, each proxy keeps its
+//! own *phase* (a hash of its address; see [`is_due`]): a pool that a round (or a
+//! restart, or turning rechecks on) checked all at once is rechecked spread evenly, not
 //! in one burst per interval.
 
 use std::collections::{HashMap, HashSet};
@@ -218,11 +218,9 @@ impl Service {
             if reported.contains(key) {
                 return true;
             }
-            let Some(age) = due_age else { return false };
+            let Some(period) = due_age else { return false };
             let Some(r) = history.get(key) else { return true };
-            // Up to half the due age earlier, by a fraction fixed per proxy.
-            let early = age / 2 * (spread(key) % 1024) / 1024;
-            (served && r.consecutive_failures > 0) || now.saturating_sub(r.last_checked) >= age - early
+            (served && r.consecutive_failures > 0) || is_due(r.last_checked, now, period, spread(key))
         };
         let served = snap.data.proxies.iter().map(|e| (e, true));
         let pulled = pool.pulled.values().map(|e| (e, false));
@@ -487,7 +485,24 @@ impl Service {
     }
 }
 
-/// A hash of where a proxy listens, fixed for the process (spreads due ages).
+/// Whether a proxy last checked at `last` is due at `now` (Unix ms), so that checks are
+/// never more than `most` apart and each proxy keeps its own phase (`phase`, a hash):
+/// rechecks come once per period P = 4/5 × `most`, at the proxy's phase within it; a
+/// check less than P/4 before its phase (a round's) skips that one, so the longest gap
+/// is P + P/4 = `most`. A pool checked all at once is rechecked spread over P. A last
+/// check in the future (the clock stepped back) is due at once.
+fn is_due(last: u64, now: u64, most: u64, phase: u64) -> bool {
+    if last > now {
+        // The clock stepped back: recheck now (which records a time that is not ahead).
+        return true;
+    }
+    let period = (most / 5 * 4).max(1);
+    // The latest time ≤ now that is ≡ phase (mod period).
+    let slot = now - (now % period + period - phase % period) % period;
+    last.saturating_add(period / 4) <= slot
+}
+
+/// A hash of where a proxy listens, fixed for the process (its recheck phase).
 fn spread(key: &Key) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
     BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(key)
@@ -497,4 +512,44 @@ fn spread(key: &Key) -> u64 {
 fn refreshed(e: &ProxyEntry, a: &Alive) -> ProxyEntry {
     let ms = |d: Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
     ProxyEntry { latency_ms: ms(a.latency), connect_ms: ms(a.connect), ..e.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_due;
+
+    /// Checked once per period at its phase, whenever its last check was; never more
+    /// than `most` apart; a check just before its phase skips that slot.
+    #[test]
+    fn rechecks_keep_their_phase() {
+        let most = 10_000;
+        let period = most / 5 * 4;
+        for phase in [0, 1, 2_500, 7_999, 9_999, 123_456_789] {
+            // A round checks every proxy at t = 1,000,000; rechecks follow from the ticks.
+            let mut last = 1_000_000u64;
+            let mut checks = Vec::new();
+            for now in (1_000_000..1_100_000).step_by(250) {
+                if is_due(last, now, most, phase) {
+                    checks.push(now);
+                    last = now;
+                }
+            }
+            let gaps: Vec<u64> = checks.windows(2).map(|w| w[1] - w[0]).collect();
+            assert!(gaps.iter().all(|g| g.abs_diff(period) <= 250), "phase {phase}: {gaps:?}");
+            assert!((period / 4..=most).contains(&(checks[0] - 1_000_000)), "{checks:?}");
+            // At its phase, give or take a tick.
+            for t in &checks[1..] {
+                let off = (t % period).abs_diff(phase % period);
+                assert!(off.min(period - off) <= 250, "phase {phase}: {t}");
+            }
+        }
+        // Proxies checked all at once are rechecked at their phases, spread over the period.
+        let firsts: Vec<u64> = (0..32u64)
+            .map(|i| (1_000_000..).step_by(250).find(|now| is_due(1_000_000, *now, most, i * 250)).unwrap())
+            .collect();
+        let spread = firsts.iter().max().unwrap() - firsts.iter().min().unwrap();
+        assert!(spread >= period - 500, "{firsts:?}");
+        // A last check in the future (the clock stepped back): due now.
+        assert!(is_due(2_000_000, 1_000_000, most, 0));
+    }
 }
