@@ -42,12 +42,13 @@ class Farm:
 
 
 def timed(cmd):
-    """Runs cmd under /usr/bin/time; returns (wall seconds, peak RSS KiB, stdout, stderr)."""
-    t = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M", *cmd], text=True, capture_output=True)
+    """Runs cmd under /usr/bin/time; returns (wall seconds, peak RSS KiB, CPU seconds (user +
+    system), stdout, stderr)."""
+    t = subprocess.run(["/usr/bin/time", "-f", "TIME %e %M %U %S", *cmd], text=True, capture_output=True)
     if t.returncode != 0:
         sys.exit(f"command failed ({t.returncode}): {' '.join(cmd)}\n{t.stderr[-2000:]}")
-    m = re.search(r"TIME ([\d.]+) (\d+)", t.stderr)
-    return float(m.group(1)), int(m.group(2)), t.stdout, t.stderr
+    m = re.search(r"TIME ([\d.]+) (\d+) ([\d.]+) ([\d.]+)", t.stderr)
+    return float(m.group(1)), int(m.group(2)), float(m.group(3)) + float(m.group(4)), t.stdout, t.stderr
 
 
 BASELINE = None
@@ -56,13 +57,14 @@ BASELINE = None
 def check(farm, *extra, binary=None, source=None):
     cmd = [binary or CHECKER, "check", "--allow-private", "--judge-url", farm.info["judge_url"],
            "--source", source or farm.info["list_file"], "-o", "/dev/null", *extra]
-    wall, rss, _, err = timed(cmd)
+    wall, rss, cpu, _, err = timed(cmd)
     m = re.search(r"checked (\d+) in ([\d.]+)s \((\d+)/s\): (\d+) alive, (\d+) dead; (\d+) retries, (\d+) local", err)
     if not m:
         sys.exit(f"no summary in:\n{err}")
     n, secs, rate, alive, dead, retries, local = m.groups()
     return {"wall": wall, "rss_mib": rss / 1024, "checked": int(n), "run_s": float(secs), "rate": int(rate),
-            "alive": int(alive), "dead": int(dead), "retries": int(retries), "local": int(local)}
+            "alive": int(alive), "dead": int(dead), "retries": int(retries), "local": int(local),
+            "cpu_s": cpu, "cpu_us": cpu * 1e6 / max(1, int(n))}
 
 
 def raw(farm, concurrency, tunnel):
@@ -70,9 +72,11 @@ def raw(farm, concurrency, tunnel):
     cmd = [RAW, "--list", farm.info["list_file"], "--judge", judge, "--concurrency", str(concurrency)]
     if tunnel:
         cmd.append("--tunnel")
-    _, rss, out, _ = timed(cmd)
+    _, rss, cpu, out, _ = timed(cmd)
     r = json.loads(out)
     r["rss_mib"] = rss / 1024
+    r["cpu_s"] = cpu
+    r["cpu_us"] = cpu * 1e6 / max(1, r["proxies"])
     return r
 
 
@@ -103,8 +107,8 @@ def realistic(reps, out):
                "timeout 5 s, backoff 0.25 s, concurrency 25,000 requested (clamped by the fd budget).\n")
     out.append("The bound is what a checker that pays a slow proxy's timeout once per attempt must take: "
                "timeout × attempts + the backoff before each retry (at most 1.5 × its base, with jitter).\n")
-    out.append("| retries | run | round (s) | wall (s) | peak RSS (MiB) | alive | dead | retries made | local requeues |")
-    out.append("|---|---|---|---|---|---|---|---|---|")
+    out.append("| retries | run | round (s) | wall (s) | peak RSS (MiB) | CPU s (µs/check) | alive | dead | retries made | local requeues |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|")
     summary = []
     with SpecFarm(groups) as farm:
         for retries in (0, 1):
@@ -113,7 +117,7 @@ def realistic(reps, out):
                     for _ in range(reps)]
             for i, r in enumerate(rows):
                 out.append(f"| {retries} | {i+1} | {r['run_s']:.2f} | {r['wall']:.2f} | {r['rss_mib']:.1f} | "
-                           f"{r['alive']} | {r['dead']} | {r['retries']} | {r['local']} |")
+                           f"{r['cpu_s']:.2f} ({r['cpu_us']:.0f}) | {r['alive']} | {r['dead']} | {r['retries']} | {r['local']} |")
             bound = timeout_s * (retries + 1) + sum(backoff_s * 2**k * 1.5 for k in range(retries))
             m = med(rows, "run_s")
             summary.append(f"- {retries} retries: median round {m:.2f} s, bound {bound:.3f} s, ratio "
@@ -151,13 +155,18 @@ def throughput(reps, out):
     out.append("A full check of an HTTP proxy makes two exchanges (absolute-URI GET, then CONNECT + GET "
                "inside the tunnel). `raw-loop --tunnel` makes the same two with nothing else; `raw-loop` "
                "makes only the GET.\n")
-    out.append("| run | engine proxies/s | raw-loop same exchanges, proxies/s | raw-loop GET only, exchanges/s |")
-    out.append("|---|---|---|---|")
+    out.append("CPU is user + system time of the process, and per proxy checked.\n")
+    out.append("| run | engine proxies/s | CPU s (µs/proxy) | raw-loop same exchanges, proxies/s | CPU s (µs/proxy) "
+               "| raw-loop GET only, exchanges/s | CPU s (µs/exchange) |")
+    out.append("|---|---|---|---|---|---|---|")
     for i in range(reps):
-        out.append(f"| {i+1} | {eng[i]['rate']} | {rawt[i]['per_sec']:.0f} | {rawf[i]['per_sec']:.0f} |")
+        out.append(f"| {i+1} | {eng[i]['rate']} | {eng[i]['cpu_s']:.2f} ({eng[i]['cpu_us']:.1f}) | "
+                   f"{rawt[i]['per_sec']:.0f} | {rawt[i]['cpu_s']:.2f} ({rawt[i]['cpu_us']:.1f}) | "
+                   f"{rawf[i]['per_sec']:.0f} | {rawf[i]['cpu_s']:.2f} ({rawf[i]['cpu_us']:.1f}) |")
     out.append(f"\nMedians: engine {e:.0f} proxies/s = {2*e:.0f} exchanges/s. Engine ÷ raw loop, same exchanges: "
                f"**{e / t:.2f}**; engine exchanges/s ÷ raw GET-only exchanges/s: **{2 * e / f:.2f}** (target ≥ 0.60). "
-               f"All {eng[0]['alive']} found alive.\n")
+               f"All {eng[0]['alive']} found alive. CPU per proxy: engine {med(eng, 'cpu_us'):.1f} µs, raw loop "
+               f"same exchanges {med(rawt, 'cpu_us'):.1f} µs (**{med(eng, 'cpu_us') / med(rawt, 'cpu_us'):.2f}×**).\n")
     side_by_side(out, "engine proxies/s", eng, base, "rate", "proxies/s", True)
 
 
@@ -169,10 +178,10 @@ def inflight(reps, out):
             if BASELINE:
                 base.append(check(farm, "--concurrency", "19000", binary=BASELINE))
     out.append("### In flight: 19,000 checks at once (farm holds every answer 2 s)\n")
-    out.append("| run | peak RSS (MiB) | run (s) | alive |")
-    out.append("|---|---|---|---|")
+    out.append("| run | peak RSS (MiB) | run (s) | CPU s (µs/check) | alive |")
+    out.append("|---|---|---|---|---|")
     for i, r in enumerate(rows):
-        out.append(f"| {i+1} | {r['rss_mib']:.1f} | {r['run_s']:.2f} | {r['alive']} |")
+        out.append(f"| {i+1} | {r['rss_mib']:.1f} | {r['run_s']:.2f} | {r['cpu_s']:.2f} ({r['cpu_us']:.0f}) | {r['alive']} |")
     out.append(f"\nMedian peak RSS **{med(rows, 'rss_mib'):.1f} MiB** (target ≤ 100), "
                f"≈ {med(rows, 'rss_mib') * 1024 / 19000:.1f} KiB per check in flight, process baseline included.\n")
     side_by_side(out, "peak RSS", rows, base, "rss_mib", "MiB", False)
@@ -182,10 +191,10 @@ def scale(reps, out):
     with Farm("--working", "100000", "--refused", "900000") as farm:
         rows = [check(farm, "--concurrency", "25000", "--max-proxies-per-source", "2000000") for _ in range(reps)]
     out.append("### Scale: 1,000,000 candidates in one run (100,000 working, 900,000 refused)\n")
-    out.append("| run | peak RSS (MiB) | run (s) | checks/s | alive |")
-    out.append("|---|---|---|---|---|")
+    out.append("| run | peak RSS (MiB) | run (s) | checks/s | CPU s (µs/check) | alive |")
+    out.append("|---|---|---|---|---|---|")
     for i, r in enumerate(rows):
-        out.append(f"| {i+1} | {r['rss_mib']:.1f} | {r['run_s']:.1f} | {r['rate']} | {r['alive']} |")
+        out.append(f"| {i+1} | {r['rss_mib']:.1f} | {r['run_s']:.1f} | {r['rate']} | {r['cpu_s']:.2f} ({r['cpu_us']:.1f}) | {r['alive']} |")
     out.append(f"\nMedian peak RSS **{med(rows, 'rss_mib'):.1f} MiB** (target ≤ 400).\n")
 
 
@@ -210,11 +219,11 @@ def mislabelled(reps, out):
     out.append("### Mislabelled: 5,000 HTTP and 5,000 SOCKS5 working proxies, listed right, then each under the other protocol\n")
     out.append("Detection is on (the default): a proxy that answers in the other protocol's bytes is checked as "
                "that one within its attempt, for one extra connection.\n")
-    out.append("| run | listed right: round (s), alive | all listed wrong: round (s), alive |")
+    out.append("| run | listed right: round (s), CPU s, alive | all listed wrong: round (s), CPU s, alive |")
     out.append("|---|---|---|")
     for i in range(reps):
-        out.append(f"| {i+1} | {rows_right[i]['run_s']:.2f}, {rows_right[i]['alive']} | "
-                   f"{rows_wrong[i]['run_s']:.2f}, {rows_wrong[i]['alive']} |")
+        out.append(f"| {i+1} | {rows_right[i]['run_s']:.2f}, {rows_right[i]['cpu_s']:.2f}, {rows_right[i]['alive']} | "
+                   f"{rows_wrong[i]['run_s']:.2f}, {rows_wrong[i]['cpu_s']:.2f}, {rows_wrong[i]['alive']} |")
     r, w = med(rows_right, "run_s"), med(rows_wrong, "run_s")
     out.append(f"\nMedians: right {r:.2f} s, wrong {w:.2f} s, ratio **{w / r:.2f}**; all "
                f"{rows_wrong[0]['alive']} found alive under the protocol they speak.\n")
