@@ -62,6 +62,11 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series}"))
 }
 
+/// Starts a round (once the one before has ended: a reload while one runs starts none).
+async fn new_round(h: &H) {
+    h.until("a new round to start", async |h| h.post_reload().await["status"] == "started").await;
+}
+
 fn fresh_config(farm: &Farm, dir: &std::path::Path, recheck_secs: u64, drop_after: u16) -> Value {
     let mut cfg = config(farm, vec![farm.add_list("l.txt", farm.list_urls())], dir);
     cfg["checker"]["recheck_interval_secs"] = json!(recheck_secs);
@@ -280,7 +285,7 @@ async fn history_survives_a_restart(storage: Value) {
     cfg["storage"] = storage;
     let mut h = start(&cfg, dir.path()).await;
     h.wait_round(1).await;
-    h.post_reload().await;
+    new_round(&h).await;
     h.wait_round(2).await;
     let live = working(&farm, Protocol::Socks5)[0].clone();
     let dead = farm.proxies().find(|p| p.behavior == Behavior::Refused).unwrap();
@@ -304,9 +309,11 @@ async fn history_survives_a_restart(storage: Value) {
     assert_eq!(entry["checks"], 2, "{entry}");
     assert_eq!(entry["first_seen"], live_before["history"]["first_seen"]);
 
-    // The source is back: the next round adds to the same records.
+    // The first round (the source failing) ends; the source is back: the next round adds
+    // to the same records.
+    h.until("the failing round to end", async |h| !h.stat().await["last_error"].is_null()).await;
     farm.add_list("l.txt", farm.list_urls());
-    h.post_reload().await;
+    new_round(&h).await;
     h.until("a round after the restart", async |h| record(h, &live.addr()).await["history"]["checks"] == 3).await;
     let r = record(&h, &live.addr()).await;
     assert_eq!(r["history"]["first_seen"], live_before["history"]["first_seen"]);
@@ -349,10 +356,10 @@ async fn filters_and_order_by_score_use_the_history() {
     h.wait_round(1).await;
     let flaky = working(&farm, Protocol::Http)[4].clone();
     farm.kill(flaky.ip);
-    h.post_reload().await;
+    new_round(&h).await;
     h.wait_round(2).await;
     farm.revive(flaky.ip);
-    h.post_reload().await;
+    new_round(&h).await;
     h.wait_round(3).await;
     let get = async |q: &str| {
         let (s, body) = h.authed(&format!("/get-proxy?{q}")).await;
