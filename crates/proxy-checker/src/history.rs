@@ -26,6 +26,8 @@ const LATENCIES: usize = 8;
 const UPTIME_ALPHA: f32 = 0.2;
 /// Weight of the newest latency in the latency EWMA.
 const LATENCY_ALPHA: f32 = 0.3;
+/// An observation this much older than the last one means the clock stepped back.
+const CLOCK_STEP_MS: u64 = 60_000;
 /// Version of the persisted rows.
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -122,9 +124,9 @@ impl Observation {
         Self { at, ok: alive.map(latency_ms), found: alive.map(|a| (v.candidate.proxy.protocol, a.forward, a.tunnel)) }
     }
 
-    /// A recheck's verdict (one capability).
-    pub fn of_recheck(v: &Verdict, at: u64) -> Self {
-        Self { at, ok: v.outcome.as_ref().ok().map(latency_ms), found: None }
+    /// A recheck's outcome (one capability).
+    pub fn of_recheck(alive: Option<&Alive>, at: u64) -> Self {
+        Self { at, ok: alive.map(latency_ms), found: None }
     }
 }
 
@@ -144,9 +146,14 @@ impl Record {
             self.first_seen = o.at;
         }
         let first = self.checks == 0;
-        // The latest observation sets the times, even if the clock stepped back (a time
+        // An observation older than the last one (a pass's verdict recorded after a
+        // round's newer one) leaves the times and the failure streak alone, unless it is
+        // so much older that the clock must have stepped back: then it sets them (a time
         // in the future would keep the proxy from being due until the clock caught up).
-        self.last_checked = o.at;
+        let current = o.at >= self.last_checked || self.last_checked - o.at > CLOCK_STEP_MS;
+        if current {
+            self.last_checked = o.at;
+        }
         self.checks = self.checks.saturating_add(1);
         self.recent = (self.recent << 1) | u32::from(o.ok.is_some());
         self.recent_len = self.recent_len.saturating_add(1).min(WINDOW);
@@ -155,8 +162,10 @@ impl Record {
         match o.ok {
             Some(ms) => {
                 self.successes = self.successes.saturating_add(1);
-                self.consecutive_failures = 0;
-                self.last_ok = o.at;
+                if current {
+                    self.consecutive_failures = 0;
+                    self.last_ok = o.at;
+                }
                 let ms16 = u16::try_from(ms).unwrap_or(u16::MAX);
                 let slot = usize::from(self.latencies_next) % LATENCIES;
                 if let Some(s) = self.latencies.get_mut(slot) {
@@ -170,7 +179,8 @@ impl Record {
                     self.latency_ewma_ms + LATENCY_ALPHA * (ms as f32 - self.latency_ewma_ms)
                 };
             }
-            None => self.consecutive_failures = self.consecutive_failures.saturating_add(1),
+            None if current => self.consecutive_failures = self.consecutive_failures.saturating_add(1),
+            None => {}
         }
         if let Some((protocol, forward, tunnel)) = o.found {
             let p = protocol_code(protocol);
@@ -520,6 +530,22 @@ mod tests {
         assert!(r.latency_ewma_ms > 100.0 && r.latency_ewma_ms < 300.0);
         h.observe(k.clone(), &dead(6000));
         assert_eq!(h.get(&k).unwrap().consecutive_failures, 1);
+    }
+
+    /// A verdict recorded after a newer one (a pass's, after a round's) counts as a check
+    /// but does not move the times back or start a failure streak; one far older means
+    /// the clock stepped back, and sets them.
+    #[test]
+    fn an_older_observation_does_not_move_the_times_back() {
+        let mut h = History::new(LIMITS);
+        let k = key(1);
+        h.observe(k.clone(), &ok(500_000, 10));
+        h.observe(k.clone(), &dead(499_000));
+        let r = h.get(&k).unwrap();
+        assert_eq!((r.last_checked, r.last_ok, r.consecutive_failures, r.checks), (500_000, 500_000, 0, 2));
+        h.observe(k.clone(), &dead(300_000));
+        let r = h.get(&k).unwrap();
+        assert_eq!((r.last_checked, r.consecutive_failures), (300_000, 1), "the clock stepped back");
     }
 
     #[test]

@@ -498,7 +498,7 @@ impl Service {
                 {
                     // The round's verdicts replace what rechecks had pulled.
                     let mut pool = lock(&self.pool);
-                    pool.pulled.clear();
+                    pool.clear();
                     self.snapshot.store(snapshot.clone());
                 }
                 self.ready.store(true, Ordering::Release);

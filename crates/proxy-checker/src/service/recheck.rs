@@ -33,10 +33,21 @@ pub const REPORT_MIN_GAP: Duration = Duration::from_secs(10);
 /// The history is persisted after passes at most this often (and after every round).
 const HISTORY_SAVE_GAP: Duration = Duration::from_secs(300);
 
-/// Entries out of the served pool that rechecks still follow, by entry.
+/// Entries out of the served pool that rechecks still follow, by entry, with their
+/// failed rechecks in a row; and entries a pass could not dial (a hostname that does not
+/// resolve here, an address the guard now refuses), not due again before a time (Unix
+/// ms). Both are emptied when a round's pool replaces the served one.
 #[derive(Default)]
 pub(super) struct Pool {
-    pub(super) pulled: HashMap<DedupKey, ProxyEntry>,
+    pub(super) pulled: HashMap<DedupKey, (ProxyEntry, u16)>,
+    pub(super) skipped: HashMap<DedupKey, u64>,
+}
+
+impl Pool {
+    pub(super) fn clear(&mut self) {
+        self.pulled.clear();
+        self.skipped.clear();
+    }
 }
 
 /// Reported proxies waiting for the next pass, those in the running pass, and those a
@@ -113,6 +124,15 @@ type Outcomes = Vec<(DedupKey, Key, u64, Option<Alive>)>;
 const REPORT_ONLY_CONCURRENCY: usize = 16;
 /// Passes start at most this often (a stream of reports wakes the loop each time).
 const MIN_PASS_GAP: Duration = Duration::from_secs(1);
+/// An entry a pass could not dial is not due again for this long.
+const SKIP_FOR_MS: u64 = 60_000;
+
+/// What a pass leaves to write.
+#[derive(Default)]
+struct Persist {
+    snapshot: bool,
+    history: bool,
+}
 
 /// The proxy a served entry describes (`None` for an entry no round could have written).
 fn entry_proxy(e: &ProxyEntry) -> Option<Proxy> {
@@ -153,7 +173,7 @@ impl Service {
 
     fn report_outcome(&self, key: Key) -> ReportOutcome {
         if self.snapshot.load().find(&key).is_none() {
-            let pulled = lock(&self.pool).pulled.values().any(|e| e.key().as_ref() == Some(&key));
+            let pulled = lock(&self.pool).pulled.values().any(|(e, _)| e.key().as_ref() == Some(&key));
             return if pulled { ReportOutcome::Pulled } else { ReportOutcome::NotServed };
         }
         let mut reports = lock(&self.reports);
@@ -191,10 +211,24 @@ impl Service {
             }
             last_start = Some(Instant::now());
             let pass = std::panic::AssertUnwindSafe(self.recheck_pass(&cancel)).catch_unwind().await;
-            if let Err(payload) = pass {
-                let what = crate::panic_message(&*payload);
-                tracing::error!(panic = what, "a recheck pass panicked (a bug; please report it)");
-                lock(&self.reports).running.clear();
+            match pass {
+                // Written beside the loop (one write at a time each), so the next pass is
+                // not late for a slow store.
+                Ok(persist) => {
+                    if persist.snapshot {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.persist().await });
+                    }
+                    if persist.history {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.persist_history().await });
+                    }
+                }
+                Err(payload) => {
+                    let what = crate::panic_message(&*payload);
+                    tracing::error!(panic = what, "a recheck pass panicked (a bug; please report it)");
+                    lock(&self.reports).running.clear();
+                }
             }
         }
     }
@@ -203,7 +237,8 @@ impl Service {
     /// due age, served ones with a failure on record since their last success (a round
     /// saw them fail: confirmed or cleared at once), and every entry of a reported
     /// `host:port`.
-    fn due(&self, reported: &HashSet<Key>) -> Vec<Target> {
+    /// Returns them with the round id of the pool they were taken from.
+    fn due(&self, reported: &HashSet<Key>) -> (Vec<Target>, u64) {
         let cfg = self.config.load();
         let now = now_ms();
         let due_age = cfg.checker.recheck.interval.map(|interval| {
@@ -223,57 +258,70 @@ impl Service {
             (served && r.consecutive_failures > 0) || is_due(r.last_checked, now, period, spread(key))
         };
         let served = snap.data.proxies.iter().map(|e| (e, true));
-        let pulled = pool.pulled.values().map(|e| (e, false));
+        let pulled = pool.pulled.values().map(|(e, _)| (e, false));
         let mut out = Vec::new();
         for (entry, is_served) in served.chain(pulled) {
             let (Some(key), Some(proxy)) = (entry.key(), entry_proxy(entry)) else { continue };
+            let ident = proxy.dedup_key();
+            if pool.skipped.get(&ident).is_some_and(|until| *until > now) {
+                continue;
+            }
             if is_due(&key, is_served) {
-                out.push(Target { ident: proxy.dedup_key(), key, proxy, entry: entry.clone() });
+                out.push(Target { ident, key, proxy, entry: entry.clone() });
             }
         }
-        out
+        (out, snap.data.round.round_id)
     }
 
     /// One pass: due entries rechecked; if the run finished, every verdict recorded in
     /// the history and the served pool rebuilt from them. A run that could not finish
     /// (judges down, cancelled) changes nothing: its verdicts are not all-or-nothing,
     /// and one that fails for our own reasons must not pull a proxy.
-    async fn recheck_pass(&self, cancel: &CancellationToken) {
+    async fn recheck_pass(&self, cancel: &CancellationToken) -> Persist {
         let reported: HashSet<Key> = {
             let mut r = lock(&self.reports);
             let taken = std::mem::take(&mut r.queued);
             r.running.extend(taken.iter().cloned());
             taken
         };
-        let targets = self.due(&reported);
+        let (targets, round_before) = self.due(&reported);
         if targets.is_empty() {
             let mut r = lock(&self.reports);
             r.running.clear();
             r.done.retain(|_, t| t.elapsed() < REPORT_MIN_GAP);
-            return;
+            return Persist::default();
         }
         let started = Instant::now();
-        let round_before = self.snapshot.load().data.round.round_id;
-        let mut summary = match self.recheck(targets, cancel).await {
-            Ok(outcomes) => {
+        let ran = self.recheck(targets, cancel).await;
+        let finished = ran.is_ok();
+        let mut summary = match ran {
+            Ok((outcomes, skipped)) => {
                 {
                     let mut history = lock(&self.history);
                     for (_, key, at, alive) in &outcomes {
-                        let ok = alive.map(|a| u32::try_from(a.latency.as_millis()).unwrap_or(u32::MAX));
-                        history.observe(key.clone(), &Observation { at: *at, ok, found: None });
+                        history.observe(key.clone(), &Observation::of_recheck(alive.as_ref(), *at));
                     }
                 }
                 for (.., alive) in &outcomes {
                     let result = if alive.is_some() { "alive" } else { "dead" };
                     self.metrics.rechecks_total.with_label_values(&[result]).inc();
                 }
-                if self.snapshot.load().data.round.round_id == round_before {
-                    self.apply(outcomes)
-                } else {
+                if !skipped.is_empty() {
+                    // Not dialable now: not due again for a while (never a verdict).
+                    let until = now_ms().saturating_add(SKIP_FOR_MS);
+                    let mut pool = lock(&self.pool);
+                    pool.skipped.retain(|_, t| *t > now_ms());
+                    pool.skipped.extend(skipped.into_iter().map(|i| (i, until)));
+                }
+                let checked = outcomes.len() as u64;
+                match outcomes.is_empty() {
+                    true => PassSummary::default(),
                     // A round replaced the pool during the pass: its verdicts stand; a
                     // proxy it kept and this pass saw fail is due again at once (its
                     // failure is on record).
-                    PassSummary { checked: outcomes.len() as u64, ..PassSummary::default() }
+                    false => {
+                        self.apply(outcomes, round_before).unwrap_or(PassSummary { checked, ..PassSummary::default() })
+                    }
                 }
             }
             Err(e) => PassSummary { error: Some(e), ..PassSummary::default() },
@@ -285,8 +333,10 @@ impl Service {
             let mut r = lock(&self.reports);
             r.running.clear();
             r.done.retain(|_, t| t.elapsed() < REPORT_MIN_GAP);
-            let now = Instant::now();
-            r.done.extend(reported.into_iter().map(|k| (k, now)));
+            if finished {
+                let now = Instant::now();
+                r.done.extend(reported.into_iter().map(|k| (k, now)));
+            }
         }
         if let Some(e) = &summary.error {
             tracing::warn!(error = %e, "recheck pass could not run; the pool stays as it was");
@@ -304,13 +354,15 @@ impl Service {
         }
         let changed = summary.pulled + summary.returned + summary.dropped > 0;
         *lock(&self.last_pass) = Some(summary);
-        if changed {
-            self.persist().await;
-        }
-        let save = lock(&self.history_saved).is_none_or(|t| t.elapsed() >= HISTORY_SAVE_GAP);
-        if save {
-            self.persist_history().await;
-        }
+        let history = {
+            let mut saved = lock(&self.history_saved);
+            let due = saved.is_none_or(|t| t.elapsed() >= HISTORY_SAVE_GAP);
+            if due {
+                *saved = Some(Instant::now());
+            }
+            due
+        };
+        Persist { snapshot: changed, history }
     }
 
     /// Rechecks `targets` with the engine: one exchange each (the capability it is
@@ -318,7 +370,12 @@ impl Service {
     /// protocol fails: it is not what is served). Hostnames are looked up again,
     /// concurrently and once per name; one that does not resolve now, or whose address
     /// the guard refuses, is skipped (a local failure is never a verdict).
-    async fn recheck(&self, targets: Vec<Target>, cancel: &CancellationToken) -> Result<Outcomes, String> {
+    /// Returns the outcomes and the entries skipped.
+    async fn recheck(
+        &self,
+        targets: Vec<Target>,
+        cancel: &CancellationToken,
+    ) -> Result<(Outcomes, Vec<DedupKey>), String> {
         use futures_util::StreamExt;
         let cfg = self.config.load_full();
         let allow_private = cfg.checker.allow_private;
@@ -345,17 +402,16 @@ impl Service {
             .await;
         let mut keys: HashMap<DedupKey, Key> = HashMap::with_capacity(targets.len());
         let mut candidates = Vec::with_capacity(targets.len());
+        let mut skipped = Vec::new();
         for t in targets {
             let ip = match &t.proxy.host {
-                Host::Ip(ip) => *ip,
-                Host::Name(n) => match resolved.get(n) {
-                    Some(ip) => *ip,
-                    None => continue,
-                },
+                Host::Ip(ip) => Some(*ip),
+                Host::Name(n) => resolved.get(n).copied(),
             };
-            if crate::guard::check(ip, allow_private).is_err() {
+            let Some(ip) = ip.filter(|ip| crate::guard::check(*ip, allow_private).is_ok()) else {
+                skipped.push(t.ident);
                 continue;
-            }
+            };
             let scope = match (t.proxy.protocol.is_http_family(), t.entry.tunnel) {
                 (false, _) => Scope::Full,
                 (true, true) => Scope::Tunnel,
@@ -365,7 +421,7 @@ impl Service {
             candidates.push(Candidate { addr: SocketAddr::new(ip, t.proxy.port), proxy: t.proxy, source: 0, scope });
         }
         if candidates.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), skipped));
         }
         let mut settings = cfg.checker.settings.clone();
         settings.retries = 0;
@@ -389,55 +445,68 @@ impl Service {
             .run(futures_util::stream::iter(candidates), progress, cancel.child_token(), &mut sink)
             .await
             .map_err(|e| crate::error_chain(&e))?;
-        Ok(outcomes)
+        Ok((outcomes, skipped))
     }
 
-    /// Applies a pass's outcomes to the pool now served (a round may have replaced the
-    /// one the pass started from): failed ones are pulled, passed pulled ones return,
-    /// pulled ones that failed too often are dropped; every entry's track record is
-    /// refreshed; the new snapshot is swapped in.
-    fn apply(&self, outcomes: Outcomes) -> PassSummary {
+    /// Applies a pass's outcomes to the pool now served, unless a round replaced the pool
+    /// the pass was taken from (`None`: checked under the pool lock, which a round's swap
+    /// takes too). Failed served entries are pulled (or dropped at once when
+    /// `recheck_drop_after` is 1), pulled ones that pass return, pulled ones that failed
+    /// `drop_after` rechecks in a row are dropped; every entry's track record is
+    /// refreshed; the new snapshot is swapped in. The new pulled set is built aside and
+    /// installed with the snapshot, so a panic halfway leaves both as they were.
+    fn apply(&self, outcomes: Outcomes, round: u64) -> Option<PassSummary> {
         let drop_after = self.config.load().checker.recheck.drop_after;
         let mut s = PassSummary {
             checked: outcomes.len() as u64,
             alive: outcomes.iter().filter(|o| o.3.is_some()).count() as u64,
             ..PassSummary::default()
         };
-        let outcome: HashMap<DedupKey, (Key, Option<Alive>)> =
-            outcomes.into_iter().map(|(ident, key, _, alive)| (ident, (key, alive))).collect();
+        let outcome: HashMap<DedupKey, Option<Alive>> =
+            outcomes.into_iter().map(|(ident, _, _, alive)| (ident, alive)).collect();
         let mut pool = lock(&self.pool);
         let snap = self.snapshot.load_full();
+        if snap.data.round.round_id != round {
+            return None;
+        }
+        let mut pulled = pool.pulled.clone();
         let mut proxies = Vec::with_capacity(snap.len());
         for e in &snap.data.proxies {
             let ident = entry_proxy(e).map(|p| p.dedup_key());
             match ident.and_then(|i| outcome.get(&i).map(|o| (i, o))) {
-                Some((ident, (_, None))) => {
-                    pool.pulled.insert(ident, e.clone());
+                Some((_, None)) if drop_after <= 1 => s.dropped += 1,
+                Some((ident, None)) => {
+                    pulled.insert(ident, (e.clone(), 1));
                     s.pulled += 1;
                 }
-                Some((_, (_, Some(a)))) => proxies.push(refreshed(e, a)),
+                Some((_, Some(a))) => proxies.push(refreshed(e, a)),
                 None => proxies.push(e.clone()),
             }
         }
-        let history = lock(&self.history);
-        pool.pulled.retain(|ident, e| match outcome.get(ident) {
-            Some((_, Some(a))) => {
+        pulled.retain(|ident, (e, failures)| match outcome.get(ident) {
+            Some(Some(a)) => {
                 proxies.push(refreshed(e, a));
                 s.returned += 1;
                 false
             }
-            Some((key, None)) if history.get(key).is_some_and(|r| r.consecutive_failures >= drop_after) => {
-                s.dropped += 1;
-                false
+            // Pulled by this pass: its first failure.
+            Some(None) if *failures == 1 && !pool.pulled.contains_key(ident) => true,
+            Some(None) => {
+                *failures = failures.saturating_add(1);
+                let keep = *failures < drop_after;
+                s.dropped += u64::from(!keep);
+                keep
             }
-            _ => true,
+            None => true,
         });
+        let history = lock(&self.history);
         super::annotate(&mut proxies, &history);
         self.metrics.history_entries.set(history.len() as i64);
         drop(history);
         let data = SnapshotData { version: snap.data.version, round: snap.data.round.clone(), proxies };
         let new = Arc::new(Snapshot::new(data, snap.loaded));
         self.metrics.alive_proxies.set(new.len() as i64);
+        pool.pulled = pulled;
         self.snapshot.store(new);
         drop(pool);
         for (change, n) in [("pulled", s.pulled), ("returned", s.returned), ("dropped", s.dropped)] {
@@ -451,7 +520,7 @@ impl Service {
                 "rechecks changed the served pool"
             );
         }
-        s
+        Some(s)
     }
 
     /// Proxies pulled out of the served pool and still rechecked.
@@ -461,7 +530,7 @@ impl Service {
 
     /// Whether an entry at `key` is pulled (out of the served pool, still rechecked).
     pub fn is_pulled(&self, key: &Key) -> bool {
-        lock(&self.pool).pulled.values().any(|e| e.key().as_ref() == Some(key))
+        lock(&self.pool).pulled.values().any(|(e, _)| e.key().as_ref() == Some(key))
     }
 
     /// The last recheck pass, if one ran.
@@ -473,7 +542,6 @@ impl Service {
     /// [`HISTORY_SAVE_GAP`], at shutdown).
     pub async fn persist_history(&self) {
         let _one = self.persisting_history.lock().await;
-        *lock(&self.history_saved) = Some(Instant::now());
         let rows = Arc::new(lock(&self.history).rows());
         match self.store.save_history(rows).await {
             Ok(()) => self.metrics.history_writes_total.with_label_values(&["ok"]).inc(),
@@ -497,8 +565,10 @@ fn is_due(last: u64, now: u64, most: u64, phase: u64) -> bool {
         return true;
     }
     let period = (most / 5 * 4).max(1);
-    // The latest time ≤ now that is ≡ phase (mod period).
-    let slot = now - (now % period + period - phase % period) % period;
+    // The latest time ≤ now that is ≡ phase (mod period) (none this close to the epoch).
+    let Some(slot) = now.checked_sub((now % period + period - phase % period) % period) else {
+        return false;
+    };
     last.saturating_add(period / 4) <= slot
 }
 
@@ -551,5 +621,7 @@ mod tests {
         assert!(spread >= period - 500, "{firsts:?}");
         // A last check in the future (the clock stepped back): due now.
         assert!(is_due(2_000_000, 1_000_000, most, 0));
+        // Too close to the epoch for a slot (a clock that reads 1970): not due, no panic.
+        assert!(!is_due(0, 100, most, 5_000));
     }
 }

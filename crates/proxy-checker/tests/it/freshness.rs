@@ -252,24 +252,20 @@ async fn a_pass_with_the_judge_down_pulls_nothing() {
     let before = lines(&h.authed("/get-proxy?all=1").await.1);
     let victim = working(&farm, Protocol::Http)[0].clone();
     farm.set_judge_down(true);
+    // Passes run one at a time: once one has failed, none that began before is running.
+    h.until("a recheck pass to fail", async |h| h.stat().await["freshness"]["last_recheck"]["error"].is_string()).await;
+    let checks = record(&h, &victim.addr()).await["history"]["checks"].clone();
+    let killed_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
     farm.kill(victim.ip);
-    h.until("two recheck passes to fail", async |h| {
-        let st = h.stat().await;
-        st["freshness"]["last_recheck"]["error"].is_string()
-            && metric(&h.get("/metrics").await.1, "proxychecker_rechecks_total{result=\"dead\"}") == 0.0
-            && {
-                tokio::time::sleep(Duration::from_millis(1500)).await;
-                h.stat().await["freshness"]["last_recheck"]["error"].is_string()
-            }
-    })
-    .await;
+    // A pass that ended after the kill, then one after that (which began after the kill).
+    let finished = async |h: &H| h.stat().await["freshness"]["last_recheck"]["finished_at"].as_f64().unwrap_or(0.0);
+    h.until("a pass after the kill", async |h| finished(h).await > killed_at).await;
+    let first = finished(&h).await;
+    h.until("a second pass after the kill", async |h| finished(h).await > first).await;
+    assert!(h.stat().await["freshness"]["last_recheck"]["error"].is_string());
     assert_eq!(lines(&h.authed("/get-proxy?all=1").await.1), before, "nothing pulled");
     let r = record(&h, &victim.addr()).await;
-    assert_eq!(
-        (r["state"].as_str(), r["history"]["checks"].as_u64()),
-        (Some("served"), Some(1)),
-        "nothing recorded: {r}"
-    );
+    assert_eq!((&r["state"], &r["history"]["checks"]), (&json!("served"), &checks), "nothing recorded: {r}");
     assert_eq!(metric(&h.get("/metrics").await.1, "proxychecker_pool_changes_total{change=\"pulled\"}"), 0.0);
     farm.set_judge_down(false);
     h.until("the dead proxy to be pulled", async |h| record(h, &victim.addr()).await["state"] != "served").await;
