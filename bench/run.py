@@ -168,6 +168,7 @@ def throughput(reps, out):
                f"All {eng[0]['alive']} found alive. CPU per proxy: engine {med(eng, 'cpu_us'):.1f} µs, raw loop "
                f"same exchanges {med(rawt, 'cpu_us'):.1f} µs (**{med(eng, 'cpu_us') / med(rawt, 'cpu_us'):.2f}×**).\n")
     side_by_side(out, "engine proxies/s", eng, base, "rate", "proxies/s", True)
+    side_by_side(out, "CPU per proxy", eng, base, "cpu_us", "µs", False)
 
 
 def inflight(reps, out):
@@ -185,6 +186,7 @@ def inflight(reps, out):
     out.append(f"\nMedian peak RSS **{med(rows, 'rss_mib'):.1f} MiB** (target ≤ 100), "
                f"≈ {med(rows, 'rss_mib') * 1024 / 19000:.1f} KiB per check in flight, process baseline included.\n")
     side_by_side(out, "peak RSS", rows, base, "rss_mib", "MiB", False)
+    side_by_side(out, "CPU per check", rows, base, "cpu_us", "µs", False)
 
 
 def scale(reps, out):
