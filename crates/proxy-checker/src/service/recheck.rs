@@ -233,11 +233,11 @@ impl Service {
         }
     }
 
-    /// The entries due now: served and pulled ones whose last check is older than their
-    /// due age, served ones with a failure on record since their last success (a round
-    /// saw them fail: confirmed or cleared at once), and every entry of a reported
-    /// `host:port`.
-    /// Returns them with the round id of the pool they were taken from.
+    /// The entries due now, with the round id of the pool they were taken from: served
+    /// and pulled ones that their phase makes due ([`is_due`]), served ones with a
+    /// failure on record since their last success (a round saw them fail: confirmed or
+    /// cleared at once), and every entry of a reported `host:port`; not those skipped
+    /// for now.
     fn due(&self, reported: &HashSet<Key>) -> (Vec<Target>, u64) {
         let cfg = self.config.load();
         let now = now_ms();
@@ -314,14 +314,13 @@ impl Service {
                     pool.skipped.extend(skipped.into_iter().map(|i| (i, until)));
                 }
                 let checked = outcomes.len() as u64;
-                match outcomes.is_empty() {
-                    true => PassSummary::default(),
-                    // A round replaced the pool during the pass: its verdicts stand; a
-                    // proxy it kept and this pass saw fail is due again at once (its
-                    // failure is on record).
-                    false => {
-                        self.apply(outcomes, round_before).unwrap_or(PassSummary { checked, ..PassSummary::default() })
-                    }
+                if outcomes.is_empty() {
+                    PassSummary::default()
+                } else {
+                    // `None`: a round replaced the pool during the pass. Its verdicts
+                    // stand; a proxy it kept and this pass saw fail is due again at once
+                    // (its failure is on record).
+                    self.apply(outcomes, round_before).unwrap_or(PassSummary { checked, ..PassSummary::default() })
                 }
             }
             Err(e) => PassSummary { error: Some(e), ..PassSummary::default() },
