@@ -107,7 +107,8 @@ pub struct RoundEnd {
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (every critical
-/// section here is a single assignment or clone).
+/// section here assigns whole values, or builds its new state aside and installs it at
+/// the end, as a recheck pass's `apply` does).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -203,7 +204,6 @@ impl Service {
         metrics.alive_proxies.set(snapshot.len() as i64);
         metrics.last_round_timestamp_seconds.set(snapshot.data.round.finished_at);
         metrics.round_interval_seconds.set(config.interval.as_secs_f64());
-        metrics.history_entries.set(history.len() as i64);
         Arc::new(Self {
             config: ArcSwap::from_pointee(config),
             snapshot: ArcSwap::from_pointee(snapshot),
@@ -486,7 +486,6 @@ impl Service {
                     let mut history = lock(&self.history);
                     annotate(&mut data.proxies, &history);
                     history.prune(now_ms());
-                    self.metrics.history_entries.set(history.len() as i64);
                 }
                 let snapshot = Arc::new(Snapshot::new(data, false));
                 let r = &snapshot.data.round;
@@ -565,6 +564,20 @@ impl Service {
             Err(e) => {
                 self.metrics.store_writes_total.with_label_values(&["error"]).inc();
                 tracing::warn!(error = %crate::Chain(&e), "persisting the snapshot failed; retried after the next round");
+            }
+        }
+    }
+
+    /// Writes the history to the store (after rounds, after passes at most every
+    /// `recheck::HISTORY_SAVE_GAP`, at shutdown).
+    pub async fn persist_history(&self) {
+        let _one = self.persisting_history.lock().await;
+        let rows = Arc::new(lock(&self.history).rows());
+        match self.store.save_history(rows).await {
+            Ok(()) => self.metrics.history_writes_total.with_label_values(&["ok"]).inc(),
+            Err(e) => {
+                self.metrics.history_writes_total.with_label_values(&["error"]).inc();
+                tracing::warn!(error = %crate::Chain(&e), "persisting the history failed; retried later");
             }
         }
     }

@@ -500,11 +500,9 @@ impl Service {
         });
         let history = lock(&self.history);
         super::annotate(&mut proxies, &history);
-        self.metrics.history_entries.set(history.len() as i64);
         drop(history);
         let data = SnapshotData { version: snap.data.version, round: snap.data.round.clone(), proxies };
         let new = Arc::new(Snapshot::new(data, snap.loaded));
-        self.metrics.alive_proxies.set(new.len() as i64);
         pool.pulled = pulled;
         self.snapshot.store(new);
         drop(pool);
@@ -535,20 +533,6 @@ impl Service {
     /// The last recheck pass, if one ran.
     pub fn last_pass(&self) -> Option<PassSummary> {
         lock(&self.last_pass).clone()
-    }
-
-    /// Writes the history to the store (after rounds, after passes at most every
-    /// [`HISTORY_SAVE_GAP`], at shutdown).
-    pub async fn persist_history(&self) {
-        let _one = self.persisting_history.lock().await;
-        let rows = Arc::new(lock(&self.history).rows());
-        match self.store.save_history(rows).await {
-            Ok(()) => self.metrics.history_writes_total.with_label_values(&["ok"]).inc(),
-            Err(e) => {
-                self.metrics.history_writes_total.with_label_values(&["error"]).inc();
-                tracing::warn!(error = %crate::Chain(&e), "persisting the history failed; retried later");
-            }
-        }
     }
 }
 

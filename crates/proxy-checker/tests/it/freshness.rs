@@ -62,6 +62,16 @@ fn metric(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {series}"))
 }
 
+/// The farm and a service over it with rechecks every `recheck_secs` (0: off), after
+/// its first round.
+async fn fresh(recheck_secs: u64, drop_after: u16) -> (Farm, tempfile::TempDir, H) {
+    let farm = Farm::start(spec()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let h = start(&fresh_config(&farm, dir.path(), recheck_secs, drop_after), dir.path()).await;
+    h.wait_round(1).await;
+    (farm, dir, h)
+}
+
 /// Starts a round (once the one before has ended: a reload while one runs starts none).
 async fn new_round(h: &H) {
     h.until("a new round to start", async |h| h.post_reload().await["status"] == "started").await;
@@ -83,10 +93,7 @@ fn fresh_config(farm: &Farm, dir: &std::path::Path, recheck_secs: u64, drop_afte
 /// track records grow with every recheck.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_killed_after_the_round_leaves_the_pool_without_a_round() {
-    let farm = Farm::start(spec()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(&fresh_config(&farm, dir.path(), 1, 2), dir.path()).await;
-    h.wait_round(1).await;
+    let (farm, _dir, mut h) = fresh(1, 2).await;
     let before = lines(&h.authed("/get-proxy?all=1").await.1);
     let victims = [working(&farm, Protocol::Http)[0].clone(), working(&farm, Protocol::Socks5)[0].clone()];
     for v in &victims {
@@ -136,10 +143,7 @@ async fn a_proxy_killed_after_the_round_leaves_the_pool_without_a_round() {
 /// A pulled proxy that passes a recheck again is served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pulled_proxy_that_comes_back_is_served_again() {
-    let farm = Farm::start(spec()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(&fresh_config(&farm, dir.path(), 1, 1000), dir.path()).await;
-    h.wait_round(1).await;
+    let (farm, _dir, mut h) = fresh(1, 1000).await;
     let v = working(&farm, Protocol::Http)[2].clone();
     farm.kill(v.ip);
     h.until("the proxy to be pulled", async |h| record(h, &v.addr()).await["state"] == "pulled").await;
@@ -245,10 +249,7 @@ async fn reports_are_rechecked_at_once_and_pull_only_on_a_failed_recheck() {
 /// nothing: our failure is never the proxy's. Once the judge is back, the dead one goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pass_with_the_judge_down_pulls_nothing() {
-    let farm = Farm::start(spec()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(&fresh_config(&farm, dir.path(), 1, 2), dir.path()).await;
-    h.wait_round(1).await;
+    let (farm, _dir, mut h) = fresh(1, 2).await;
     let before = lines(&h.authed("/get-proxy?all=1").await.1);
     let victim = working(&farm, Protocol::Http)[0].clone();
     farm.set_judge_down(true);
@@ -346,10 +347,7 @@ async fn history_survives_a_restart_redis() {
 /// missed a round; json and csv carry the track record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_and_order_by_score_use_the_history() {
-    let farm = Farm::start(spec()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut h = start(&fresh_config(&farm, dir.path(), 0, 3), dir.path()).await;
-    h.wait_round(1).await;
+    let (farm, _dir, mut h) = fresh(0, 3).await;
     let flaky = working(&farm, Protocol::Http)[4].clone();
     farm.kill(flaky.ip);
     new_round(&h).await;
