@@ -324,8 +324,13 @@ pub async fn silence<S: AsyncRead + Unpin>(s: &mut S) {
 
 /// Aborts the connection: with SO_LINGER 0 the close is a reset.
 pub fn reset(s: TcpStream) {
-    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    linger_zero(&s);
     drop(s);
+}
+
+/// Makes the close of `s` a reset (SO_LINGER 0).
+pub fn linger_zero(s: &TcpStream) {
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
 }
 
 /// The CONNECT 200 of a hostile proxy, when it is not the usual one.

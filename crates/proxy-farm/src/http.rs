@@ -63,6 +63,7 @@ pub enum Delivery {
     Trickle,
 }
 
+/// Writes a response that ends the connection (`Connection: close`).
 pub async fn write_response<S: AsyncWrite + Unpin>(
     s: &mut S,
     status: &str,
@@ -71,12 +72,21 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
     body: &[u8],
     how: Delivery,
 ) {
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n{extra}\r\n",
-        body.len()
-    );
-    let mut all = head.into_bytes();
-    all.extend_from_slice(body);
+    let extra = format!("Connection: close\r\n{extra}");
+    write_framed(s, status, ctype, &extra, body, how).await
+}
+
+/// Writes a response delimited by its `Content-Length`, saying nothing of the connection
+/// unless `extra` does (HTTP/1.1: it persists).
+pub async fn write_framed<S: AsyncWrite + Unpin>(
+    s: &mut S,
+    status: &str,
+    ctype: &str,
+    extra: &str,
+    body: &[u8],
+    how: Delivery,
+) {
+    let all = render(status, ctype, extra, body);
     match how {
         Delivery::Normal => {
             let _ = s.write_all(&all).await;
@@ -91,6 +101,14 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
         }
     }
     let _ = s.flush().await;
+}
+
+/// A response delimited by its `Content-Length`, as bytes.
+pub fn render(status: &str, ctype: &str, extra: &str, body: &[u8]) -> Vec<u8> {
+    let head = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}\r\n", body.len());
+    let mut all = head.into_bytes();
+    all.extend_from_slice(body);
+    all
 }
 
 /// The judge families the farm answers as, by path: what judges people run look like.
@@ -154,20 +172,23 @@ pub fn judge_body(req: &Request, origin: &str) -> Vec<u8> {
 }
 
 /// Answers a judge request (direct, or inline through a proxy) honouring judge-down.
+/// `keep`: the connection stays open for another request (else `Connection: close`).
 pub async fn answer_judge<S: AsyncWrite + Unpin>(
     shared: &Shared,
     s: &mut S,
     req: &Request,
     origin: &str,
     how: Delivery,
+    keep: bool,
 ) {
     shared.judge_hits.fetch_add(1, Ordering::Relaxed);
+    let conn = if keep { "" } else { "Connection: close\r\n" };
     if shared.judge_down.load(Ordering::Relaxed) {
-        write_response(s, "503 Service Unavailable", "text/plain", "", b"judge down", Delivery::Normal).await;
+        write_framed(s, "503 Service Unavailable", "text/plain", conn, b"judge down", Delivery::Normal).await;
         return;
     }
     let body = judge_body(req, origin);
-    write_response(s, "200 OK", "application/json", "", &body, how).await;
+    write_framed(s, "200 OK", "application/json", conn, &body, how).await;
 }
 
 /// A source list served by the farm.
@@ -290,5 +311,5 @@ pub async fn serve_conn<S: AsyncRead + AsyncWrite + Unpin>(shared: Arc<Shared>, 
         }
         return;
     }
-    answer_judge(&shared, &mut s, &req, &peer.ip().to_string(), Delivery::Normal).await;
+    answer_judge(&shared, &mut s, &req, &peer.ip().to_string(), Delivery::Normal, false).await;
 }

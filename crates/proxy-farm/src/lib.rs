@@ -49,6 +49,8 @@ pub struct Shared {
     pub judge_hits: AtomicU64,
     /// Proxy connections accepted.
     pub connections: AtomicU64,
+    /// Connections that reached each proxy, by index.
+    per_proxy: Vec<std::sync::atomic::AtomicU32>,
     sources: Mutex<HashMap<String, SourceBody>>,
     /// Sources whose requests wait until the gate opens ([`Farm::hold_source`]).
     gates: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
@@ -64,6 +66,13 @@ impl Shared {
     fn group_of(&self, i: u32) -> Option<&Group> {
         let g = self.ends.partition_point(|end| *end <= i);
         self.groups.get(g)
+    }
+
+    /// Notes a connection that reached proxy `i`.
+    pub(crate) fn count_connection(&self, i: u32) {
+        if let Some(n) = self.per_proxy.get(i as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// True the first time proxy `i` is visited.
@@ -225,7 +234,9 @@ impl Farm {
             }
         }
 
+        let total = ends.last().copied().unwrap_or(0) as usize;
         let shared = Arc::new(Shared {
+            per_proxy: (0..total).map(|_| std::sync::atomic::AtomicU32::new(0)).collect(),
             groups: spec.groups,
             ends,
             judge: judge_l.local_addr()?,
@@ -437,6 +448,13 @@ impl Farm {
 
     pub fn connections(&self) -> u64 {
         self.shared.connections.load(Ordering::Relaxed)
+    }
+
+    /// Connections that reached the proxy at `ip` (0 for an address that is none).
+    pub fn connections_to(&self, ip: Ipv4Addr) -> u32 {
+        spec::index_of(ip)
+            .and_then(|i| self.shared.per_proxy.get(i as usize))
+            .map_or(0, |n| n.load(Ordering::Relaxed))
     }
 }
 

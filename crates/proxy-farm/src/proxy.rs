@@ -61,6 +61,7 @@ pub async fn handle(shared: Arc<Shared>, mut s: TcpStream) {
     let Some(group) = shared.group_of(index) else {
         return;
     };
+    shared.count_connection(index);
     if shared.is_killed(index) {
         return;
     }
@@ -129,75 +130,126 @@ fn needs_auth(ctx: &Ctx) -> bool {
     matches!(ctx.behavior, Behavior::AuthGood | Behavior::AuthBad)
 }
 
+/// How long a kept connection waits for its next request.
+const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(30);
+
 async fn http_proxy(ctx: &Ctx, mut s: TcpStream, first: u8) {
     let mut buf = vec![first];
-    let Some(req) = http::read_request(&mut s, &mut buf).await else {
-        return;
-    };
+    // Requests answered on this connection (HTTP/1.1 keep-alive).
+    let mut answered: u32 = 0;
+    loop {
+        let req = match answered {
+            0 => http::read_request(&mut s, &mut buf).await,
+            _ => tokio::time::timeout(KEEP_ALIVE_IDLE, http::read_request(&mut s, &mut buf)).await.ok().flatten(),
+        };
+        let Some(req) = req else {
+            return;
+        };
+        if answered > 0 {
+            match ctx.behavior {
+                Behavior::KeepAliveThenMute => {
+                    let mut sink = [0u8; 512];
+                    while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+                    return;
+                }
+                Behavior::KeepAliveThenRefuse => {
+                    http::write_response(&mut s, "400 Bad Request", "text/plain", "", b"bad request", Delivery::Normal)
+                        .await;
+                    return finish(&mut s).await;
+                }
+                Behavior::KeepAliveThenGarbage => {
+                    let _ = s.write_all(GARBAGE).await;
+                    return finish(&mut s).await;
+                }
+                _ => {}
+            }
+        }
+        if !http_request(ctx, &mut s, req).await {
+            return;
+        }
+        answered = answered.saturating_add(1);
+    }
+}
+
+/// Answers one request on a proxy connection. `false`: the connection is done (closed,
+/// or handed to a tunnel); `true`: it stays open for the next request.
+async fn http_request(ctx: &Ctx, s: &mut TcpStream, req: Request) -> bool {
     if ctx.behavior == Behavior::ResetAfterRequest {
-        return hostile::reset(s);
+        // The caller drops the connection: a reset.
+        hostile::linger_zero(s);
+        return false;
     }
     if needs_auth(ctx) && !basic_ok(ctx, &req) {
         let extra = "Proxy-Authenticate: Basic realm=\"farm\"\r\n";
-        http::write_response(
-            &mut s,
-            "407 Proxy Authentication Required",
-            "text/plain",
-            extra,
-            b"auth",
-            Delivery::Normal,
-        )
-        .await;
-        return finish(&mut s).await;
+        http::write_response(s, "407 Proxy Authentication Required", "text/plain", extra, b"auth", Delivery::Normal)
+            .await;
+        finish(s).await;
+        return false;
     }
     if req.method.eq_ignore_ascii_case("CONNECT") {
-        if ctx.behavior == Behavior::ForwardOnly {
-            http::write_response(&mut s, "405 Method Not Allowed", "text/plain", "", b"no CONNECT", Delivery::Normal)
-                .await;
-            return finish(&mut s).await;
-        }
-        let Some(target) = ctx.shared.farm_target(&req.target) else {
-            http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"unknown target", Delivery::Normal)
-                .await;
-            return finish(&mut s).await;
-        };
-        if ctx.shared.is_judge_down() {
-            http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await;
-            return finish(&mut s).await;
-        }
-        let established = match ctx.behavior {
-            Behavior::OldStyle => b"HTTP/1.0 200 Connection established\r\n\r\n".as_slice(),
-            b => hostile::established(b).unwrap_or(b"HTTP/1.1 200 Connection established\r\n\r\n"),
-        };
-        if s.write_all(established).await.is_err() {
-            return;
-        }
-        if ctx.behavior == Behavior::CloseAfterHandshake {
-            return finish(&mut s).await;
-        }
-        return tunnel(ctx, s, target).await;
+        connect(ctx, s, &req).await;
+        return false;
     }
     if ctx.behavior == Behavior::TunnelOnly || !req.target.starts_with("http://") {
-        http::write_response(&mut s, "403 Forbidden", "text/plain", "", b"forwarding refused", Delivery::Normal).await;
-        return finish(&mut s).await;
+        http::write_response(s, "403 Forbidden", "text/plain", "", b"forwarding refused", Delivery::Normal).await;
+        finish(s).await;
+        return false;
     }
     let authority = req.target["http://".len()..].split('/').next().unwrap_or_default();
     if ctx.shared.farm_target(authority).is_none() {
-        http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"unknown target", Delivery::Normal).await;
-        return finish(&mut s).await;
+        http::write_response(s, "502 Bad Gateway", "text/plain", "", b"unknown target", Delivery::Normal).await;
+        finish(s).await;
+        return false;
     }
     if ctx.shared.is_judge_down() {
-        http::write_response(&mut s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await;
-        return finish(&mut s).await;
+        http::write_response(s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await;
+        finish(s).await;
+        return false;
     }
     match ctx.behavior {
-        Behavior::CloseAfterHandshake => return finish(&mut s).await,
-        Behavior::Banner if s.write_all(hostile::BANNER).await.is_err() => return,
+        Behavior::CloseAfterHandshake => {
+            finish(s).await;
+            return false;
+        }
+        Behavior::Banner if s.write_all(hostile::BANNER).await.is_err() => return false,
         _ => {}
     }
     let client = s.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
-    answer(ctx, &mut s, &forwarded(ctx.behavior, req, &client)).await;
-    finish(&mut s).await;
+    let keep = ctx.behavior.keeps_alive()
+        && !req.header("connection").is_some_and(|v| v.split(',').any(|o| o.trim().eq_ignore_ascii_case("close")));
+    answer(ctx, s, &forwarded(ctx.behavior, req, &client), keep).await;
+    if !keep || ctx.behavior == Behavior::KeepAliveThenClose {
+        finish(s).await;
+        return false;
+    }
+    true
+}
+
+/// Answers a CONNECT and serves the judge through the tunnel.
+async fn connect(ctx: &Ctx, s: &mut TcpStream, req: &Request) {
+    if ctx.behavior == Behavior::ForwardOnly {
+        http::write_response(s, "405 Method Not Allowed", "text/plain", "", b"no CONNECT", Delivery::Normal).await;
+        return finish(s).await;
+    }
+    let Some(target) = ctx.shared.farm_target(&req.target) else {
+        http::write_response(s, "502 Bad Gateway", "text/plain", "", b"unknown target", Delivery::Normal).await;
+        return finish(s).await;
+    };
+    if ctx.shared.is_judge_down() {
+        http::write_response(s, "502 Bad Gateway", "text/plain", "", b"upstream down", Delivery::Normal).await;
+        return finish(s).await;
+    }
+    let established = match ctx.behavior {
+        Behavior::OldStyle => b"HTTP/1.0 200 Connection established\r\n\r\n".as_slice(),
+        b => hostile::established(b).unwrap_or(b"HTTP/1.1 200 Connection established\r\n\r\n"),
+    };
+    if s.write_all(established).await.is_err() {
+        return;
+    }
+    if ctx.behavior == Behavior::CloseAfterHandshake {
+        return finish(s).await;
+    }
+    tunnel(ctx, s, target).await
 }
 
 /// The request as the judge receives it from a forwarding proxy: transparent and
@@ -215,7 +267,8 @@ fn forwarded(behavior: Behavior, mut req: Request, client: &str) -> Request {
 }
 
 /// The judge's answer as this proxy delivers it.
-async fn answer<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request) {
+/// `keep`: answered as persistent (no `Connection: close`), where the behaviour has a say.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &Request, keep: bool) {
     match ctx.behavior {
         Behavior::TooSlow => tokio::time::sleep(Duration::from_secs(3600)).await,
         _ => tokio::time::sleep(ctx.latency).await,
@@ -255,8 +308,11 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &R
         Behavior::Chunked => {
             ctx.shared.judge_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let body = http::judge_body(req, &ctx.origin);
-            let mut out =
-                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            let conn = if keep { "" } else { "Connection: close\r\n" };
+            let mut out = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n{conn}\r\n"
+            )
+            .into_bytes();
             for piece in body.chunks(7) {
                 out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
                 out.extend_from_slice(piece);
@@ -271,20 +327,25 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S, req: &R
                 format!("<html><body><a href=\"/login?redirect={}\">Log in to continue</a></body></html>", req.target);
             http::write_response(s, "200 OK", "text/html", "", page.as_bytes(), Delivery::Normal).await
         }
-        Behavior::Trickle => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Trickle).await,
-        _ => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Normal).await,
+        Behavior::Trickle => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Trickle, keep).await,
+        Behavior::KeepAliveExtraAnswer => {
+            ctx.shared.judge_hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut out = http::render("200 OK", "application/json", "", &http::judge_body(req, &ctx.origin));
+            out.extend_from_slice(b"HTTP/1.1 200 Connection established\r\n\r\n");
+            let _ = s.write_all(&out).await;
+        }
+        _ => http::answer_judge(&ctx.shared, s, req, &ctx.origin, Delivery::Normal, keep).await,
     }
 }
 
 /// Serves the judge inside an established tunnel (TLS for the TLS judge).
-async fn tunnel(ctx: &Ctx, s: TcpStream, target: crate::Target) {
+async fn tunnel(ctx: &Ctx, s: &mut TcpStream, target: crate::Target) {
     match target {
         crate::Target::JudgeTls if ctx.behavior == Behavior::TlsGarbage => {
-            let mut s = s;
             let mut hello = [0u8; 512];
             let _ = s.read(&mut hello).await;
             let _ = s.write_all(GARBAGE).await;
-            finish(&mut s).await;
+            finish(s).await;
         }
         crate::Target::JudgeTls => {
             let config =
@@ -295,10 +356,7 @@ async fn tunnel(ctx: &Ctx, s: TcpStream, target: crate::Target) {
             };
             inline_judge(ctx, &mut tls).await;
         }
-        crate::Target::Judge => {
-            let mut s = s;
-            inline_judge(ctx, &mut s).await;
-        }
+        crate::Target::Judge => inline_judge(ctx, s).await,
     }
 }
 
@@ -307,7 +365,7 @@ async fn inline_judge<S: AsyncRead + AsyncWrite + Unpin>(ctx: &Ctx, s: &mut S) {
     let Some(req) = http::read_request(s, &mut buf).await else {
         return;
     };
-    answer(ctx, s, &req).await;
+    answer(ctx, s, &req, false).await;
     finish(s).await;
 }
 
@@ -416,7 +474,7 @@ async fn after_reply(ctx: &Ctx, mut s: TcpStream, target: crate::Target) {
         Behavior::Banner if s.write_all(hostile::BANNER).await.is_err() => return,
         _ => {}
     }
-    tunnel(ctx, s, target).await
+    tunnel(ctx, &mut s, target).await
 }
 
 async fn socks4(ctx: &Ctx, mut s: TcpStream) {

@@ -227,12 +227,27 @@ pub enum Behavior {
     Socks4ShortReply,
     /// SOCKS4: reply 0x5b, request rejected.
     Socks4Rejected,
+    // Keep-alive (HTTP family; SOCKS proxies of these behaviours work). Each answers the
+    // first forwarded request as persistent (HTTP/1.1, no `Connection: close`) and then
+    // breaks its word; a fresh connection works. A checker that sends its CONNECT on the
+    // kept connection must not take what follows for the proxy's verdict.
+    /// Closes the connection right after the answer.
+    KeepAliveThenClose,
+    /// Keeps the connection open and never answers on it again.
+    KeepAliveThenMute,
+    /// Answers the next request on the connection `400 Bad Request`.
+    KeepAliveThenRefuse,
+    /// Answers the next request on the connection with bytes that are no protocol.
+    KeepAliveThenGarbage,
+    /// Sends a second, unasked-for answer (`200 Connection established`) right behind the
+    /// first, in the same write.
+    KeepAliveExtraAnswer,
 }
 
 impl Behavior {
     /// The behaviours that attack a checker's reader: malformed and adversarial answers,
     /// and odd-but-valid ones a checker must not kill a working proxy for.
-    pub const HOSTILE: [Behavior; 55] = {
+    pub const HOSTILE: [Behavior; 60] = {
         use Behavior::*;
         [
             ChunkSizeMax,
@@ -290,8 +305,37 @@ impl Behavior {
             Socks5EmptyDomain,
             Socks4ShortReply,
             Socks4Rejected,
+            KeepAliveThenClose,
+            KeepAliveThenMute,
+            KeepAliveThenRefuse,
+            KeepAliveThenGarbage,
+            KeepAliveExtraAnswer,
         ]
     };
+
+    /// Whether a proxy of this behaviour answers a forwarded request as persistent and
+    /// reads another request on the connection (the others close after one answer).
+    pub fn keeps_alive(self) -> bool {
+        use Behavior::*;
+        matches!(
+            self,
+            Working
+                | ForwardOnly
+                | Flaky
+                | AuthGood
+                | Chunked
+                | Transparent
+                | Anonymous
+                | Mitm
+                | TlsGarbage
+                | BogusSocks
+                | KeepAliveThenClose
+                | KeepAliveThenMute
+                | KeepAliveThenRefuse
+                | KeepAliveThenGarbage
+                | KeepAliveExtraAnswer
+        )
+    }
 
     /// Whether a proxy of `protocol` shows this behaviour at all; where it does not (a
     /// SOCKS-only fault on an HTTP proxy, CONNECT-only on SOCKS) the proxy works.
@@ -299,6 +343,8 @@ impl Behavior {
         use Behavior::*;
         match self {
             ForwardOnly | TunnelOnly | ChattyConnect => protocol.is_http(),
+            KeepAliveThenClose | KeepAliveThenMute | KeepAliveThenRefuse | KeepAliveThenGarbage
+            | KeepAliveExtraAnswer => protocol.is_http(),
             BogusSocks => !protocol.is_http(),
             Socks5WrongVersion | Socks5UnofferedAuth | Socks5NoMethods | Socks5BadAddressType | Socks5Failure
             | Socks5HttpReply | Socks5OneByte | Socks5EmptyDomain => protocol == Protocol::Socks5,
@@ -432,6 +478,9 @@ fn expect_verdict(protocol: Protocol, behavior: Behavior, full: bool, https_judg
         // deepest failure and a timeout shared by both tests give the same reason.
         ChunkedTrailers | ContentLengthTwice | OneContinue | EarlyHints | SixtyHeaders | BareLf | ChattyConnect
         | Socks5EmptyDomain => Expect::alive(fwd, true),
+        // A fresh connection works.
+        KeepAliveThenClose | KeepAliveThenMute | KeepAliveThenRefuse | KeepAliveThenGarbage
+        | KeepAliveExtraAnswer => Expect::alive(fwd, true),
         b if !b.applies_to(protocol) => Expect::alive(fwd, true),
         ChunkSizeTooLong | ChunkSizePrefixed | ChunkSizeSigned | ChunkExtensionFlood | ChunkMissingCrlf => {
             Expect::dead("proxy_protocol_error")

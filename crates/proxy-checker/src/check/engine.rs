@@ -365,6 +365,10 @@ async fn run_job(
     // that protocol, within the same deadline.
     loop {
         let mut speaks: Option<Protocol> = None;
+        // The forward test's connection, kept for the tunnel test's CONNECT when the
+        // proxy allows it: one connection per HTTP proxy.
+        let tunnel_pending = job.tests.iter().flatten().any(|(t, s)| *t == Test::Tunnel && matches!(s, State::Pending));
+        let mut kept: Option<probe::Kept> = None;
         for (test, state) in job.tests.iter_mut().flatten() {
             if !matches!(state, State::Pending) {
                 continue;
@@ -386,16 +390,31 @@ async fn run_job(
                 *state = State::Failed(r);
                 continue;
             }
-            progress.probes.fetch_add(1, Ordering::Relaxed);
             let judge = if *test == Test::Forward { forward_judge } else { tunnel_judge };
-            let result = match (*test, judge) {
-                (Test::Connect, _) => probe::connect_only(addr, ex, deadline).await,
-                (Test::Forward, Some(j)) => ex.forward(addr, creds, j, deadline).await,
-                (Test::Tunnel, Some(j)) => ex.tunnel(addr, creds, j, deadline).await,
-                (Test::Socks4, Some(j)) => ex.socks(addr, false, creds, j, deadline).await,
-                (Test::Socks5, Some(j)) => ex.socks(addr, true, creds, j, deadline).await,
+            let reused = match (kept.take(), *test, judge) {
+                (Some(k), Test::Tunnel, Some(j)) => match ex.tunnel_reusing(k, creds, j, deadline).await {
+                    probe::Reused::Done(r) => Some(r),
+                    probe::Reused::Stale => None,
+                },
+                _ => None,
+            };
+            if reused.is_none() {
+                progress.probes.fetch_add(1, Ordering::Relaxed);
+            }
+            let result = match (reused, *test, judge) {
+                (Some(r), _, _) => r,
+                (None, Test::Connect, _) => probe::connect_only(addr, ex, deadline).await,
+                (None, Test::Forward, Some(j)) => {
+                    ex.forward(addr, creds, j, deadline, tunnel_pending).await.map(|(success, k)| {
+                        kept = k;
+                        success
+                    })
+                }
+                (None, Test::Tunnel, Some(j)) => ex.tunnel(addr, creds, j, deadline).await,
+                (None, Test::Socks4, Some(j)) => ex.socks(addr, false, creds, j, deadline).await,
+                (None, Test::Socks5, Some(j)) => ex.socks(addr, true, creds, j, deadline).await,
                 // Unreachable by construction (full-http runs have judges); never a requeue loop.
-                (_, None) => Err(Failure::Dead(Reason::InternalError)),
+                (None, _, None) => Err(Failure::Dead(Reason::InternalError)),
             };
             *state = match result {
                 Ok(s) => State::Ok(s),

@@ -49,6 +49,10 @@ pub struct Head {
     /// Offset of the first body byte in the buffer.
     pub len: usize,
     pub framing: Framing,
+    /// The connection may carry another request after this answer (RFC 9112 §9.3):
+    /// HTTP/1.1 without `close`, or HTTP/1.0 with `keep-alive`, in `Connection` or the
+    /// `Proxy-Connection` old proxies still send.
+    pub persistent: bool,
 }
 
 /// Parses a head from `buf`. `Ok(None)`: incomplete. Conflicting or malformed framing
@@ -65,7 +69,21 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reason> {
     let status = resp.code.ok_or(Reason::ProxyProtocolError)?;
     let mut length: Option<u64> = None;
     let mut last_coding: Option<&[u8]> = None;
+    // HTTP/1.1 persists by default, HTTP/1.0 only when asked.
+    let mut persistent = resp.version == Some(1);
     for h in resp.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("proxy-connection") {
+            for option in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                if option.eq_ignore_ascii_case(b"close") {
+                    persistent = false;
+                    break;
+                }
+                if option.eq_ignore_ascii_case(b"keep-alive") && resp.version == Some(0) {
+                    persistent = true;
+                }
+            }
+            continue;
+        }
         if h.name.eq_ignore_ascii_case("content-length") {
             for item in h.value.split(|&b| b == b',') {
                 let n = content_length(item.trim_ascii())?;
@@ -87,7 +105,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reason> {
         (None, Some(n)) => Framing::Length(n),
         (None, None) => Framing::Close,
     };
-    Ok(Some(Head { status, len, framing }))
+    Ok(Some(Head { status, len, framing, persistent }))
 }
 
 /// `1*DIGIT`, fitting in a `u64`.
@@ -199,16 +217,28 @@ impl Expect<'_> {
     }
 }
 
+/// A body as [`read_body`] read it.
+#[derive(Debug)]
+pub struct Body {
+    /// De-framed, at most the cap.
+    pub bytes: Vec<u8>,
+    /// `false`: the deadline came first, and `bytes` is what had arrived (a proxy that
+    /// sends the answer and then stalls).
+    pub complete: bool,
+    /// The body ended where its framing said, with no byte after it: the connection may
+    /// carry another exchange (if the head said it persists).
+    pub clean_end: bool,
+}
+
 /// Reads the whole body after `head` (its first bytes already in `buf`), de-framed, up to
-/// `cap` bytes (what is past the cap is not read). `false` with it: the deadline came
-/// first, and this is what had arrived (a proxy that sends the answer and then stalls).
+/// `cap` bytes (what is past the cap is not read).
 pub async fn read_body<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     head: Head,
     cap: usize,
     deadline: Instant,
-) -> Result<(Vec<u8>, bool), Failure> {
+) -> Result<Body, Failure> {
     buf.drain(..head.len.min(buf.len()));
     // A long head grew the buffer; the body never needs more than one read's worth.
     buf.shrink_to(BODY_READ);
@@ -218,23 +248,26 @@ pub async fn read_body<S: AsyncRead + Unpin>(
         let end = body.take(buf, &mut out).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
         buf.clear();
         if end || out.len() >= cap {
+            let clean_end = end && !body.overrun && out.len() <= cap;
             if out.len() > cap {
                 out.truncate(cap);
                 out.shrink_to(cap);
             }
-            return Ok((out, true));
+            return Ok(Body { bytes: out, complete: true, clean_end });
         }
         let read = within(deadline, Reason::Timeout, read_more(s, buf, BODY_READ)).await;
         let n = match (read, body.framing) {
             (Ok(n), _) => n,
             // A close-delimited body may end without TLS's close_notify: that is its end.
             (Err(Failure::Dead(Reason::ProxyClosed)), Framing::Close) => 0,
-            (Err(Failure::Dead(Reason::Timeout)), _) if !out.is_empty() => return Ok((out, false)),
+            (Err(Failure::Dead(Reason::Timeout)), _) if !out.is_empty() => {
+                return Ok(Body { bytes: out, complete: false, clean_end: false });
+            }
             (Err(e), _) => return Err(e),
         };
         if n == 0 {
             return match body.framing {
-                Framing::Close => Ok((out, true)),
+                Framing::Close => Ok(Body { bytes: out, complete: true, clean_end: false }),
                 Framing::Length(_) | Framing::Chunked => Err(Reason::ProxyClosed.into()),
             };
         }
@@ -245,13 +278,14 @@ pub async fn read_body<S: AsyncRead + Unpin>(
 /// satisfied (alive), or the body ends without it ([`Reason::ContentMismatch`]), or
 /// [`MAX_BODY`] bytes were scanned in vain (also a mismatch). A body cut short is
 /// [`Reason::ProxyClosed`]; broken chunked framing is [`Reason::ProxyProtocolError`].
+/// `Ok(true)`: the body had also ended cleanly (see [`Body::clean_end`]).
 pub async fn expect_in_body<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     head: Head,
     expect: Expect<'_>,
     deadline: Instant,
-) -> Result<(), Failure> {
+) -> Result<bool, Failure> {
     buf.drain(..head.len.min(buf.len()));
     // A long head grew the buffer; the body never needs more than one read's worth.
     buf.shrink_to(BODY_READ);
@@ -262,7 +296,7 @@ pub async fn expect_in_body<S: AsyncRead + Unpin>(
         let end = body.take(buf, &mut window).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
         buf.clear();
         if expect.found(&window) {
-            return Ok(());
+            return Ok(end && !body.overrun);
         }
         if end || body.decoded >= MAX_BODY || body.raw >= MAX_RAW_BODY {
             return Err(Reason::ContentMismatch.into());
@@ -289,15 +323,17 @@ pub struct BodyReader {
     pub decoded: u64,
     /// Raw body bytes seen so far (framing included).
     pub raw: u64,
+    /// Bytes came after the body's end (ignored; but the connection is not reusable).
+    pub overrun: bool,
 }
 
 impl BodyReader {
     pub fn new(framing: Framing) -> Self {
-        Self { framing, chunks: Dechunker::default(), decoded: 0, raw: 0 }
+        Self { framing, chunks: Dechunker::default(), decoded: 0, raw: 0, overrun: false }
     }
 
     /// Appends the body bytes in `raw` to `out`. `Ok(true)`: the body is complete (bytes
-    /// past its end are ignored).
+    /// past its end are ignored, and noted in [`Self::overrun`]).
     pub fn take(&mut self, raw: &[u8], out: &mut Vec<u8>) -> Result<bool, BadChunk> {
         self.raw = self.raw.saturating_add(raw.len() as u64);
         let before = out.len();
@@ -310,9 +346,14 @@ impl BodyReader {
                 let n = usize::try_from(*left).unwrap_or(usize::MAX).min(raw.len());
                 out.extend_from_slice(raw.get(..n).unwrap_or_default());
                 *left = left.saturating_sub(n as u64);
+                self.overrun |= n < raw.len();
                 *left == 0
             }
-            Framing::Chunked => self.chunks.decode(raw, out)?,
+            Framing::Chunked => {
+                let (end, rest) = self.chunks.decode_rest(raw, out)?;
+                self.overrun |= rest > 0;
+                end
+            }
         };
         self.decoded = self.decoded.saturating_add(out.len().saturating_sub(before) as u64);
         Ok(end)
@@ -368,13 +409,18 @@ pub struct Dechunker {
 impl Dechunker {
     /// Decodes `input`, appending chunk data to `out`. `Ok(true)` once the last chunk and
     /// the trailer section ended (later bytes are ignored).
-    pub fn decode(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<bool, BadChunk> {
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<bool, BadChunk> {
+        self.decode_rest(input, out).map(|(end, _)| end)
+    }
+
+    /// [`Self::decode`], and how many bytes of `input` came after the end.
+    pub fn decode_rest(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(bool, usize), BadChunk> {
         loop {
             if self.state == ChunkState::Done {
-                return Ok(true);
+                return Ok((true, input.len()));
             }
             if input.is_empty() {
-                return Ok(false);
+                return Ok((false, 0));
             }
             if let ChunkState::Data { left } = self.state {
                 let n = usize::try_from(left).unwrap_or(usize::MAX).min(input.len());
@@ -385,7 +431,7 @@ impl Dechunker {
                 self.state = if left == 0 { ChunkState::DataCr } else { ChunkState::Data { left } };
                 continue;
             }
-            let Some((&b, rest)) = input.split_first() else { return Ok(false) };
+            let Some((&b, rest)) = input.split_first() else { return Ok((false, 0)) };
             input = rest;
             self.state = self.step(b)?;
         }
@@ -613,11 +659,68 @@ mod tests {
         }
     }
 
-    async fn check_body(answer: &'static [u8], expect: Expect<'_>, deadline: Instant) -> Result<(), Failure> {
+    async fn check_body(answer: &'static [u8], expect: Expect<'_>, deadline: Instant) -> Result<bool, Failure> {
         let mut s = trickle(answer);
         let mut buf = Vec::with_capacity(8);
         let head = read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await?;
         expect_in_body(&mut s, &mut buf, head, expect, deadline).await
+    }
+
+    /// Whether an answer leaves the connection usable for another request: the head says
+    /// it persists, and the body ended exactly where its framing said.
+    #[tokio::test]
+    async fn persistence_and_a_clean_end() {
+        let persists = |head: &[u8]| parse_head(head).unwrap().unwrap().persistent;
+        assert!(persists(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!persists(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"));
+        assert!(!persists(b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\n\r\n"));
+        assert!(!persists(b"HTTP/1.1 200 OK\r\nProxy-Connection: close\r\n\r\n"));
+        assert!(!persists(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(persists(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"));
+        assert!(persists(b"HTTP/1.0 200 OK\r\nProxy-Connection: Keep-Alive\r\n\r\n"));
+
+        let deadline = Instant::now() + std::time::Duration::from_secs(30);
+        let text = Expect::Text(b"NONCE");
+        let cases: [(&'static [u8], bool); 5] = [
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n-NONCE-", true),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nxxNO\r\n3\r\nNCE\r\n0\r\n\r\n", true),
+            // Found before the end: the rest is unread.
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 700\r\n\r\n-NONCE-", false),
+            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nNONCE\r\n", false),
+            (b"HTTP/1.1 200 OK\r\n\r\n-NONCE-", false),
+        ];
+        // The scanner stops where it finds the needle: a clean end is seen when the body's
+        // end came in the same read (as a judge's small answer does).
+        for (answer, clean) in cases {
+            let mut rx = feed(answer.to_vec(), 4096);
+            let mut buf = Vec::with_capacity(4096);
+            let head = read_head(&mut rx, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
+            let r = expect_in_body(&mut rx, &mut buf, head, text, deadline).await.unwrap();
+            assert_eq!(r, clean, "{}", String::from_utf8_lossy(answer));
+        }
+        // Bytes after the end, in the same read: not clean (whole-body reader and scanner).
+        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n-NONCE-HTTP/1.1 200 OK\r\n\r\n".to_vec();
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nNONCE\r\n0\r\n\r\nX".to_vec();
+        for (answer, clean) in [(answer, false), (chunked, false)] {
+            let mut rx = feed(answer.clone(), 4096);
+            let mut buf = Vec::with_capacity(4096);
+            let head = read_head(&mut rx, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
+            let mut copy = buf.clone();
+            assert_eq!(expect_in_body(&mut rx, &mut buf, head, text, deadline).await.unwrap(), clean);
+            let body = read_body(&mut rx, &mut copy, head, 1024, deadline).await.unwrap();
+            assert!(body.complete && body.clean_end == clean && text.found(&body.bytes));
+        }
+        let mut rx = feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nNONCE".to_vec(), 4096);
+        let mut buf = Vec::new();
+        let head = read_head(&mut rx, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
+        let body = read_body(&mut rx, &mut buf, head, 1024, deadline).await.unwrap();
+        assert!(body.complete && body.clean_end);
+        // Cut at the cap: not the end.
+        let mut rx = feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nNONCE".to_vec(), 4096);
+        let mut buf = Vec::new();
+        let head = read_head(&mut rx, &mut buf, deadline, Reason::ProxyTimeout).await.unwrap();
+        let body = read_body(&mut rx, &mut buf, head, 3, deadline).await.unwrap();
+        assert!(body.complete && !body.clean_end && body.bytes == b"NON");
     }
 
     /// A reader that hands out 3 bytes per read.

@@ -151,17 +151,18 @@ impl Judge {
         }
     }
 
-    fn push_common(&self, out: &mut Vec<u8>, header_nonce: Option<&str>) {
+    /// The request line's end and the common headers. `close`: ask for the connection to
+    /// end with the answer; else say nothing (HTTP/1.1 persists), never `Proxy-Connection`,
+    /// which judges echo and which tells a site a proxy is in between.
+    fn push_common(&self, out: &mut Vec<u8>, header_nonce: Option<&str>, close: bool) {
         out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
         out.extend_from_slice(self.authority.as_bytes());
         out.extend_from_slice(
-            concat!(
-                "\r\nUser-Agent: proxy-checker/",
-                env!("CARGO_PKG_VERSION"),
-                "\r\nAccept: */*\r\nConnection: close\r\n"
-            )
-            .as_bytes(),
+            concat!("\r\nUser-Agent: proxy-checker/", env!("CARGO_PKG_VERSION"), "\r\nAccept: */*\r\n").as_bytes(),
         );
+        if close {
+            out.extend_from_slice(b"Connection: close\r\n");
+        }
         if let Some(n) = header_nonce {
             out.extend_from_slice(super::echo::NONCE_HEADER.as_bytes());
             out.extend_from_slice(b": ");
@@ -176,7 +177,7 @@ impl Judge {
         let mut out = Vec::with_capacity(192);
         out.extend_from_slice(b"GET ");
         self.push_target(&mut out, query);
-        self.push_common(&mut out, header);
+        self.push_common(&mut out, header, true);
         out.extend_from_slice(b"\r\n");
         out
     }
@@ -186,19 +187,20 @@ impl Judge {
         let mut out = Vec::with_capacity(224);
         out.extend_from_slice(b"GET ");
         self.push_target(&mut out, Some(query_nonce));
-        self.push_common(&mut out, Some(header_nonce));
+        self.push_common(&mut out, Some(header_nonce), true);
         out.extend_from_slice(b"\r\n");
         out
     }
 
-    /// A request in absolute form, for an HTTP forward proxy.
-    pub fn forward_request(&self, nonce: Option<&str>, creds: Option<&Credentials>) -> Vec<u8> {
+    /// A request in absolute form, for an HTTP forward proxy. `keep_alive`: the
+    /// connection is wanted for a CONNECT after the answer.
+    pub fn forward_request(&self, nonce: Option<&str>, creds: Option<&Credentials>, keep_alive: bool) -> Vec<u8> {
         let (query, header) = self.split(nonce);
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b"GET http://");
         out.extend_from_slice(self.authority.as_bytes());
         self.push_target(&mut out, query);
-        self.push_common(&mut out, header);
+        self.push_common(&mut out, header, !keep_alive);
         push_proxy_auth(&mut out, creds);
         out.extend_from_slice(b"\r\n");
         out
@@ -254,7 +256,7 @@ mod tests {
             own_ip: None,
             baseline: Vec::new(),
         });
-        let fwd = String::from_utf8(j.forward_request(Some("N1"), None)).unwrap();
+        let fwd = String::from_utf8(j.forward_request(Some("N1"), None, false)).unwrap();
         assert!(
             fwd.starts_with("GET http://127.0.0.1:8080/get HTTP/1.1\r\n") && fwd.contains("X-Pc-Nonce: N1\r\n"),
             "{fwd}"
@@ -268,7 +270,7 @@ mod tests {
             own_ip: None,
             baseline: Vec::new(),
         });
-        let fwd = String::from_utf8(j.forward_request(Some("N3"), None)).unwrap();
+        let fwd = String::from_utf8(j.forward_request(Some("N3"), None, false)).unwrap();
         assert!(fwd.contains("/get?pc_nonce=N3 ") && !fwd.contains("X-Pc-Nonce"), "{fwd}");
     }
 
@@ -276,12 +278,17 @@ mod tests {
     async fn requests() {
         let j = Judge::resolve(&"http://127.0.0.1:8080/get?a=1".parse().unwrap()).await.unwrap();
         let creds = Credentials { username: "u".into(), password: "p".into() };
-        let fwd = String::from_utf8(j.forward_request(Some("N1"), Some(&creds))).unwrap();
+        let fwd = String::from_utf8(j.forward_request(Some("N1"), Some(&creds), false)).unwrap();
         assert!(
             fwd.starts_with("GET http://127.0.0.1:8080/get?a=1&pc_nonce=N1 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"),
             "{fwd}"
         );
         assert!(fwd.contains("Proxy-Authorization: Basic dTpw\r\n") && fwd.ends_with("\r\n\r\n"));
+        assert!(fwd.contains("\r\nConnection: close\r\n"), "{fwd}");
+        // Kept for a CONNECT: nothing said (HTTP/1.1 persists), and never a header a judge
+        // would echo as a proxy's.
+        let kept = String::from_utf8(j.forward_request(Some("N1"), None, true)).unwrap();
+        assert!(!kept.to_ascii_lowercase().contains("connection:"), "{kept}");
         let c = String::from_utf8(j.connect_request(None)).unwrap();
         assert!(c.starts_with("CONNECT 127.0.0.1:8080 HTTP/1.1\r\n"), "{c}");
         let j = Judge::resolve(&"https://localhost/".parse().unwrap()).await.unwrap();

@@ -101,6 +101,47 @@ fn status(head: &Head, expect: u16) -> Result<(), Failure> {
     }
 }
 
+/// A connection to an HTTP proxy kept after a forward test for the tunnel test's CONNECT:
+/// one connection per proxy where the proxy allows it. Kept only when the forward answer
+/// said the connection persists and its body ended exactly where its framing said (no
+/// byte after it), so the next bytes on it are the CONNECT's answer.
+pub struct Kept {
+    stream: TcpStream,
+    connect: Duration,
+}
+
+/// What a tunnel test on a kept connection came to.
+pub enum Reused {
+    /// The proxy answered the CONNECT with a 2xx there: the test's result.
+    Done(Result<Success, Failure>),
+    /// No tunnel on the kept connection: the test is owed a fresh one.
+    Stale,
+}
+
+/// Sends a CONNECT to the judge over `s` and reads the proxy's answer. Returns the buffer
+/// (empty) for the exchange inside.
+async fn open_tunnel(
+    s: &mut TcpStream,
+    creds: Option<&Credentials>,
+    judge: &Judge,
+    deadline: Instant,
+) -> Result<Vec<u8>, Failure> {
+    write(s, &judge.connect_request(creds), deadline, Reason::ProxyTimeout).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let head = http1::read_head(s, &mut buf, deadline, Reason::ProxyTimeout).await.map_err(|e| spoke(e, &buf))?;
+    match head.status {
+        200..=299 => {}
+        407 => return Err(Reason::ProxyAuthFailed.into()),
+        _ => return Err(Reason::ProxyRejected.into()),
+    }
+    if buf.len() > head.len {
+        // Bytes from "the judge" before we sent anything: not a tunnel.
+        return Err(Reason::ProxyProtocolError.into());
+    }
+    buf.clear();
+    Ok(buf)
+}
+
 impl Exchange {
     /// Checks status and body of a judge answer whose head is in `buf`.
     pub(crate) async fn validate<S: AsyncRead + Unpin>(
@@ -111,54 +152,59 @@ impl Exchange {
         judge: &Judge,
         nonce: &str,
         deadline: Instant,
-    ) -> Result<Echo, Failure> {
+    ) -> Result<(Echo, bool), Failure> {
         match head.status {
             s if s == self.expect_status => {}
             _ => return Err(Reason::BadStatus.into()),
         }
+        // With it, whether the body ended cleanly (the connection may be used again).
         match (&self.validation, &judge.calibration) {
-            (Validation::None, _) => Ok(Echo::default()),
+            (Validation::None, _) => Ok((Echo::default(), false)),
             // A calibrated judge: the whole (capped) answer, the nonce in its place, and
             // what the rest of the echo says about the proxy.
             (Validation::Nonce, Some(cal)) => {
-                let (body, complete) = http1::read_body(s, buf, head, ANSWER_CAP, deadline).await?;
-                if !cal.place.found(&body, nonce.as_bytes()) {
+                let body = http1::read_body(s, buf, head, ANSWER_CAP, deadline).await?;
+                if !cal.place.found(&body.bytes, nonce.as_bytes()) {
                     // Cut short by the deadline: slow, not wrong (the rest might have held it).
-                    return Err(if complete { Reason::ContentMismatch } else { Reason::Timeout }.into());
+                    return Err(if body.complete { Reason::ContentMismatch } else { Reason::Timeout }.into());
                 }
-                Ok(echo::assess(cal, &body))
+                Ok((echo::assess(cal, &body.bytes), body.clean_end))
             }
             (Validation::Nonce, None) => {
                 let expect = http1::Expect::Echoed { name: super::judge::NONCE_PARAM, value: nonce.as_bytes() };
-                http1::expect_in_body(s, buf, head, expect, deadline).await.map(|()| Echo::default())
+                http1::expect_in_body(s, buf, head, expect, deadline).await.map(|clean| (Echo::default(), clean))
             }
             (Validation::Contains(text), _) => {
                 http1::expect_in_body(s, buf, head, http1::Expect::Text(text.as_bytes()), deadline)
                     .await
-                    .map(|()| Echo::default())
+                    .map(|clean| (Echo::default(), clean))
             }
         }
     }
 
-    /// HTTP forward proxy: absolute-URI GET of an `http://` judge.
+    /// HTTP forward proxy: absolute-URI GET of an `http://` judge. `keep`: a tunnel test
+    /// follows; the connection is asked to persist and, if the answer allows it (see
+    /// [`Kept`]), returned for the CONNECT.
     pub async fn forward(
         &self,
         addr: SocketAddr,
         creds: Option<&Credentials>,
         judge: &Judge,
         deadline: Instant,
-    ) -> Result<Success, Failure> {
+        keep: bool,
+    ) -> Result<(Success, Option<Kept>), Failure> {
         let start = Instant::now();
         let (mut s, connect) = tcp_connect(addr, self, start, deadline).await?;
         let nonce = nonce();
-        write(&mut s, &judge.forward_request(Some(&nonce), creds), deadline, Reason::ProxyTimeout).await?;
+        write(&mut s, &judge.forward_request(Some(&nonce), creds, keep), deadline, Reason::ProxyTimeout).await?;
         let mut buf = Vec::with_capacity(1024);
         let head =
             http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.map_err(|e| spoke(e, &buf))?;
         let latency = start.elapsed();
         status(&head, self.expect_status)?;
-        let echo = self.validate(&mut s, &mut buf, head, judge, &nonce, deadline).await?;
-        Ok(Success { latency, connect, echo })
+        let (echo, clean_end) = self.validate(&mut s, &mut buf, head, judge, &nonce, deadline).await?;
+        let kept = (keep && clean_end && head.persistent).then_some(Kept { stream: s, connect });
+        Ok((Success { latency, connect, echo }, kept))
     }
 
     /// HTTP CONNECT tunnel to the judge, then the request inside (TLS for `https://`).
@@ -171,22 +217,42 @@ impl Exchange {
     ) -> Result<Success, Failure> {
         let start = Instant::now();
         let (mut s, connect) = tcp_connect(addr, self, start, deadline).await?;
-        write(&mut s, &judge.connect_request(creds), deadline, Reason::ProxyTimeout).await?;
-        let mut buf = Vec::with_capacity(1024);
-        let head =
-            http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.map_err(|e| spoke(e, &buf))?;
-        match head.status {
-            200..=299 => {}
-            407 => return Err(Reason::ProxyAuthFailed.into()),
-            _ => return Err(Reason::ProxyRejected.into()),
-        }
-        if buf.len() > head.len {
-            // Bytes from "the judge" before we sent anything: not a tunnel.
-            return Err(Reason::ProxyProtocolError.into());
-        }
-        buf.clear();
+        let buf = open_tunnel(&mut s, creds, judge, deadline).await?;
         let (latency, echo) = self.through(s, judge, buf, deadline).await?;
         Ok(Success { latency: latency.duration_since(start), connect, echo })
+    }
+
+    /// The tunnel test on the connection a forward test kept. Only a 2xx answer to the
+    /// CONNECT is taken from it; a proxy that closes, stays silent (for at most half the
+    /// time left), garbles, or refuses there is owed a fresh connection
+    /// ([`Reused::Stale`]): keeping a connection makes a check cheaper, never changes its
+    /// verdict. The latency is the kept connection's connect time plus the CONNECT's
+    /// exchange and the judge's, as on a connection of its own.
+    pub async fn tunnel_reusing(
+        &self,
+        kept: Kept,
+        creds: Option<&Credentials>,
+        judge: &Judge,
+        deadline: Instant,
+    ) -> Reused {
+        let Kept { mut stream, connect } = kept;
+        // Anything already there (a close, bytes nobody asked for) and this connection
+        // cannot carry the CONNECT's answer: a fresh one, without writing to this.
+        if !matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            return Reused::Stale;
+        }
+        let sent = Instant::now();
+        let half = sent.checked_add(deadline.saturating_duration_since(sent) / 2).unwrap_or(deadline);
+        let buf = match open_tunnel(&mut stream, creds, judge, half).await {
+            Ok(buf) => buf,
+            Err(Failure::Local(l)) => return Reused::Done(Err(Failure::Local(l))),
+            Err(Failure::Dead(_) | Failure::Speaks(_)) => return Reused::Stale,
+        };
+        Reused::Done(self.through(stream, judge, buf, deadline).await.map(|(at, echo)| Success {
+            latency: connect.saturating_add(at.saturating_duration_since(sent)),
+            connect,
+            echo,
+        }))
     }
 
     /// SOCKS4 or SOCKS5 handshake to the judge, then the request inside.
@@ -268,7 +334,7 @@ impl Exchange {
         write(s, &judge.origin_request(Some(&nonce)), deadline, Reason::Timeout).await?;
         let head = http1::read_head(s, buf, deadline, Reason::Timeout).await?;
         let at = Instant::now();
-        let echo = self.validate(s, buf, head, judge, &nonce, deadline).await?;
+        let (echo, _) = self.validate(s, buf, head, judge, &nonce, deadline).await?;
         Ok((at, echo))
     }
 
@@ -287,7 +353,7 @@ impl Exchange {
         if head.status != self.expect_status {
             return Err(Reason::BadStatus.into());
         }
-        let (body, _) = http1::read_body(s, &mut buf, head, ANSWER_CAP, deadline).await?;
+        let body = http1::read_body(s, &mut buf, head, ANSWER_CAP, deadline).await?.bytes;
         Ok(echo::calibrate(&body, query_nonce.as_bytes(), header_nonce.as_bytes()).ok_or(body))
     }
 }

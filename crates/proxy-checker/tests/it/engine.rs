@@ -260,8 +260,9 @@ async fn a_proxy_that_refuses_or_times_out_is_dialed_once_per_attempt() {
     s.retries = 0;
     let (verdicts, progress) = run(s, candidates(&farm)).await.unwrap();
     assert_truth(&farm, &verdicts, true, false);
-    // 40 unreachable proxies: one probe each; 20 working: forward and tunnel.
-    assert_eq!(progress.probes.load(std::sync::atomic::Ordering::Relaxed), 40 + 2 * 20);
+    // 40 unreachable proxies: one probe each; 20 working: forward, and the tunnel on the
+    // same connection (they keep it alive).
+    assert_eq!(progress.probes.load(std::sync::atomic::Ordering::Relaxed), 40 + 20);
 }
 
 /// Proxies that attack the reader (an endless head, a 4 GB body, a slowloris trickle,
@@ -454,5 +455,77 @@ async fn mislabelled_proxies_are_checked_as_what_they_speak() {
             assert!(r == "proxy_protocol_error" || r == "proxy_closed", "listed {listed}, detection off: {v:?}");
             assert_eq!(v.relabelled_from, None);
         }
+    }
+}
+
+/// A full check of an HTTP proxy that keeps its connection alive costs one connection: the
+/// tunnel test's CONNECT goes on the forward test's connection. Proxies that break their
+/// keep-alive word (close, go mute, refuse or garble the next request, send an answer
+/// nobody asked for) and proxies that never keep one cost two — and every verdict is the
+/// one a fresh connection gives. Counted per proxy by the farm: a count, not a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_proxy_that_keeps_alive_is_checked_on_one_connection() {
+    use Behavior::*;
+    let http = [
+        Working,
+        AuthGood,
+        Chunked,
+        Transparent,
+        ForwardOnly,
+        TunnelOnly,
+        OldStyle,
+        KeepAliveThenClose,
+        KeepAliveThenMute,
+        KeepAliveThenRefuse,
+        KeepAliveThenGarbage,
+        KeepAliveExtraAnswer,
+    ];
+    let mut groups: Vec<Group> = http.iter().map(|b| Group::new(2, Protocol::Http, *b)).collect();
+    groups.push(Group::new(2, Protocol::Https, Working));
+    groups.push(Group::new(2, Protocol::Socks5, Working));
+    let farm = Farm::start(FarmSpec { groups }).await.unwrap();
+    // A plain judge (forward and tunnel on it), then a TLS judge for the tunnel beside it.
+    for https in [false, true] {
+        let before: HashMap<_, _> = farm.proxies().map(|p| (p.ip, farm.connections_to(p.ip))).collect();
+        let mut judges = vec![farm.judge_url()];
+        let mut ca = None;
+        if https {
+            judges.push(farm.judge_tls_url());
+            let path = std::env::temp_dir().join(format!("pc-keepalive-ca-{}.pem", std::process::id()));
+            std::fs::write(&path, farm.ca_pem()).unwrap();
+            ca = Some(path);
+        }
+        let mut s = settings(Mode::FullHttp, judges, ca);
+        // One attempt: a retry would dial again.
+        s.retries = 0;
+        s.timeout = Duration::from_secs(4);
+        s.connect_timeout = Duration::from_secs(2);
+        let (verdicts, progress) = run(s, candidates(&farm)).await.unwrap();
+        assert_truth(&farm, &verdicts, true, false);
+        let mut wrong = Vec::new();
+        let mut total = 0;
+        for p in farm.proxies() {
+            let used = farm.connections_to(p.ip) - before[&p.ip];
+            total += u64::from(used);
+            let want = match p.behavior {
+                _ if !p.protocol.is_http() => 1,
+                // No forward test, or no tunnel test to keep a connection for.
+                TunnelOnly => 2,
+                // The CONNECT on the kept connection is refused (405): a fresh one must
+                // say so before the proxy is called forward-only.
+                ForwardOnly => 2,
+                // They break their word; a fresh connection works.
+                KeepAliveThenClose | KeepAliveThenMute | KeepAliveThenRefuse | KeepAliveThenGarbage
+                | KeepAliveExtraAnswer => 2,
+                b if b.keeps_alive() => 1,
+                _ => 2,
+            };
+            if used != want {
+                wrong.push(format!("{:?} {:?}: {used} connections, want {want}", p.protocol, p.behavior));
+            }
+        }
+        assert!(wrong.is_empty(), "https judge {https}:\n{}", wrong.join("\n"));
+        // The run's own count of connections made is the farm's.
+        assert_eq!(progress.probes.load(std::sync::atomic::Ordering::Relaxed), total, "https judge {https}");
     }
 }
