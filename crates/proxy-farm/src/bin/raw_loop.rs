@@ -1,7 +1,8 @@
 //! `raw-loop`: the floor the check engine is measured against. For each proxy of a list
 //! it does the same exchanges as a full-http check of an HTTP proxy — an absolute-URI GET,
-//! then (with `--tunnel`) a CONNECT and a GET inside — with nothing else: no validation,
-//! no retries, no classification, no verdicts. Prints one JSON line.
+//! then (with `--tunnel`) a CONNECT and a GET inside, on a second connection or (with
+//! `--keep-alive` too) on the first — with nothing else: no validation, no retries, no
+//! classification, no verdicts. Prints one JSON line.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,9 @@ struct Args {
     /// Also open a CONNECT tunnel and fetch through it, as a full check of an HTTP proxy does.
     #[arg(long)]
     tunnel: bool,
+    /// With `--tunnel`: the CONNECT goes on the GET's connection (HTTP/1.1 keep-alive).
+    #[arg(long)]
+    keep_alive: bool,
     #[arg(long, default_value_t = 2)]
     threads: usize,
 }
@@ -56,6 +60,49 @@ async fn tunnel(addr: SocketAddr, connect: &[u8], inner: &[u8], buf: &mut Vec<u8
     Ok(())
 }
 
+/// Reads one answer delimited by its `Content-Length` (0 when it has none) into `buf`.
+async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    buf.clear();
+    let mut chunk = [0u8; 2048];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < head_end + length {
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(())
+}
+
+/// The GET, then the CONNECT and the GET inside, all on one connection.
+async fn kept(addr: SocketAddr, get: &[u8], connect: &[u8], inner: &[u8], buf: &mut Vec<u8>) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(get).await?;
+    read_answer(&mut s, buf).await?;
+    s.write_all(connect).await?;
+    read_answer(&mut s, buf).await?;
+    s.write_all(inner).await?;
+    buf.clear();
+    s.read_to_end(buf).await?;
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -66,6 +113,8 @@ fn main() -> anyhow::Result<()> {
     let forward = Arc::new(
         format!("GET http://{judge}/get?x=1 HTTP/1.1\r\nHost: {judge}\r\nConnection: close\r\n\r\n").into_bytes(),
     );
+    let forward_kept =
+        Arc::new(format!("GET http://{judge}/get?x=1 HTTP/1.1\r\nHost: {judge}\r\n\r\n").into_bytes());
     let connect = Arc::new(format!("CONNECT {judge} HTTP/1.1\r\nHost: {judge}\r\n\r\n").into_bytes());
     let inner = Arc::new(format!("GET /get?x=1 HTTP/1.1\r\nHost: {judge}\r\nConnection: close\r\n\r\n").into_bytes());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?;
@@ -77,13 +126,18 @@ fn main() -> anyhow::Result<()> {
         for addr in addrs.iter().copied() {
             let permit = sem.clone().acquire_owned().await?;
             let (forward, connect, inner, ok) = (forward.clone(), connect.clone(), inner.clone(), ok.clone());
-            let with_tunnel = args.tunnel;
+            let forward_kept = forward_kept.clone();
+            let (with_tunnel, keep_alive) = (args.tunnel, args.keep_alive);
             tasks.spawn(async move {
                 let mut buf = Vec::with_capacity(1024);
-                let mut good = exchange(addr, &forward, &mut buf).await.is_ok();
-                if with_tunnel {
-                    good &= tunnel(addr, &connect, &inner, &mut buf).await.is_ok();
-                }
+                let good = match (with_tunnel, keep_alive) {
+                    (true, true) => kept(addr, &forward_kept, &connect, &inner, &mut buf).await.is_ok(),
+                    (true, false) => {
+                        exchange(addr, &forward, &mut buf).await.is_ok()
+                            && tunnel(addr, &connect, &inner, &mut buf).await.is_ok()
+                    }
+                    (false, _) => exchange(addr, &forward, &mut buf).await.is_ok(),
+                };
                 if good {
                     ok.fetch_add(1, Ordering::Relaxed);
                 }
@@ -99,7 +153,8 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "proxies": addrs.len(), "ok": ok.load(Ordering::Relaxed), "secs": secs,
-            "per_sec": addrs.len() as f64 / secs, "tunnel": args.tunnel, "concurrency": args.concurrency,
+            "per_sec": addrs.len() as f64 / secs, "tunnel": args.tunnel, "keep_alive": args.keep_alive,
+            "concurrency": args.concurrency,
         })
     );
     Ok(())
