@@ -452,9 +452,7 @@ impl Farm {
 
     /// Connections that reached the proxy at `ip` (0 for an address that is none).
     pub fn connections_to(&self, ip: Ipv4Addr) -> u32 {
-        spec::index_of(ip)
-            .and_then(|i| self.shared.per_proxy.get(i as usize))
-            .map_or(0, |n| n.load(Ordering::Relaxed))
+        spec::index_of(ip).and_then(|i| self.shared.per_proxy.get(i as usize)).map_or(0, |n| n.load(Ordering::Relaxed))
     }
 }
 

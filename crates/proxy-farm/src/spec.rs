@@ -479,8 +479,9 @@ fn expect_verdict(protocol: Protocol, behavior: Behavior, full: bool, https_judg
         ChunkedTrailers | ContentLengthTwice | OneContinue | EarlyHints | SixtyHeaders | BareLf | ChattyConnect
         | Socks5EmptyDomain => Expect::alive(fwd, true),
         // A fresh connection works.
-        KeepAliveThenClose | KeepAliveThenMute | KeepAliveThenRefuse | KeepAliveThenGarbage
-        | KeepAliveExtraAnswer => Expect::alive(fwd, true),
+        KeepAliveThenClose | KeepAliveThenMute | KeepAliveThenRefuse | KeepAliveThenGarbage | KeepAliveExtraAnswer => {
+            Expect::alive(fwd, true)
+        }
         b if !b.applies_to(protocol) => Expect::alive(fwd, true),
         ChunkSizeTooLong | ChunkSizePrefixed | ChunkSizeSigned | ChunkExtensionFlood | ChunkMissingCrlf => {
             Expect::dead("proxy_protocol_error")

@@ -17,6 +17,7 @@ pub mod judge;
 pub mod limit;
 pub mod probe;
 pub mod reason;
+pub mod stamp;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -24,13 +24,16 @@ use super::echo::{self, Calibration};
 use super::http1::{self, Head};
 use super::judge::{Judge, JudgeError, nonce};
 use super::reason::{Failure, Local, Reason};
+use super::stamp::{self, Mark, Stamped};
 use super::{Echo, Validation};
 use crate::proxy::Credentials;
 
 /// What a probe measured on success.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Success {
-    /// From the start of the TCP connect to the end of the judge's response head.
+    /// From the start of the TCP connect to the arrival of the judge's response head, less
+    /// the time the ball was in our court ([`stamp`]): what the proxy cost, not our
+    /// queueing.
     pub latency: Duration,
     pub connect: Duration,
     /// What the judge's echo told (anonymity, exit address).
@@ -48,14 +51,16 @@ pub struct Exchange {
     pub detect_protocol: bool,
 }
 
-/// Opens a TCP connection within the connect timeout (and the check's `deadline`).
-/// Socket creation failures (EMFILE…) are local, never a verdict.
+/// Opens a TCP connection within the connect timeout (and the check's `deadline`), its
+/// arrivals stamped. Returns it and the connect's duration as the kernel saw it (the
+/// handshake's RTT; see [`stamp::connect_completed`]). Socket creation failures (EMFILE…)
+/// are local, never a verdict.
 pub async fn tcp_connect(
     addr: SocketAddr,
     ex: &Exchange,
     start: Instant,
     deadline: Instant,
-) -> Result<(TcpStream, Duration), Failure> {
+) -> Result<(Stamped, Duration), Failure> {
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() };
     let socket = socket.map_err(|e| Failure::Local(Local(e)))?;
     let _ = socket.set_nodelay(true);
@@ -63,7 +68,8 @@ pub async fn tcp_connect(
     let stream =
         within(deadline, Reason::ConnectTimeout, async { socket.connect(addr).await.map_err(Failure::connect) })
             .await?;
-    Ok((stream, start.elapsed()))
+    let connected = stamp::connect_completed(&stream, start);
+    Ok((Stamped::new(stream, connected), connected.saturating_duration_since(start)))
 }
 
 /// `connect-only`: alive when the TCP connect completes.
@@ -101,12 +107,36 @@ fn status(head: &Head, expect: u16) -> Result<(), Failure> {
     }
 }
 
+/// Where a stream's last bytes arrived: the kernel's clock for a [`Stamped`] socket (also
+/// under TLS), unknown for a plain one.
+pub(crate) trait Arrivals {
+    fn last_arrival(&self) -> Option<Instant>;
+}
+
+impl Arrivals for Stamped {
+    fn last_arrival(&self) -> Option<Instant> {
+        Stamped::last_arrival(self)
+    }
+}
+
+impl Arrivals for TcpStream {
+    fn last_arrival(&self) -> Option<Instant> {
+        None
+    }
+}
+
+impl<T: Arrivals> Arrivals for tokio_rustls::client::TlsStream<T> {
+    fn last_arrival(&self) -> Option<Instant> {
+        self.get_ref().0.last_arrival()
+    }
+}
+
 /// A connection to an HTTP proxy kept after a forward test for the tunnel test's CONNECT:
 /// one connection per proxy where the proxy allows it. Kept only when the forward answer
 /// said the connection persists and its body ended exactly where its framing said (no
 /// byte after it), so the next bytes on it are the CONNECT's answer.
 pub struct Kept {
-    stream: TcpStream,
+    stream: Stamped,
     connect: Duration,
 }
 
@@ -121,7 +151,7 @@ pub enum Reused {
 /// Sends a CONNECT to the judge over `s` and reads the proxy's answer. Returns the buffer
 /// (empty) for the exchange inside.
 async fn open_tunnel(
-    s: &mut TcpStream,
+    s: &mut Stamped,
     creds: Option<&Credentials>,
     judge: &Judge,
     deadline: Instant,
@@ -200,7 +230,7 @@ impl Exchange {
         let mut buf = Vec::with_capacity(1024);
         let head =
             http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.map_err(|e| spoke(e, &buf))?;
-        let latency = start.elapsed();
+        let latency = s.span(Mark::start(start), s.last_arrival().unwrap_or_else(Instant::now));
         status(&head, self.expect_status)?;
         let (echo, clean_end) = self.validate(&mut s, &mut buf, head, judge, &nonce, deadline).await?;
         let kept = (keep && clean_end && head.persistent).then_some(Kept { stream: s, connect });
@@ -218,8 +248,8 @@ impl Exchange {
         let start = Instant::now();
         let (mut s, connect) = tcp_connect(addr, self, start, deadline).await?;
         let buf = open_tunnel(&mut s, creds, judge, deadline).await?;
-        let (latency, echo) = self.through(s, judge, buf, deadline).await?;
-        Ok(Success { latency: latency.duration_since(start), connect, echo })
+        let (latency, echo) = self.through(s, judge, buf, deadline, Mark::start(start)).await?;
+        Ok(Success { latency, connect, echo })
     }
 
     /// The tunnel test on the connection a forward test kept. Only a 2xx answer to the
@@ -238,18 +268,21 @@ impl Exchange {
         let Kept { mut stream, connect } = kept;
         // Anything already there (a close, bytes nobody asked for) and this connection
         // cannot carry the CONNECT's answer: a fresh one, without writing to this.
-        if !matches!(stream.try_read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+        if stream.readable_now() {
             return Reused::Stale;
         }
+        let mark = stream.mark();
         let sent = Instant::now();
-        let half = sent.checked_add(deadline.saturating_duration_since(sent) / 2).unwrap_or(deadline);
+        let half = sent
+            .checked_add(deadline.saturating_duration_since(sent).checked_div(2).unwrap_or_default())
+            .unwrap_or(deadline);
         let buf = match open_tunnel(&mut stream, creds, judge, half).await {
             Ok(buf) => buf,
             Err(Failure::Local(l)) => return Reused::Done(Err(Failure::Local(l))),
             Err(Failure::Dead(_) | Failure::Speaks(_)) => return Reused::Stale,
         };
-        Reused::Done(self.through(stream, judge, buf, deadline).await.map(|(at, echo)| Success {
-            latency: connect.saturating_add(at.saturating_duration_since(sent)),
+        Reused::Done(self.through(stream, judge, buf, deadline, mark).await.map(|(span, echo)| Success {
+            latency: connect.saturating_add(span),
             connect,
             echo,
         }))
@@ -290,18 +323,21 @@ impl Exchange {
                 return Err(expired(deadline, reason));
             }
         };
-        let (latency, echo) = self.through(stream, judge, Vec::with_capacity(1024), deadline).await?;
-        Ok(Success { latency: latency.duration_since(start), connect, echo })
+        let (latency, echo) =
+            self.through(stream, judge, Vec::with_capacity(1024), deadline, Mark::start(start)).await?;
+        Ok(Success { latency, connect, echo })
     }
 
-    /// Speaks to the judge over an established tunnel. Returns when the head arrived.
+    /// Speaks to the judge over an established tunnel. Returns the span from `mark` to the
+    /// arrival of the answer's head (see [`Stamped::span`]) and what the answer told.
     async fn through(
         &self,
-        s: TcpStream,
+        s: Stamped,
         judge: &Judge,
         mut buf: Vec<u8>,
         deadline: Instant,
-    ) -> Result<(Instant, Echo), Failure> {
+        mark: Mark,
+    ) -> Result<(Duration, Echo), Failure> {
         if judge.https {
             let handshake = async {
                 self.tls.connect(judge.server_name(), s).await.map_err(|e| match e.kind() {
@@ -313,17 +349,19 @@ impl Exchange {
             };
             // Boxed: TLS state is large and only HTTPS judges need it.
             let mut tls = Box::new(within(deadline, Reason::Timeout, Box::pin(handshake)).await?);
-            Box::pin(self.judge_exchange(&mut *tls, judge, &mut buf, deadline)).await
+            let (at, echo) = Box::pin(self.judge_exchange(&mut *tls, judge, &mut buf, deadline)).await?;
+            Ok((tls.get_ref().0.span(mark, at), echo))
         } else {
             let mut s = s;
-            self.judge_exchange(&mut s, judge, &mut buf, deadline).await
+            let (at, echo) = self.judge_exchange(&mut s, judge, &mut buf, deadline).await?;
+            Ok((s.span(mark, at), echo))
         }
     }
 
     /// Sends the judge an origin-form request with a fresh nonce over `s` (a tunnel, or a
     /// direct connection for a health probe) and validates its answer. Returns when the
-    /// answer's head arrived.
-    pub(crate) async fn judge_exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    /// answer's head arrived (by the kernel's clock where `s` has one).
+    pub(crate) async fn judge_exchange<S: AsyncRead + AsyncWrite + Arrivals + Unpin>(
         &self,
         s: &mut S,
         judge: &Judge,
@@ -333,7 +371,7 @@ impl Exchange {
         let nonce = nonce();
         write(s, &judge.origin_request(Some(&nonce)), deadline, Reason::Timeout).await?;
         let head = http1::read_head(s, buf, deadline, Reason::Timeout).await?;
-        let at = Instant::now();
+        let at = s.last_arrival().unwrap_or_else(Instant::now);
         let (echo, _) = self.validate(s, buf, head, judge, &nonce, deadline).await?;
         Ok((at, echo))
     }
@@ -450,7 +488,7 @@ async fn probe_once(
 }
 
 /// One direct exchange: a health check (validated like a check), or a calibration.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+async fn exchange<S: AsyncRead + AsyncWrite + Arrivals + Unpin>(
     ex: &Exchange,
     s: &mut S,
     judge: &Judge,

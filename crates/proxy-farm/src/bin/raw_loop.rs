@@ -75,11 +75,8 @@ async fn read_answer(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
     while buf.len() < head_end + length {
         let n = s.read(&mut chunk).await?;
         if n == 0 {
@@ -113,8 +110,7 @@ fn main() -> anyhow::Result<()> {
     let forward = Arc::new(
         format!("GET http://{judge}/get?x=1 HTTP/1.1\r\nHost: {judge}\r\nConnection: close\r\n\r\n").into_bytes(),
     );
-    let forward_kept =
-        Arc::new(format!("GET http://{judge}/get?x=1 HTTP/1.1\r\nHost: {judge}\r\n\r\n").into_bytes());
+    let forward_kept = Arc::new(format!("GET http://{judge}/get?x=1 HTTP/1.1\r\nHost: {judge}\r\n\r\n").into_bytes());
     let connect = Arc::new(format!("CONNECT {judge} HTTP/1.1\r\nHost: {judge}\r\n\r\n").into_bytes());
     let inner = Arc::new(format!("GET /get?x=1 HTTP/1.1\r\nHost: {judge}\r\nConnection: close\r\n\r\n").into_bytes());
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?;
