@@ -69,18 +69,13 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reason> {
     let status = resp.code.ok_or(Reason::ProxyProtocolError)?;
     let mut length: Option<u64> = None;
     let mut last_coding: Option<&[u8]> = None;
-    // HTTP/1.1 persists by default, HTTP/1.0 only when asked.
-    let mut persistent = resp.version == Some(1);
+    // HTTP/1.1 persists by default, HTTP/1.0 only when asked; `close` anywhere wins.
+    let (mut close, mut keep_alive) = (false, false);
     for h in resp.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") || h.name.eq_ignore_ascii_case("proxy-connection") {
             for option in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                if option.eq_ignore_ascii_case(b"close") {
-                    persistent = false;
-                    break;
-                }
-                if option.eq_ignore_ascii_case(b"keep-alive") && resp.version == Some(0) {
-                    persistent = true;
-                }
+                close |= option.eq_ignore_ascii_case(b"close");
+                keep_alive |= option.eq_ignore_ascii_case(b"keep-alive");
             }
             continue;
         }
@@ -105,6 +100,7 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<Head>, Reason> {
         (None, Some(n)) => Framing::Length(n),
         (None, None) => Framing::Close,
     };
+    let persistent = !close && (resp.version == Some(1) || keep_alive);
     Ok(Some(Head { status, len, framing, persistent }))
 }
 
@@ -678,6 +674,7 @@ mod tests {
         assert!(!persists(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
         assert!(persists(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"));
         assert!(persists(b"HTTP/1.0 200 OK\r\nProxy-Connection: Keep-Alive\r\n\r\n"));
+        assert!(!persists(b"HTTP/1.0 200 OK\r\nConnection: close\r\nProxy-Connection: keep-alive\r\n\r\n"));
 
         let deadline = Instant::now() + std::time::Duration::from_secs(30);
         let text = Expect::Text(b"NONCE");

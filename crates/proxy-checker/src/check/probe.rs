@@ -138,6 +138,15 @@ impl<T: Arrivals> Arrivals for tokio_rustls::client::TlsStream<T> {
 pub struct Kept {
     stream: Stamped,
     connect: Duration,
+    /// The forward test's latency: how long this proxy takes to answer through itself.
+    forward: Duration,
+}
+
+/// How long a kept connection may leave the CONNECT unanswered before the tunnel test
+/// goes to a fresh one: twice the time the proxy took to answer the forward test (it has
+/// to reach the judge either way) and a margin, at most half the time left.
+fn reuse_wait(forward: Duration, left: Duration) -> Duration {
+    forward.saturating_mul(2).saturating_add(Duration::from_millis(250)).min(left.checked_div(2).unwrap_or_default())
 }
 
 /// What a tunnel test on a kept connection came to.
@@ -149,13 +158,13 @@ pub enum Reused {
 }
 
 /// Sends a CONNECT to the judge over `s` and reads the proxy's answer. Returns the buffer
-/// (empty) for the exchange inside.
+/// (empty) for the exchange inside, and the answer's head.
 async fn open_tunnel(
     s: &mut Stamped,
     creds: Option<&Credentials>,
     judge: &Judge,
     deadline: Instant,
-) -> Result<Vec<u8>, Failure> {
+) -> Result<(Vec<u8>, Head), Failure> {
     write(s, &judge.connect_request(creds), deadline, Reason::ProxyTimeout).await?;
     let mut buf = Vec::with_capacity(1024);
     let head = http1::read_head(s, &mut buf, deadline, Reason::ProxyTimeout).await.map_err(|e| spoke(e, &buf))?;
@@ -169,7 +178,7 @@ async fn open_tunnel(
         return Err(Reason::ProxyProtocolError.into());
     }
     buf.clear();
-    Ok(buf)
+    Ok((buf, head))
 }
 
 impl Exchange {
@@ -233,7 +242,7 @@ impl Exchange {
         let latency = s.span(Mark::start(start), s.last_arrival().unwrap_or_else(Instant::now));
         status(&head, self.expect_status)?;
         let (echo, clean_end) = self.validate(&mut s, &mut buf, head, judge, &nonce, deadline).await?;
-        let kept = (keep && clean_end && head.persistent).then_some(Kept { stream: s, connect });
+        let kept = (keep && clean_end && head.persistent).then_some(Kept { stream: s, connect, forward: latency });
         Ok((Success { latency, connect, echo }, kept))
     }
 
@@ -247,17 +256,18 @@ impl Exchange {
     ) -> Result<Success, Failure> {
         let start = Instant::now();
         let (mut s, connect) = tcp_connect(addr, self, start, deadline).await?;
-        let buf = open_tunnel(&mut s, creds, judge, deadline).await?;
+        let (buf, _) = open_tunnel(&mut s, creds, judge, deadline).await?;
         let (latency, echo) = self.through(s, judge, buf, deadline, Mark::start(start)).await?;
         Ok(Success { latency, connect, echo })
     }
 
     /// The tunnel test on the connection a forward test kept. Only a 2xx answer to the
-    /// CONNECT is taken from it; a proxy that closes, stays silent (for at most half the
-    /// time left), garbles, or refuses there is owed a fresh connection
-    /// ([`Reused::Stale`]): keeping a connection makes a check cheaper, never changes its
-    /// verdict. The latency is the kept connection's connect time plus the CONNECT's
-    /// exchange and the judge's, as on a connection of its own.
+    /// CONNECT that arrived after it was sent and carries no body framing (RFC 9110 §9.3.6:
+    /// a 2xx to CONNECT has none) is taken from it. A proxy that closes, stays silent
+    /// ([`reuse_wait`]), garbles, or refuses there is owed a fresh connection
+    /// ([`Reused::Stale`]), within the same deadline. The latency is the kept connection's
+    /// connect time plus the CONNECT's exchange and the judge's, as on a connection of its
+    /// own.
     pub async fn tunnel_reusing(
         &self,
         kept: Kept,
@@ -265,7 +275,7 @@ impl Exchange {
         judge: &Judge,
         deadline: Instant,
     ) -> Reused {
-        let Kept { mut stream, connect } = kept;
+        let Kept { mut stream, connect, forward } = kept;
         // Anything already there (a close, bytes nobody asked for) and this connection
         // cannot carry the CONNECT's answer: a fresh one, without writing to this.
         if stream.readable_now() {
@@ -273,11 +283,13 @@ impl Exchange {
         }
         let mark = stream.mark();
         let sent = Instant::now();
-        let half = sent
-            .checked_add(deadline.saturating_duration_since(sent).checked_div(2).unwrap_or_default())
-            .unwrap_or(deadline);
-        let buf = match open_tunnel(&mut stream, creds, judge, half).await {
-            Ok(buf) => buf,
+        let wait = reuse_wait(forward, deadline.saturating_duration_since(sent));
+        let answered_by = sent.checked_add(wait).unwrap_or(deadline);
+        let buf = match open_tunnel(&mut stream, creds, judge, answered_by).await {
+            Ok((_, head)) if head.framing != http1::Framing::Close => return Reused::Stale,
+            // An answer whose bytes were there before we asked: not the CONNECT's.
+            Ok(_) if stream.last_arrival().is_some_and(|at| at < sent) => return Reused::Stale,
+            Ok((buf, _)) => buf,
             Err(Failure::Local(l)) => return Reused::Done(Err(Failure::Local(l))),
             Err(Failure::Dead(_) | Failure::Speaks(_)) => return Reused::Stale,
         };

@@ -38,6 +38,8 @@ pub struct Stamped {
     our_turn: Option<Instant>,
     /// The sum of our turns that ended in a write.
     ours: Duration,
+    /// When our last write began: an answer we read arrived after it.
+    last_write: Option<Instant>,
     /// The kernel gives arrival timestamps on this socket.
     kernel_clock: bool,
 }
@@ -61,7 +63,7 @@ impl Stamped {
     /// [`connect_completed`]), from which on the ball is ours.
     pub fn new(io: TcpStream, connected: Instant) -> Self {
         let kernel_clock = enable_timestamps(&io);
-        Self { io, last_arrival: None, our_turn: Some(connected), ours: Duration::ZERO, kernel_clock }
+        Self { io, last_arrival: None, our_turn: Some(connected), ours: Duration::ZERO, last_write: None, kernel_clock }
     }
 
     /// Starts a span now, on a socket already in use: a turn of ours in progress counts
@@ -99,28 +101,35 @@ impl Stamped {
 
     /// Reads into `buf`'s unfilled part with `recvmsg`, returning the byte count and the
     /// kernel's arrival time of the data (when it gave one).
-    fn recv(&self, buf: &mut [u8]) -> io::Result<(usize, Option<SystemTime>)> {
+    fn recv(&self, buf: &mut [std::mem::MaybeUninit<u8>]) -> io::Result<(usize, Option<SystemTime>)> {
         recv_stamped(self.io.as_raw_fd(), buf, self.kernel_clock)
     }
 
+    /// Every error here errs towards a longer latency, never a shorter one.
     fn arrived(&mut self, kernel: Option<SystemTime>) {
-        let now = Instant::now();
-        // The kernel's wall-clock stamp mapped onto the monotonic clock through "now": how
-        // long ago it arrived. A stamp in the future (a clock step) counts as now.
+        // The kernel's wall-clock stamp mapped onto the monotonic clock: how long ago it
+        // arrived, then now less that. The wall clock is read first, so a pause between
+        // the two readings places the arrival later, not earlier. A stamp in the future (a
+        // clock step) counts as now.
         let ago = kernel.and_then(|at| SystemTime::now().duration_since(at).ok()).unwrap_or_default();
+        let now = Instant::now();
         let at = now.checked_sub(ago).unwrap_or(now);
-        // Arrivals never go back in time (several reads of one segment, a clock step).
+        // Never before our last write (what we read answers it; a clock step backwards
+        // cannot make it older) nor before an earlier arrival.
+        let at = self.last_write.map_or(at, |w| at.max(w));
         let at = self.last_arrival.map_or(at, |last| at.max(last));
         self.last_arrival = Some(at);
-        // An arrival while the ball was already ours (more of the same answer) leaves the
-        // turn where it began.
-        self.our_turn.get_or_insert(at);
+        // Our turn starts at the latest arrival: the gaps between the pieces of an answer
+        // are the peer's.
+        self.our_turn = Some(at);
     }
 
-    fn wrote(&mut self) {
+    /// A write that began at `began` went out: our turn ended when it began.
+    fn wrote(&mut self, began: Instant) {
         if let Some(since) = self.our_turn.take() {
-            self.ours = self.ours.saturating_add(since.elapsed());
+            self.ours = self.ours.saturating_add(began.saturating_duration_since(since));
         }
+        self.last_write = Some(began);
     }
 }
 
@@ -129,9 +138,16 @@ impl AsyncRead for Stamped {
         let this = self.get_mut();
         loop {
             ready!(this.io.poll_read_ready(cx))?;
-            let dst = buf.initialize_unfilled();
+            // SAFETY: `recvmsg` only writes into the spare bytes, never de-initialises any;
+            // exactly the `n` it reports are marked initialised below.
+            let dst = unsafe { buf.unfilled_mut() };
+            // Readiness is cleared only by a read that would block (tokio's `try_io`), so
+            // a short read costs one more `recvmsg` that says so; `readable_now` relies on
+            // the readiness staying set until then.
             match this.io.try_io(Interest::READABLE, || this.recv(dst)) {
                 Ok((n, at)) => {
+                    // SAFETY: the kernel wrote `n` bytes at the start of the unfilled part.
+                    unsafe { buf.assume_init(n) };
                     buf.advance(n);
                     if n > 0 {
                         this.arrived(at);
@@ -148,11 +164,30 @@ impl AsyncRead for Stamped {
 impl AsyncWrite for Stamped {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        let began = Instant::now();
         let r = ready!(Pin::new(&mut this.io).poll_write(cx, buf));
         if matches!(r, Ok(n) if n > 0) {
-            this.wrote();
+            this.wrote(began);
         }
         Poll::Ready(r)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let began = Instant::now();
+        let r = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs));
+        if matches!(r, Ok(n) if n > 0) {
+            this.wrote(began);
+        }
+        Poll::Ready(r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -224,7 +259,11 @@ fn handshake_rtt(_: &TcpStream) -> Option<Duration> {
 struct ControlBuf([u8; 64]);
 
 #[cfg(target_os = "linux")]
-fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8], stamped: bool) -> io::Result<(usize, Option<SystemTime>)> {
+fn recv_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+    stamped: bool,
+) -> io::Result<(usize, Option<SystemTime>)> {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut control = ControlBuf([0; 64]);
     // SAFETY: msghdr is plain old data; all-zero is "no name, no iov, no control".
@@ -269,12 +308,15 @@ fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8], stamped: bool) -> io::Re
 }
 
 #[cfg(not(target_os = "linux"))]
-fn recv_stamped(fd: std::os::fd::RawFd, buf: &mut [u8], _: bool) -> io::Result<(usize, Option<SystemTime>)> {
-    use std::io::Read;
-    use std::os::fd::FromRawFd;
-    // Not reached on the platforms the service runs on; a plain read, unstamped.
-    let mut f = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
-    f.read(buf).map(|n| (n, None))
+fn recv_stamped(
+    fd: std::os::fd::RawFd,
+    buf: &mut [std::mem::MaybeUninit<u8>],
+    _: bool,
+) -> io::Result<(usize, Option<SystemTime>)> {
+    // A plain read, unstamped. SAFETY: `fd` is the live socket of the `Stamped` calling
+    // (borrowed for the call), and `buf` is writable memory of its true length.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map(|n| (n, None)).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(test)]
@@ -287,6 +329,7 @@ mod tests {
     /// delay before writing is not the peer's. Busy = the runtime's only thread blocked;
     /// every bound below follows from sleeps' lower bounds and the peer's signal, not from
     /// the machine's speed.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn arrivals_are_stamped_and_our_turns_left_out() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
