@@ -14,15 +14,20 @@ pub const LATE_TIMER: Duration = Duration::from_millis(500);
 
 /// Runs `fut` until `deadline`; on expiry fails with `on_timeout`, or with a local
 /// failure if the timer fired late (an overloaded runtime, not a slow proxy).
-pub async fn within<T>(
+///
+/// A combinator, not an `async fn`: an `async fn` keeps its future argument in its own
+/// state beside the timeout that runs it, so every probe that nests it would carry its
+/// I/O future twice (19,000 checks wait at once).
+pub fn within<T>(
     deadline: Instant,
     on_timeout: Reason,
     fut: impl Future<Output = Result<T, Failure>>,
-) -> Result<T, Failure> {
-    match tokio::time::timeout_at(deadline, fut).await {
+) -> impl Future<Output = Result<T, Failure>> {
+    use futures_util::FutureExt;
+    tokio::time::timeout_at(deadline, fut).map(move |r| match r {
         Ok(r) => r,
         Err(_) => Err(expired(deadline, on_timeout)),
-    }
+    })
 }
 
 /// The failure for a deadline that has passed: `reason`, unless we noticed it late.

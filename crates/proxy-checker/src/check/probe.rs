@@ -107,15 +107,25 @@ fn status(head: &Head, expect: u16) -> Result<(), Failure> {
     }
 }
 
-/// Where a stream's last bytes arrived: the kernel's clock for a [`Stamped`] socket (also
-/// under TLS), unknown for a plain one.
+/// What the probes ask of a stream besides reading and writing.
 pub(crate) trait Arrivals {
+    /// Where the last bytes arrived: the kernel's clock for a [`Stamped`] socket (also
+    /// under TLS), unknown for a plain one.
     fn last_arrival(&self) -> Option<Instant>;
+
+    /// Resolves when an answer is there to read, so a check waiting for a proxy holds no
+    /// read buffer (thousands wait at once). At once where that cannot be told from the
+    /// socket (TLS may hold what it read already).
+    fn answer_ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
 }
 
 impl Arrivals for Stamped {
     fn last_arrival(&self) -> Option<Instant> {
         Stamped::last_arrival(self)
+    }
+
+    fn answer_ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        self.readable()
     }
 }
 
@@ -123,12 +133,27 @@ impl Arrivals for TcpStream {
     fn last_arrival(&self) -> Option<Instant> {
         None
     }
+
+    fn answer_ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
 }
 
-impl<T: Arrivals> Arrivals for tokio_rustls::client::TlsStream<T> {
+impl<T: Arrivals + Send + Sync> Arrivals for tokio_rustls::client::TlsStream<T> {
     fn last_arrival(&self) -> Option<Instant> {
         self.get_ref().0.last_arrival()
     }
+
+    fn answer_ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// Waits (within `deadline`, `silent` if nothing comes) until `s` has an answer to read,
+/// then gives the read buffer: allocated only once there is something to read.
+async fn answer_buffer<S: Arrivals>(s: &S, deadline: Instant, silent: Reason) -> Result<Vec<u8>, Failure> {
+    within(deadline, silent, async { s.answer_ready().await.map_err(Failure::io) }).await?;
+    Ok(Vec::with_capacity(1024))
 }
 
 /// A connection to an HTTP proxy kept after a forward test for the tunnel test's CONNECT:
@@ -166,7 +191,7 @@ async fn open_tunnel(
     deadline: Instant,
 ) -> Result<(Vec<u8>, Head), Failure> {
     write(s, &judge.connect_request(creds), deadline, Reason::ProxyTimeout).await?;
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf = answer_buffer(s, deadline, Reason::ProxyTimeout).await?;
     let head = http1::read_head(s, &mut buf, deadline, Reason::ProxyTimeout).await.map_err(|e| spoke(e, &buf))?;
     match head.status {
         200..=299 => {}
@@ -177,8 +202,7 @@ async fn open_tunnel(
         // Bytes from "the judge" before we sent anything: not a tunnel.
         return Err(Reason::ProxyProtocolError.into());
     }
-    buf.clear();
-    Ok((buf, head))
+    Ok((Vec::new(), head))
 }
 
 impl Exchange {
@@ -236,7 +260,7 @@ impl Exchange {
         let (mut s, connect) = tcp_connect(addr, self, start, deadline).await?;
         let nonce = nonce();
         write(&mut s, &judge.forward_request(Some(&nonce), creds, keep), deadline, Reason::ProxyTimeout).await?;
-        let mut buf = Vec::with_capacity(1024);
+        let mut buf = answer_buffer(&s, deadline, Reason::ProxyTimeout).await?;
         let head =
             http1::read_head(&mut s, &mut buf, deadline, Reason::ProxyTimeout).await.map_err(|e| spoke(e, &buf))?;
         let latency = s.span(Mark::start(start), s.last_arrival().unwrap_or_else(Instant::now));
@@ -335,8 +359,7 @@ impl Exchange {
                 return Err(expired(deadline, reason));
             }
         };
-        let (latency, echo) =
-            self.through(stream, judge, Vec::with_capacity(1024), deadline, Mark::start(start)).await?;
+        let (latency, echo) = self.through(stream, judge, Vec::new(), deadline, Mark::start(start)).await?;
         Ok(Success { latency, connect, echo })
     }
 
@@ -382,6 +405,9 @@ impl Exchange {
     ) -> Result<(Instant, Echo), Failure> {
         let nonce = nonce();
         write(s, &judge.origin_request(Some(&nonce)), deadline, Reason::Timeout).await?;
+        if buf.capacity() == 0 {
+            *buf = answer_buffer(s, deadline, Reason::Timeout).await?;
+        }
         let head = http1::read_head(s, buf, deadline, Reason::Timeout).await?;
         let at = s.last_arrival().unwrap_or_else(Instant::now);
         let (echo, _) = self.validate(s, buf, head, judge, &nonce, deadline).await?;

@@ -94,6 +94,12 @@ impl Stamped {
         !matches!(self.io.try_read(&mut [0u8; 1]), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
+    /// Resolves when a byte (or the peer's close) is there to read, without reading it: a
+    /// peek, since the runtime's readiness can stay set from the last read.
+    pub async fn readable(&self) -> io::Result<()> {
+        self.io.peek(&mut [0u8; 1]).await.map(drop)
+    }
+
     /// Whether arrivals are stamped by the kernel (else by the read's return).
     pub fn kernel_clock(&self) -> bool {
         self.kernel_clock
