@@ -66,6 +66,9 @@ pub const RESOLVE_BUDGET: usize = 10_000;
 pub const RESOLVE_SLOTS: usize = 64;
 /// Candidates parsed but not yet taken by the engine, at most (backpressure on sources).
 const QUEUE: usize = 4096;
+/// Batches of parsed proxies a source's parser may run ahead of the dedupe and the queue
+/// (of `source::BATCH` each).
+const PARSED_BATCHES: usize = 4;
 
 /// Inputs of a round that do not change between rounds.
 pub struct RoundContext {
@@ -188,26 +191,51 @@ impl RoundContext {
         feed: &Feed<'_>,
         tx: &mpsc::Sender<Candidate>,
     ) -> SourceStats {
-        let (proxies, mut st) = source::collect(&self.client, spec, &self.fetch, self.allow_private).await;
         let source = u16::try_from(i).unwrap_or(u16::MAX);
+        // The parser hands each proxy over as it parses (a list of lines is never held as
+        // a second list); IP addresses go straight to the engine's queue, so the parser
+        // waits while the engine is full.
+        let (parsed_tx, parsed) = mpsc::channel::<Vec<(Proxy, u32)>>(PARSED_BATCHES);
+        let fetching = async {
+            // The sender comes back with the stats: dropped here, so the channel closes
+            // once the parse is done and the taking side below ends.
+            let feed = source::Batches::new(parsed_tx);
+            let (_sender, st) = source::fetch_into(&self.client, spec, &self.fetch, self.allow_private, feed).await;
+            st
+        };
+        // What this side counts while the parser runs: valid, duplicates and their rejects.
+        let mut mine = SourceStats::default();
         let mut named: Vec<(Proxy, u32)> = Vec::new();
-        // IP addresses go straight to the queue, one by one: a million-line list is never
-        // copied into a second list of candidates.
-        for (proxy, line) in proxies {
-            if !feed.seen.admit(&proxy) {
-                st.duplicates = st.duplicates.saturating_add(1);
-                st.reject(Reject { line, reason: RejectReason::Duplicate, text: String::new() });
-                continue;
-            }
-            match proxy.host {
-                Host::Ip(ip) => {
-                    let c = Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source, scope: Scope::Full };
-                    if !send(c, &mut st, feed.progress, tx).await {
-                        return st;
+        let taking = async {
+            // Owned here: when this ends (the engine gone), the parser's next hand-over
+            // fails and it stops.
+            let mut parsed = parsed;
+            while let Some(batch) = parsed.recv().await {
+                for (proxy, line) in batch {
+                    if !feed.seen.admit(&proxy) {
+                        mine.duplicates = mine.duplicates.saturating_add(1);
+                        mine.reject(Reject { line, reason: RejectReason::Duplicate, text: String::new() });
+                        continue;
+                    }
+                    match proxy.host {
+                        Host::Ip(ip) => {
+                            let c =
+                                Candidate { addr: SocketAddr::new(ip, proxy.port), proxy, source, scope: Scope::Full };
+                            if !send(c, &mut mine, feed.progress, tx).await {
+                                // The engine is gone: dropping the receiver stops the parser.
+                                return false;
+                            }
+                        }
+                        Host::Name(_) => named.push((proxy, line)),
                     }
                 }
-                Host::Name(_) => named.push((proxy, line)),
             }
+            true
+        };
+        let (mut st, engine_there) = tokio::join!(fetching, taking);
+        st.absorb(mine);
+        if !engine_there {
+            return st;
         }
         let share = AtomicUsize::new(feed.names_per_source);
         let share = &share;

@@ -206,6 +206,18 @@ impl SourceStats {
             self.samples.push(r);
         }
     }
+
+    /// Adds what was counted beside the parser (valid, duplicates and their rejects).
+    pub(crate) fn absorb(&mut self, other: SourceStats) {
+        self.valid = self.valid.saturating_add(other.valid);
+        self.duplicates = self.duplicates.saturating_add(other.duplicates);
+        for (reason, n) in other.rejected {
+            let total = self.rejected.entry(reason).or_default();
+            *total = total.saturating_add(n);
+        }
+        let room = MAX_SAMPLES.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
+    }
 }
 
 const MAX_SAMPLES: usize = 20;
@@ -243,6 +255,76 @@ impl Dedupe {
     }
 }
 
+/// Where a source's proxies go as they are parsed, on the blocking pool (a sink may block
+/// its thread; never call it from async code).
+pub(crate) trait ProxySink: Send + 'static {
+    /// Takes one proxy and its line number; `false`: no more are wanted.
+    fn take(&mut self, proxy: Proxy, line: u32) -> bool;
+    /// The parse is over and the source is good: hand over anything still held.
+    fn finish(&mut self) {}
+    /// Time spent waiting for the receiver rather than parsing.
+    fn waited(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl ProxySink for Vec<(Proxy, u32)> {
+    fn take(&mut self, proxy: Proxy, line: u32) -> bool {
+        self.push((proxy, line));
+        true
+    }
+}
+
+/// Proxies per hand-over from a parser to its round.
+pub(crate) const BATCH: usize = 256;
+
+/// A round's feed from one parser: proxies in batches of [`BATCH`] (one hand-over, and
+/// one wake of the round, per batch), each waiting for room in the channel: backpressure
+/// from the engine down to the parser. A closed channel stops the parse.
+pub(crate) struct Batches {
+    tx: tokio::sync::mpsc::Sender<Vec<(Proxy, u32)>>,
+    batch: Vec<(Proxy, u32)>,
+    waited: Duration,
+}
+
+impl Batches {
+    pub(crate) fn new(tx: tokio::sync::mpsc::Sender<Vec<(Proxy, u32)>>) -> Self {
+        Self { tx, batch: Vec::new(), waited: Duration::ZERO }
+    }
+
+    fn flush(&mut self) -> bool {
+        if self.batch.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        match self.tx.try_send(batch) {
+            Ok(()) => true,
+            Err(tokio::sync::mpsc::error::TrySendError::Full(batch)) => {
+                let since = Instant::now();
+                let sent = self.tx.blocking_send(batch).is_ok();
+                self.waited = self.waited.saturating_add(since.elapsed());
+                sent
+            }
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+impl ProxySink for Batches {
+    fn take(&mut self, proxy: Proxy, line: u32) -> bool {
+        self.batch.push((proxy, line));
+        self.batch.len() < BATCH || self.flush()
+    }
+
+    fn finish(&mut self) {
+        self.flush();
+    }
+
+    fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
 /// Fetches and parses one source. Returns its proxies with their line numbers (nothing
 /// on error) and its stats so far (`valid` and `duplicates` are the caller's to count).
 pub async fn collect(
@@ -251,6 +333,22 @@ pub async fn collect(
     settings: &FetchSettings,
     allow_private: bool,
 ) -> (Vec<(Proxy, u32)>, SourceStats) {
+    let (found, st) = fetch_into(client, spec, settings, allow_private, Vec::new()).await;
+    (found.unwrap_or_default(), st)
+}
+
+/// Fetches one source and parses it into `sink` as it goes (see
+/// [`parse::parse_document_with`]: a source refused whole hands over nothing). Returns the
+/// sink (`None` if the parser panicked: what it had handed over stays handed over) and the
+/// source's stats so far (`valid` and `duplicates` are the caller's to count; `duration`
+/// leaves out the time the parser waited for the sink's receiver).
+pub(crate) async fn fetch_into<K: ProxySink>(
+    client: &reqwest::Client,
+    spec: &SourceSpec,
+    settings: &FetchSettings,
+    allow_private: bool,
+    sink: K,
+) -> (Option<K>, SourceStats) {
     let started = Instant::now();
     let name = spec.shown();
     let mut st = SourceStats { name: name.clone(), fetched_at: Some(SystemTime::now()), ..Default::default() };
@@ -264,44 +362,54 @@ pub async fn collect(
     // Parsing a 32 MiB page is seconds of CPU: on the blocking pool, not on the runtime
     // that runs the checks (whose timers would fire late).
     let parsing = tokio::task::spawn_blocking(move || {
-        let parsed = body.and_then(|body| parse_body(&body, opts, &mut st));
-        (parsed, st)
+        let mut sink = sink;
+        let parsed = body.and_then(|body| parse_body(&body, opts, &mut st, &mut sink));
+        (parsed, st, sink)
     });
-    let (parsed, mut st) = match parsing.await {
-        Ok(done) => done,
+    let (parsed, mut st, sink) = match parsing.await {
+        Ok((parsed, st, sink)) => (parsed, st, Some(sink)),
+        // The parser panicked: the sink went with it.
         Err(e) => {
             let st = SourceStats { name: name.clone(), attempts, ..Default::default() };
-            (Err(SourceError::Parser(e.to_string())), st)
+            (Err(SourceError::Parser(e.to_string())), st, None)
         }
     };
-    st.duration = started.elapsed();
-    match parsed {
-        Ok(proxies) => (proxies, st),
-        Err(e) => {
-            tracing::warn!(source = %name, error = %e, attempts, "source failed");
-            st.error = Some(e);
-            (Vec::new(), st)
-        }
+    st.duration = started.elapsed().saturating_sub(sink.as_ref().map_or(Duration::ZERO, |k| k.waited()));
+    if let Err(e) = parsed {
+        tracing::warn!(source = %name, error = %e, attempts, "source failed");
+        st.error = Some(e);
     }
+    (sink, st)
 }
 
-/// Parses a fetched body into `st` (format, lines, rejects).
-fn parse_body(body: &[u8], opts: ParseOptions, st: &mut SourceStats) -> Result<Vec<(Proxy, u32)>, SourceError> {
+/// Parses a fetched body into `sink`, and `st` (format, lines, rejects).
+fn parse_body(
+    body: &[u8],
+    opts: ParseOptions,
+    st: &mut SourceStats,
+    sink: &mut dyn ProxySink,
+) -> Result<(), SourceError> {
     st.bytes = body.len() as u64;
     if let Some(at) = fetch::binary_offset(body) {
         return Err(SourceError::Binary(at));
     }
     let name = st.name.clone();
-    let (parsed, format) = parse::parse_document(body, opts, &mut |r| {
-        tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
-        st.reject(r);
-    });
+    let (lines, truncated, format) = parse::parse_document_with(
+        body,
+        opts,
+        &mut |r| {
+            tracing::debug!(source = %name, line = r.line, reason = r.reason.as_str(), text = %r.text, "line rejected");
+            st.reject(r);
+        },
+        &mut |p, line| sink.take(p, line),
+    );
     st.format = Some(format);
-    st.lines = parsed.lines;
-    if parsed.truncated {
+    st.lines = lines;
+    if truncated {
         return Err(SourceError::TooManyProxies(opts.max_proxies));
     }
-    Ok(parsed.proxies)
+    sink.finish();
+    Ok(())
 }
 
 /// Result of [`gather`].

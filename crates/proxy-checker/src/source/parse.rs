@@ -131,20 +131,62 @@ const MAX_REJECT_TEXT: usize = 80;
 pub fn parse_document(body: &[u8], opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> (Parsed, Format) {
     let text = String::from_utf8_lossy(body);
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let head = text.trim_start();
+    parse_text(text, is_json(text), opts, on_reject)
+}
+
+/// [`parse_document`] on the text, `json` telling whether it is valid JSON.
+fn parse_text(text: &str, json: bool, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> (Parsed, Format) {
     // Validated first without building anything, then streamed item by item: a JSON list
     // costs its text and one item at a time, never a whole `Value` tree.
-    if (head.starts_with('[') || head.starts_with('{'))
-        && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
-        && let Ok(parsed) = parse_json(text, opts, on_reject)
-    {
+    if json && let Ok(parsed) = parse_json(text, opts, on_reject) {
         return (parsed, Format::Json);
     }
-    let probe = text.as_bytes().get(..4096).unwrap_or(text.as_bytes());
-    if looks_like_html(probe) {
+    if is_html(text) {
         return (parse_html(text, opts, on_reject), Format::Html);
     }
     (parse_lines(text, opts, on_reject), Format::Lines)
+}
+
+fn is_json(text: &str) -> bool {
+    let head = text.trim_start();
+    (head.starts_with('[') || head.starts_with('{')) && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok()
+}
+
+fn is_html(text: &str) -> bool {
+    looks_like_html(text.as_bytes().get(..4096).unwrap_or(text.as_bytes()))
+}
+
+/// [`parse_document`], handing each proxy to `on_proxy` (which returns `false` to stop)
+/// instead of collecting them: a million-line list is never held as a second list. A
+/// document that goes over `max_proxies` hands over nothing (it is refused whole): a list
+/// of lines — at most one proxy a line — is streamed as it is parsed when it has no more
+/// lines than that; any other document is parsed whole first. Returns the lines counted,
+/// whether the document went over, and its format.
+pub fn parse_document_with(
+    body: &[u8],
+    opts: ParseOptions,
+    on_reject: &mut dyn FnMut(Reject),
+    on_proxy: &mut dyn FnMut(Proxy, u32) -> bool,
+) -> (u64, bool, Format) {
+    let text = String::from_utf8_lossy(body);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let json = is_json(text);
+    // What `str::lines` can yield at most: one line per `\n`, and one after the last
+    // unless the text ends with it.
+    let newlines = memchr::memchr_iter(b'\n', text.as_bytes()).count();
+    let lines_at_most = newlines.saturating_add(usize::from(!text.ends_with('\n')));
+    if lines_at_most <= opts.max_proxies && !json && !is_html(text) {
+        return (lines_into(text, opts, on_reject, on_proxy), false, Format::Lines);
+    }
+    let (parsed, format) = parse_text(text, json, opts, on_reject);
+    if !parsed.truncated {
+        for (p, line) in parsed.proxies {
+            if !on_proxy(p, line) {
+                break;
+            }
+        }
+    }
+    (parsed.lines, parsed.truncated, format)
 }
 
 fn looks_like_html(head: &[u8]) -> bool {
@@ -165,22 +207,43 @@ fn line_no(i: usize) -> u32 {
 
 fn parse_lines(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Parsed {
     let mut out = Parsed::default();
+    let mut proxies = Vec::new();
+    let mut truncated = false;
+    out.lines = lines_into(text, opts, on_reject, &mut |p, line| {
+        proxies.push((p, line));
+        truncated = proxies.len() > opts.max_proxies;
+        !truncated
+    });
+    out.proxies = proxies;
+    out.truncated = truncated;
+    out
+}
+
+/// Parses a list of lines, handing each proxy to `on_proxy` until it returns `false`.
+/// Returns the lines that were not blank or comments.
+fn lines_into(
+    text: &str,
+    opts: ParseOptions,
+    on_reject: &mut dyn FnMut(Reject),
+    on_proxy: &mut dyn FnMut(Proxy, u32) -> bool,
+) -> u64 {
+    let mut lines: u64 = 0;
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with("//") || line.starts_with(';') {
             continue;
         }
-        out.lines = out.lines.saturating_add(1);
+        lines = lines.saturating_add(1);
         match parse_line(line, opts) {
             Ok(p) => {
-                if !out.push(p, line_no(i), opts.max_proxies) {
+                if !on_proxy(p, line_no(i)) {
                     break;
                 }
             }
             Err(reason) => on_reject(Reject { line: line_no(i), reason, text: cut(line) }),
         }
     }
-    out
+    lines
 }
 
 /// Parses one non-empty, trimmed line: the address is its first token, the rest is an
@@ -857,5 +920,65 @@ mod tests {
         parse_document(long.as_bytes(), OPTS, &mut |r| seen.push(r));
         assert_eq!(seen.len(), 1);
         assert_eq!(seen[0].text.len(), MAX_REJECT_TEXT);
+    }
+
+    /// Streaming hands over what the whole parse finds, in order, for every format; a
+    /// document over the cap hands over nothing; the receiver can stop it.
+    #[test]
+    fn streaming_hands_over_what_a_whole_parse_finds() {
+        let lines = "1.2.3.4:80\n# comment\nnot a proxy\nsocks5://5.6.7.8:1080\n\n9.9.9.9 8080 US\n";
+        let json = r#"[{"ip": "1.2.3.4", "port": 80}, {"ip": "5.6.7.8", "port": "1080", "protocol": "socks5"}]"#;
+        let html = "<table><tr><td>1.2.3.4</td><td>80</td><td>HTTP</td></tr><tr><td>5.6.7.8</td><td>1080</td><td>SOCKS5</td></tr></table>";
+        for doc in [lines, json, html] {
+            let mut whole_rejects = 0;
+            let (whole, format) = parse_document(doc.as_bytes(), OPTS, &mut |_| whole_rejects += 1);
+            let whole_lines = whole.lines;
+            let mut streamed = Vec::new();
+            let mut rejects = 0;
+            let (n, truncated, f) = parse_document_with(doc.as_bytes(), OPTS, &mut |_| rejects += 1, &mut |p, line| {
+                streamed.push((p.to_string(), line));
+                true
+            });
+            let whole: Vec<_> = whole.proxies.iter().map(|(p, line)| (p.to_string(), *line)).collect();
+            assert!(!whole.is_empty(), "{doc}");
+            assert_eq!(
+                (streamed, n, truncated, f, rejects),
+                (whole, whole_lines, false, format, whole_rejects),
+                "{doc}"
+            );
+        }
+        // Over the cap: refused whole, nothing handed over (streamed or not).
+        for (doc, max) in [(lines, 2), (json, 1), (html, 1)] {
+            let opts = ParseOptions { max_proxies: max, ..OPTS };
+            let mut got = 0;
+            let (_, truncated, _) = parse_document_with(doc.as_bytes(), opts, &mut |_| {}, &mut |_, _| {
+                got += 1;
+                true
+            });
+            assert!(truncated && got == 0, "{doc}: {got} handed over");
+        }
+        // As many lines as the cap, ending in a newline: streamed (the parse stops where
+        // the receiver does: one line counted), all of it handed over.
+        let exact = "1.2.3.4:80\n5.6.7.8:81\n9.9.9.9:82\n";
+        let opts = ParseOptions { max_proxies: 3, ..OPTS };
+        let mut got = 0;
+        let (n, truncated, _) = parse_document_with(exact.as_bytes(), opts, &mut |_| {}, &mut |_, _| {
+            got += 1;
+            true
+        });
+        assert!(!truncated && got == 3 && n == 3);
+        let (n, _, _) = parse_document_with(exact.as_bytes(), opts, &mut |_| {}, &mut |_, _| false);
+        assert_eq!(n, 1, "streamed: stopped at the first proxy");
+        // One line more than the cap could hold: parsed whole first (all lines counted).
+        let opts = ParseOptions { max_proxies: 2, ..OPTS };
+        let (n, truncated, _) = parse_document_with(exact.as_bytes(), opts, &mut |_| {}, &mut |_, _| false);
+        assert!(truncated && n == 3, "{n}");
+        // The receiver stops the parse.
+        let mut got = 0;
+        parse_document_with(lines.as_bytes(), OPTS, &mut |_| {}, &mut |_, _| {
+            got += 1;
+            false
+        });
+        assert_eq!(got, 1);
     }
 }
