@@ -56,10 +56,25 @@ def timed(cmd):
 BASELINE = None
 
 
+def listen_overflows():
+    """The kernel's count of SYNs dropped because a listen queue was full (the farm's: one
+    listener stands in for every proxy, and `somaxconn` caps its queue)."""
+    names = None
+    with open("/proc/net/netstat") as f:
+        for line in f:
+            if line.startswith("TcpExt:") and names is None:
+                names = line.split()
+            elif line.startswith("TcpExt:"):
+                return int(line.split()[names.index("ListenOverflows")])
+    return 0
+
+
 def check(farm, *extra, binary=None, source=None):
     cmd = [binary or CHECKER, "check", "--allow-private", "--judge-url", farm.info["judge_url"],
            "--source", source or farm.info["list_file"], *([] if "-o" in extra else ["-o", "/dev/null"]), *extra]
+    before = listen_overflows()
     wall, rss, cpu, _, err = timed(cmd)
+    overflows = listen_overflows() - before
     m = re.search(r"checked (\d+) in ([\d.]+)s \((\d+)/s\): (\d+) alive, (\d+) dead; (\d+) retries, (\d+) local"
                   r" requeues, (\d+) probes", err)
     if not m:
@@ -67,7 +82,7 @@ def check(farm, *extra, binary=None, source=None):
     n, secs, rate, alive, dead, retries, local, probes = m.groups()
     return {"wall": wall, "rss_mib": rss / 1024, "checked": int(n), "run_s": float(secs), "rate": int(rate),
             "alive": int(alive), "dead": int(dead), "retries": int(retries), "local": int(local),
-            "probes": int(probes),
+            "probes": int(probes), "overflows": overflows,
             "cpu_s": cpu, "cpu_us": cpu * 1e6 / max(1, int(n))}
 
 
@@ -142,7 +157,7 @@ def side_by_side(out, what, rows, base, key, unit, higher_is_better):
     out.append(f"Side by side with the baseline `{BASELINE}`, alternating against the same farm: {what} "
                f"this build {n:.1f} {unit} (runs: {', '.join(f'{r[key]:.1f}' for r in rows)}), baseline "
                f"{b:.1f} {unit} (runs: {', '.join(f'{r[key]:.1f}' for r in base)}); this ÷ baseline "
-               f"**{n / b:.3f}** ({'higher' if higher_is_better else 'lower'} is better).\n")
+               f"**{(n / b) if b else float('nan'):.3f}** ({'higher' if higher_is_better else 'lower'} is better).\n")
 
 
 def throughput(reps, out):
@@ -211,23 +226,13 @@ def latency(reps, out):
     groups = [{"count": per, "protocol": "http", "behavior": "working", "latency_ms": l} for l in injected]
     csv = os.path.join(tempfile.mkdtemp(prefix="pc-latency-"), "out.csv")
 
-    def overflows():
-        # The kernel's count of SYNs dropped because a listen queue was full (the farm's:
-        # one listener stands in for every proxy; somaxconn caps its queue).
-        for line in open("/proc/net/netstat"):
-            if line.startswith("TcpExt:") and "ListenOverflows" in line:
-                names = line.split()
-            elif line.startswith("TcpExt:"):
-                return int(line.split()[names.index("ListenOverflows")])
-        return 0
-
     def errors(binary):
-        before = overflows()
+        before = listen_overflows()
         pcap = os.path.join(os.path.dirname(csv), "wire.pcap")
         cap = wire.Capture(port, pcap)
         check(farm, "--concurrency", "19000", "--format", "csv", "-o", csv, binary=binary)
         lost = cap.stop()
-        dropped = overflows() - before
+        dropped = listen_overflows() - before
         truth, _ = wire.proxy_costs(pcap, port)
         os.unlink(pcap)
         vs_wire = []
@@ -312,6 +317,8 @@ def scale(reps, out):
         out.append(f"| {i+1} | {r['rss_mib']:.1f} | {r['run_s']:.1f} | {r['rate']} | {r['cpu_s']:.2f} ({r['cpu_us']:.1f}) | {r['alive']} | {r['retries']} |")
     out.append(f"\nMedian peak RSS **{med(rows, 'rss_mib'):.1f} MiB** (issue 15 target ≤ 150).\n")
     side_by_side(out, "peak RSS", rows, base, "rss_mib", "MiB", False)
+    side_by_side(out, "alive (of 100,000 working)", rows, base, "alive", "proxies", True)
+    side_by_side(out, "SYNs the farm's listen queue dropped (kernel ListenOverflows)", rows, base, "overflows", "", False)
 
 
 def mislabelled(reps, out):
