@@ -199,8 +199,8 @@ impl RoundContext {
         let fetching = async {
             // The sender comes back with the stats: dropped here, so the channel closes
             // once the parse is done and the taking side below ends.
-            let feed = source::Batches::new(parsed_tx);
-            let (_sender, st) = source::fetch_into(&self.client, spec, &self.fetch, self.allow_private, feed).await;
+            let sink = source::Batches::new(parsed_tx);
+            let (_sender, st) = source::fetch_into(&self.client, spec, &self.fetch, self.allow_private, sink).await;
             st
         };
         // What this side counts while the parser runs: valid, duplicates and their rejects.

@@ -312,7 +312,7 @@ impl Exchange {
         let buf = match open_tunnel(&mut stream, creds, judge, answered_by).await {
             Ok((_, head)) if head.framing != http1::Framing::Close => return Reused::Stale,
             // An answer whose bytes were there before we asked: not the CONNECT's.
-            Ok(_) if stream.last_arrival().is_some_and(|at| at < sent) => return Reused::Stale,
+            Ok(_) if stream.first_arrival_since_mark().is_some_and(|at| at < sent) => return Reused::Stale,
             Ok((buf, _)) => buf,
             Err(Failure::Local(l)) => return Reused::Done(Err(Failure::Local(l))),
             Err(Failure::Dead(_) | Failure::Speaks(_)) => return Reused::Stale,

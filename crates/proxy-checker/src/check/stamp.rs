@@ -31,18 +31,27 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct Stamped {
     io: TcpStream,
+    /// The times below are microseconds after this ([`NONE`]: not yet), kept small: a
+    /// probe's future holds its socket, and 19,000 wait at once.
+    base: Instant,
     /// When the last bytes arrived, by the kernel's clock if it told.
-    last_arrival: Option<Instant>,
+    last_arrival: u32,
     /// Since when the ball is ours (an arrival or the connect's completion) and no write
     /// has answered it yet.
-    our_turn: Option<Instant>,
-    /// The sum of our turns that ended in a write.
-    ours: Duration,
+    our_turn: u32,
+    /// The sum of our turns that ended in a write, in microseconds.
+    ours: u32,
     /// When our last write began: an answer we read arrived after it.
-    last_write: Option<Instant>,
+    last_write: u32,
+    /// The earliest arrival read since the last [`Stamped::mark`], as the kernel told it
+    /// (not moved after our writes).
+    first_since_mark: u32,
     /// The kernel gives arrival timestamps on this socket.
     kernel_clock: bool,
 }
+
+/// "Not yet" for a time of a [`Stamped`].
+const NONE: u32 = u32::MAX;
 
 /// The start of a measured span: a time, and our turns until then.
 #[derive(Clone, Copy, Debug)]
@@ -63,28 +72,55 @@ impl Stamped {
     /// [`connect_completed`]), from which on the ball is ours.
     pub fn new(io: TcpStream, connected: Instant) -> Self {
         let kernel_clock = enable_timestamps(&io);
-        Self { io, last_arrival: None, our_turn: Some(connected), ours: Duration::ZERO, last_write: None, kernel_clock }
+        Self {
+            io,
+            base: connected,
+            last_arrival: NONE,
+            our_turn: 0,
+            ours: 0,
+            last_write: NONE,
+            first_since_mark: NONE,
+            kernel_clock,
+        }
+    }
+
+    /// `t` as microseconds after the base (a time before it counts as the base; 71
+    /// minutes after it is as far as it goes, far past any check's deadline).
+    fn micros(&self, t: Instant) -> u32 {
+        u32::try_from(t.saturating_duration_since(self.base).as_micros()).unwrap_or(NONE - 1).min(NONE - 1)
+    }
+
+    fn instant(&self, micros: u32) -> Option<Instant> {
+        (micros != NONE).then(|| self.base.checked_add(Duration::from_micros(u64::from(micros)))).flatten()
     }
 
     /// Starts a span now, on a socket already in use: a turn of ours in progress counts
     /// from here.
     pub fn mark(&mut self) -> Mark {
         let now = Instant::now();
-        if let Some(since) = self.our_turn.as_mut() {
-            *since = now;
+        if self.our_turn != NONE {
+            self.our_turn = self.micros(now);
         }
-        Mark { at: now, ours: self.ours }
+        self.first_since_mark = NONE;
+        Mark { at: now, ours: Duration::from_micros(u64::from(self.ours)) }
+    }
+
+    /// The earliest arrival among the bytes read since the last mark, as the kernel told
+    /// it: bytes that were there before a request was sent are no answer to it.
+    pub fn first_arrival_since_mark(&self) -> Option<Instant> {
+        self.instant(self.first_since_mark)
     }
 
     /// When the last bytes arrived, by the kernel's clock where it told.
     pub fn last_arrival(&self) -> Option<Instant> {
-        self.last_arrival
+        self.instant(self.last_arrival)
     }
 
     /// The time from `mark` to `to` (an arrival), less our turns since `mark`: the peer's
     /// share. Read before anything is written after `to`.
     pub fn span(&self, mark: Mark, to: Instant) -> Duration {
-        to.saturating_duration_since(mark.at).saturating_sub(self.ours.saturating_sub(mark.ours))
+        let ours = Duration::from_micros(u64::from(self.ours));
+        to.saturating_duration_since(mark.at).saturating_sub(ours.saturating_sub(mark.ours))
     }
 
     /// Whether anything can be read at once: bytes nobody asked for, or the peer's close.
@@ -119,23 +155,27 @@ impl Stamped {
         // clock step) counts as now.
         let ago = kernel.and_then(|at| SystemTime::now().duration_since(at).ok()).unwrap_or_default();
         let now = Instant::now();
-        let at = now.checked_sub(ago).unwrap_or(now);
+        let at = self.micros(now.checked_sub(ago).unwrap_or(now));
+        if self.first_since_mark == NONE {
+            self.first_since_mark = at;
+        }
         // Never before our last write (what we read answers it; a clock step backwards
         // cannot make it older) nor before an earlier arrival.
-        let at = self.last_write.map_or(at, |w| at.max(w));
-        let at = self.last_arrival.map_or(at, |last| at.max(last));
-        self.last_arrival = Some(at);
+        let at = [self.last_write, self.last_arrival].into_iter().filter(|t| *t != NONE).fold(at, u32::max);
+        self.last_arrival = at;
         // Our turn starts at the latest arrival: the gaps between the pieces of an answer
         // are the peer's.
-        self.our_turn = Some(at);
+        self.our_turn = at;
     }
 
     /// A write that began at `began` went out: our turn ended when it began.
     fn wrote(&mut self, began: Instant) {
-        if let Some(since) = self.our_turn.take() {
-            self.ours = self.ours.saturating_add(began.saturating_duration_since(since));
+        let began = self.micros(began);
+        if self.our_turn != NONE {
+            self.ours = self.ours.saturating_add(began.saturating_sub(self.our_turn));
+            self.our_turn = NONE;
         }
-        self.last_write = Some(began);
+        self.last_write = began;
     }
 }
 
@@ -379,6 +419,46 @@ mod tests {
             // And never more than what happened outside the peer's 100 ms.
             assert!(peer_share <= read_at.duration_since(wrote_at), "round {round}");
         }
+        peer.join().unwrap();
+    }
+
+    /// Bytes that were in the socket before a request was sent are told apart from an
+    /// answer to it (a kept connection's stale bytes are no CONNECT answer).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn bytes_there_before_a_request_are_told_apart() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let (early_sent, early) = std::sync::mpsc::channel();
+        let (go, answer_now) = std::sync::mpsc::channel::<()>();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.write_all(b"early").unwrap();
+            early_sent.send(()).unwrap();
+            answer_now.recv().unwrap();
+            s.write_all(b"pong").unwrap();
+            let mut b = [0u8; 8];
+            let _ = s.read(&mut b);
+        });
+        let start = Instant::now();
+        let io = TcpStream::connect(addr).await.unwrap();
+        let connected = connect_completed(&io, start);
+        let mut s = Stamped::new(io, connected);
+        early.recv().unwrap();
+        // Margin for the two clock readings that place an arrival (they err later).
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = s.mark();
+        let sent = Instant::now();
+        s.write_all(b"ping").await.unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).await.unwrap();
+        assert!(s.first_arrival_since_mark().unwrap() < sent, "the early bytes were there before the request");
+        let _ = s.mark();
+        let sent = Instant::now();
+        go.send(()).unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).await.unwrap();
+        assert!(s.first_arrival_since_mark().unwrap() >= sent, "an answer sent after the request");
         peer.join().unwrap();
     }
 }
