@@ -168,6 +168,14 @@ impl Stamped {
         self.our_turn = at;
     }
 
+    /// A write that began at `began` returned `r`: noted when bytes went out.
+    fn noted(&mut self, began: Instant, r: io::Result<usize>) -> io::Result<usize> {
+        if matches!(r, Ok(n) if n > 0) {
+            self.wrote(began);
+        }
+        r
+    }
+
     /// A write that began at `began` went out: our turn ended when it began.
     fn wrote(&mut self, began: Instant) {
         let began = self.micros(began);
@@ -212,10 +220,7 @@ impl AsyncWrite for Stamped {
         let this = self.get_mut();
         let began = Instant::now();
         let r = ready!(Pin::new(&mut this.io).poll_write(cx, buf));
-        if matches!(r, Ok(n) if n > 0) {
-            this.wrote(began);
-        }
-        Poll::Ready(r)
+        Poll::Ready(this.noted(began, r))
     }
 
     fn poll_write_vectored(
@@ -226,10 +231,7 @@ impl AsyncWrite for Stamped {
         let this = self.get_mut();
         let began = Instant::now();
         let r = ready!(Pin::new(&mut this.io).poll_write_vectored(cx, bufs));
-        if matches!(r, Ok(n) if n > 0) {
-            this.wrote(began);
-        }
-        Poll::Ready(r)
+        Poll::Ready(this.noted(began, r))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -207,15 +207,8 @@ fn line_no(i: usize) -> u32 {
 
 fn parse_lines(text: &str, opts: ParseOptions, on_reject: &mut dyn FnMut(Reject)) -> Parsed {
     let mut out = Parsed::default();
-    let mut proxies = Vec::new();
-    let mut truncated = false;
-    out.lines = lines_into(text, opts, on_reject, &mut |p, line| {
-        proxies.push((p, line));
-        truncated = proxies.len() > opts.max_proxies;
-        !truncated
-    });
-    out.proxies = proxies;
-    out.truncated = truncated;
+    let lines = lines_into(text, opts, on_reject, &mut |p, line| out.push(p, line, opts.max_proxies));
+    out.lines = lines;
     out
 }
 

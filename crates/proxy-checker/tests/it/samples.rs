@@ -2,7 +2,7 @@
 //! hand-made samples): each parses to the proxies a person reading it would find.
 
 use proxy_checker::proxy::Protocol;
-use proxy_checker::source::parse::{Format, ParseOptions, parse_document};
+use proxy_checker::source::parse::{Format, ParseOptions, parse_document, parse_document_with};
 
 fn parse(name: &str) -> (Vec<String>, Format, usize) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/samples").join(name);
@@ -14,6 +14,20 @@ fn parse(name: &str) -> (Vec<String>, Format, usize) {
     let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: false, max_proxies: 1000 };
     let mut rejects = 0;
     let (parsed, format) = parse_document(body.as_bytes(), opts, &mut |_| rejects += 1);
+    // A round parses through `parse_document_with` (streamed for lists of lines): it must
+    // hand over the same proxies, lines, format and rejects.
+    let (mut streamed, mut streamed_rejects) = (Vec::new(), 0);
+    let (lines, truncated, streamed_format) =
+        parse_document_with(body.as_bytes(), opts, &mut |_| streamed_rejects += 1, &mut |p, line| {
+            streamed.push((p.to_string(), line));
+            true
+        });
+    let whole: Vec<_> = parsed.proxies.iter().map(|(p, line)| (p.to_string(), *line)).collect();
+    assert_eq!(
+        (streamed, lines, truncated, streamed_format, streamed_rejects),
+        (whole, parsed.lines, parsed.truncated, format, rejects),
+        "{name}"
+    );
     let back = |p: String| DOC_TO_PUBLIC.iter().fold(p, |p, (doc, public)| p.replace(public, doc));
     (parsed.proxies.iter().map(|(p, _)| back(p.to_string())).collect(), format, rejects)
 }
