@@ -436,9 +436,14 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let (early_sent, early) = std::sync::mpsc::channel();
+        let (stamping, stamped) = std::sync::mpsc::channel::<()>();
         let (go, answer_now) = std::sync::mpsc::channel::<()>();
         let peer = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
+            // Only once our socket stamps arrivals: bytes that came before nobody asked
+            // for a stamp carry none (the kernel then tells nothing and the read's return
+            // stands in, which is after the request).
+            stamped.recv().unwrap();
             s.write_all(b"early").unwrap();
             early_sent.send(()).unwrap();
             answer_now.recv().unwrap();
@@ -450,6 +455,7 @@ mod tests {
         let io = TcpStream::connect(addr).await.unwrap();
         let connected = connect_completed(&io, start);
         let mut s = Stamped::new(io, connected);
+        stamping.send(()).unwrap();
         early.recv().unwrap();
         // Margin for the two clock readings that place an arrival (they err later).
         std::thread::sleep(Duration::from_millis(100));
