@@ -3,6 +3,7 @@
 # farm, wrk -t1 -c256 for 20 s, `perf record -g` of serve for 12 s of it. Leaves
 # /tmp/perf.data (read with `perf report -i /tmp/perf.data --no-children`) and the wrk
 # output in /tmp/prof_wrk.txt. Needs perf and wrk; build first (cargo build --release).
+# QUERY='?limit=10&format=json' profiles that answer instead of the default one.
 set -euo pipefail
 rel="$(cd "$(dirname "$0")/.." && pwd)/target/release"
 tmp=$(mktemp -d)
@@ -24,7 +25,7 @@ serve=$!
 for _ in $(seq 1 300); do curl -sf localhost:18099/ready > /dev/null && break; sleep 0.2; done
 kill "$farm"
 wrk -t1 -c256 -d3s -H "X-Api-Key: $key" http://127.0.0.1:18099/get-proxy > /dev/null
-wrk -t1 -c256 -d20s --latency -H "X-Api-Key: $key" http://127.0.0.1:18099/get-proxy > /tmp/prof_wrk.txt &
+wrk -t1 -c256 -d20s --latency -H "X-Api-Key: $key" "http://127.0.0.1:18099/get-proxy${QUERY:-}" > /tmp/prof_wrk.txt &
 load=$!
 sleep 2
 perf record -F 499 -g -p "$serve" -o /tmp/perf.data -- sleep 12 2> /tmp/perf_rec.log

@@ -10,7 +10,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -210,24 +209,9 @@ pub async fn start(config: Config, listener: TcpListener, opts: Options) -> Resu
         idle,
         request_timeout: opts.request_timeout.unwrap_or(DEFAULT_REQUEST_TIMEOUT),
     };
-    // Not a no-op: `SocketAddr: Connected<IncomingStream<TapIo<L, _>>>` is implemented by
-    // axum for any listener whose address is a `SocketAddr`, and the orphan rule keeps us
-    // from implementing it for our own `CappedListener`; `tap_io` is axum's adapter for it.
-    let capped = CappedListener::new(listener, limits).tap_io(|_| {});
-    let token = shutdown.clone();
+    let capped = CappedListener::new(listener, limits);
     let grace = if opts.grace.is_zero() { Duration::from_secs(10) } else { opts.grace };
-    let api = tokio::spawn(async move {
-        let serve = axum::serve(capped, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(token.clone().cancelled_owned());
-        let serve = std::pin::pin!(serve.into_future());
-        tokio::select! {
-            r = serve => if let Err(e) = r { tracing::error!(error = %e, "API server failed") },
-            // In-flight requests get the grace period once shutdown starts, not forever.
-            _ = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
-                tracing::warn!("API connections still open after the grace period; closing them");
-            }
-        }
-    });
+    let api = tokio::spawn(api::front::serve(capped, app, state.clone(), shutdown.clone(), grace));
     tracing::info!(%addr, "API listening");
     Ok(Server { addr, state, shutdown, api, scheduler, background, _watcher: watcher, checker_rt: Some(checker_rt) })
 }

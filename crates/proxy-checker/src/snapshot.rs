@@ -6,6 +6,7 @@
 //! [`SnapshotData`] is the persisted form (JSON in the file store and Redis, rows in
 //! SQLite); [`Snapshot`] adds the derived indexes.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -184,22 +185,22 @@ impl ProxyEntry {
     }
 
     /// `scheme://[user:pass@]host:port`: what a client needs to use the proxy, as given.
-    pub fn url(&self, dns_remote: bool) -> String {
+    pub fn url(&self, dns_remote: bool) -> Cow<'_, str> {
         let scheme = self.scheme(dns_remote);
         // `proxy` already is this URL when there is nothing to add (the hot case).
         if self.username.is_none()
             && self.proxy.starts_with(scheme)
             && self.proxy.get(scheme.len()..).is_some_and(|r| r.starts_with("://"))
         {
-            return self.proxy.clone();
+            return Cow::Borrowed(&self.proxy);
         }
         match &self.username {
             Some(u) => {
                 let enc = |s: &str| percent_encoding::utf8_percent_encode(s, USERINFO).to_string();
                 let p = self.password.as_deref().unwrap_or("");
-                format!("{scheme}://{}:{}@{}:{}", enc(u), enc(p), self.host, self.port)
+                Cow::Owned(format!("{scheme}://{}:{}@{}:{}", enc(u), enc(p), self.host, self.port))
             }
-            None => format!("{scheme}://{}:{}", self.host, self.port),
+            None => Cow::Owned(format!("{scheme}://{}:{}", self.host, self.port)),
         }
     }
 
@@ -389,6 +390,9 @@ pub struct Snapshot {
     pub oldest_ok: f64,
     /// Entry index by where the proxy listens.
     by_key: std::collections::HashMap<crate::history::Key, u32>,
+    /// Each entry as JSON, rendered the first time it is asked for (a pool served as
+    /// text never pays for it).
+    json: Box<[std::sync::OnceLock<Box<[u8]>>]>,
 }
 
 /// What `/get-proxy` filters on, beyond the protocol selectors.
@@ -451,7 +455,9 @@ impl Snapshot {
                 *n += 1;
             }
         }
+        let json = data.proxies.iter().map(|_| std::sync::OnceLock::new()).collect();
         Self {
+            json,
             data,
             loaded,
             by_selector,
@@ -551,6 +557,14 @@ impl Snapshot {
     pub fn entry(&self, i: u32) -> &ProxyEntry {
         &self.data.proxies[i as usize]
     }
+
+    /// Entry `i` as JSON, exactly as `serde_json` writes it (rendered once).
+    pub fn entry_json(&self, i: u32) -> &[u8] {
+        self.json[i as usize].get_or_init(|| {
+            // Serializing our own struct cannot fail.
+            serde_json::to_vec(self.entry(i)).unwrap_or_default().into_boxed_slice()
+        })
+    }
 }
 
 #[cfg(test)]
@@ -608,12 +622,35 @@ mod tests {
         assert!(s.select(&[Selector::Socks4], None).is_empty());
         assert_eq!(&s.text_all[..], b"http://b:1\nsocks5://d:1\nhttp://c:1\nhttp://a:1\n");
         let c = s.entry(2);
-        assert_eq!((c.url(false), c.url(true)), ("http://c:1".to_string(), "http://c:1".to_string()));
+        assert_eq!((c.url(false), c.url(true)), ("http://c:1".into(), "http://c:1".into()));
         let d = s.entry(1);
-        assert_eq!((d.url(false), d.url(true)), ("socks5://d:1".to_string(), "socks5h://d:1".to_string()));
+        assert_eq!((d.url(false), d.url(true)), ("socks5://d:1".into(), "socks5h://d:1".into()));
         let mut with_creds = d.clone();
         (with_creds.username, with_creds.password) = (Some("u ser@x".into()), Some("p:a+ss/1".into()));
         assert_eq!(with_creds.url(false), "socks5://u%20ser%40x:p%3Aa%2Bss%2F1@d:1");
+    }
+
+    /// Each entry's JSON, rendered once and joined, is what serde writes for the list
+    /// (credentials, an exit address, a source that needs escaping, odd floats).
+    #[test]
+    fn entry_json_is_what_serde_writes() {
+        let mut odd = entry("socks5://d:1", "socks5", 20, false, true);
+        (odd.username, odd.password, odd.exit_ip) =
+            (Some("u\"ser".into()), Some("p\\w".into()), Some("1.2.3.4".into()));
+        odd.source = "file:///lists/\"quoted\"\u{7f}\n\u{1}é.txt".into();
+        (odd.uptime, odd.first_seen, odd.score) = (1.0 / 3.0, 1.7e9 + 0.125, 1e-300);
+        let data = SnapshotData {
+            version: 1,
+            round: RoundSummary::default(),
+            proxies: vec![entry("http://a:1", "http", 50, true, true), odd],
+        };
+        let s = Snapshot::new(data, false);
+        let joined = format!(
+            "[{}]",
+            (0..2).map(|i| String::from_utf8(s.entry_json(i).to_vec()).unwrap()).collect::<Vec<_>>().join(",")
+        );
+        assert_eq!(joined, serde_json::to_string(&s.data.proxies).unwrap());
+        assert!(std::ptr::eq(s.entry_json(1), s.entry_json(1)), "rendered once");
     }
 
     #[test]

@@ -4,9 +4,11 @@
 
 mod clients;
 pub mod forwarded;
+pub(crate) mod front;
 mod guard;
 pub(crate) mod routes;
 
+use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
@@ -262,31 +264,46 @@ pub(crate) struct LimitedBy(pub(crate) &'static str);
 
 /// The client address: the peer, or behind trusted proxies the forwarded client.
 pub(crate) fn client_ip(req: &Request, guard: &Guard) -> IpAddr {
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip());
-    guard.client_ip(peer, req.headers())
+    guard.client_ip(peer_ip(req), req.headers())
 }
 
-pub(crate) fn presented_key(req: &Request) -> Option<String> {
-    if let Some(v) = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()) {
-        return Some(v.to_string());
+/// The connection's peer (put on each request by the server).
+fn peer_ip(req: &Request) -> IpAddr {
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+}
+
+/// The key a request presents: the `X-Api-Key` header, else the `api_key` query parameter.
+pub(crate) fn presented_key<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<Cow<'a, str>> {
+    if let Some(v) = headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        return Some(Cow::Borrowed(v));
     }
-    let q = req.uri().query()?;
-    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "api_key").map(|(_, v)| v.into_owned())
+    let q = uri.query()?;
+    url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "api_key").map(|(_, v)| v)
 }
 
-/// The per-IP limit, and for keyed levels the key, its admin mark and the per-key limit.
-async fn admit(State((state, access)): State<(Arc<AppState>, Access)>, req: Request, next: Next) -> Response {
-    let guard = state.guard.load();
+/// The per-IP limit, and for keyed levels the key, its admin mark and the per-key limit:
+/// what a request must pass at `access` (the router's middleware and [`front`]'s hot
+/// route both ask here).
+pub(crate) fn admission(
+    guard: &Guard,
+    access: Access,
+    peer: IpAddr,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<(), Refusal> {
     let keyed = match access {
-        Access::Public => return next.run(req).await,
+        Access::Public => return Ok(()),
         Access::Open => false,
         Access::Metrics => guard.metrics_auth,
         Access::Key | Access::Admin => true,
     };
-    let verdict = guard.admit_ip(client_ip(&req, &guard)).and_then(|()| {
-        if keyed { guard.authorize(presented_key(&req).as_deref(), access == Access::Admin) } else { Ok(()) }
-    });
-    match verdict {
+    guard.admit_ip(guard.client_ip(peer, headers))?;
+    if keyed { guard.authorize(presented_key(headers, uri).as_deref(), access == Access::Admin) } else { Ok(()) }
+}
+
+async fn admit(State((state, access)): State<(Arc<AppState>, Access)>, req: Request, next: Next) -> Response {
+    let guard = state.guard.load();
+    match admission(&guard, access, peer_ip(&req), req.headers(), req.uri()) {
         Ok(()) => next.run(req).await,
         Err(r) => ApiError::from(r).into_response(),
     }

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use super::{ApiError, AppState};
 use crate::history::Key;
 use crate::service::{Phase, ReloadOutcome, ReportOutcome};
-use crate::snapshot::{Filter, ProxyEntry, Selector, Snapshot, unix};
+use crate::snapshot::{Filter, Selector, Snapshot, unix};
 
 /// 200 `ok` unless the service has a fault (the scheduler stopped, a round stalled).
 pub async fn health(State(state): State<Arc<AppState>>) -> Response {
@@ -258,8 +258,29 @@ fn parse_params(q: Option<&str>) -> Result<Params, ApiError> {
     Ok(p)
 }
 
-fn render(snap: &Snapshot, picked: &[u32], format: Format, dns_remote: bool) -> Response {
+/// A `/get-proxy` answer: its content type and bytes (status 200).
+pub(crate) struct Answer {
+    pub content_type: &'static str,
+    pub body: Bytes,
+}
+
+const TEXT: &str = "text/plain; charset=utf-8";
+const JSON: &str = "application/json";
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        ([(header::CONTENT_TYPE, self.content_type)], self.body).into_response()
+    }
+}
+
+/// Serialized (our own types cannot fail to).
+fn json(value: &impl serde::Serialize) -> Answer {
+    Answer { content_type: JSON, body: Bytes::from(serde_json::to_vec(value).unwrap_or_default()) }
+}
+
+fn render(snap: &Snapshot, picked: &[u32], format: Format, dns_remote: bool) -> Answer {
     let url = |i: &u32| snap.entry(*i).url(dns_remote);
+    let text = |out: String| Answer { content_type: TEXT, body: Bytes::from(out) };
     match format {
         Format::Text => {
             let mut out = String::with_capacity(picked.len() * 28);
@@ -267,7 +288,7 @@ fn render(snap: &Snapshot, picked: &[u32], format: Format, dns_remote: bool) -> 
                 out.push_str(&url(i));
                 out.push('\n');
             }
-            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response()
+            text(out)
         }
         // One `-x URL` per line: `curl $(… | head -1) https://example.com`.
         Format::Curl => {
@@ -275,17 +296,27 @@ fn render(snap: &Snapshot, picked: &[u32], format: Format, dns_remote: bool) -> 
             for i in picked {
                 let _ = writeln!(out, "-x {}", url(i));
             }
-            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], out).into_response()
+            text(out)
         }
         // Python requests' `proxies=` argument, one per proxy.
         Format::Requests => {
             let all: Vec<serde_json::Value> =
                 picked.iter().map(|i| serde_json::json!({"http": url(i), "https": url(i)})).collect();
-            Json(all).into_response()
+            json(&all)
         }
+        // The entries' JSON, each rendered once per snapshot: what `serde_json` writes
+        // for the list.
         Format::Json => {
-            let entries: Vec<&ProxyEntry> = picked.iter().map(|i| snap.entry(*i)).collect();
-            Json(entries).into_response()
+            let mut out = Vec::with_capacity(picked.iter().map(|i| snap.entry_json(*i).len() + 1).sum::<usize>() + 2);
+            out.push(b'[');
+            for (k, i) in picked.iter().enumerate() {
+                if k > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(snap.entry_json(*i));
+            }
+            out.push(b']');
+            Answer { content_type: JSON, body: Bytes::from(out) }
         }
         Format::Csv => {
             let mut out = String::from(
@@ -315,13 +346,19 @@ fn render(snap: &Snapshot, picked: &[u32], format: Format, dns_remote: bool) -> 
                     e.score
                 );
             }
-            ([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], out).into_response()
+            Answer { content_type: "text/csv; charset=utf-8", body: Bytes::from(out) }
         }
     }
 }
 
-pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Response, ApiError> {
-    let p = parse_params(q.as_deref())?;
+pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery) -> Result<Answer, ApiError> {
+    get_proxy_answer(&state, q.as_deref())
+}
+
+/// `/get-proxy`'s answer from the served snapshot (also called by [`super::front`]'s hot
+/// path, which reaches it without the router).
+pub(crate) fn get_proxy_answer(state: &AppState, q: Option<&str>) -> Result<Answer, ApiError> {
+    let p = parse_params(q)?;
     let snap = state.service.snapshot.load();
     if snap.is_empty() {
         return Err(ApiError::NoProxy(empty_pool(&state.service)));
@@ -339,9 +376,7 @@ pub async fn get_proxy(State(state): State<Arc<AppState>>, RawQuery(q): RawQuery
         && matches!(p.order, Order::RoundRobin | Order::Fastest)
         && !snap.has_credentials
     {
-        return Ok(
-            ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], Bytes::clone(&snap.text_all)).into_response()
-        );
+        return Ok(Answer { content_type: TEXT, body: Bytes::clone(&snap.text_all) });
     }
     let matching = snap.select_filtered(f);
     if matching.is_empty() {
@@ -516,7 +551,7 @@ fn reported_proxy(query: Option<&str>, body: &[u8]) -> Result<Key, ApiError> {
 pub async fn report(State(state): State<Arc<AppState>>, req: axum::extract::Request) -> Response {
     let guard = state.guard.load();
     let ip = super::client_ip(&req, &guard);
-    let presented = super::presented_key(&req);
+    let presented = super::presented_key(req.headers(), req.uri()).map(std::borrow::Cow::into_owned);
     let query = req.uri().query().map(str::to_string);
     let body = match axum::body::to_bytes(req.into_body(), super::BODY_LIMIT).await {
         Ok(b) => b,

@@ -342,3 +342,102 @@ async fn secrets_in_source_and_redis_urls_are_never_shown() {
         assert_no_secret(redis_url, &logs);
     }
 }
+
+/// The sum of a metric's series whose line starts with `series`.
+fn metric_sum(metrics: &str, series: &str) -> f64 {
+    metrics.lines().filter(|l| l.starts_with(series)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
+}
+
+/// `GET /get-proxy` is answered by the server's hot route, before the router; the same
+/// request with a body goes through the router. Both must answer alike — status, content
+/// type, bytes, `Retry-After` — for every key state and query, count in the same metric
+/// series, and refuse by the same limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_proxy_answers_alike_by_the_hot_route_and_the_router() {
+    let farm = small_farm().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path());
+    cfg["api"]["api_keys"] = json!([KEY, "limited-key-0123456789abcdef"]);
+    let h = start(&cfg, dir.path()).await;
+    h.wait_round(1).await;
+    let ask = async |query: &str, key: Option<&str>, body: bool| {
+        let mut r = h.http.get(format!("{}/get-proxy{query}", h.base));
+        if let Some(k) = key {
+            r = r.header("X-Api-Key", k);
+        }
+        if body {
+            r = r.body("x");
+        }
+        let r = r.send().await.unwrap();
+        let head = |name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+        let (ct, retry) = (head("content-type"), head("retry-after"));
+        (r.status().as_u16(), ct, retry, r.text().await.unwrap())
+    };
+    let (mut ok, mut refused) = (0.0, 0.0);
+    for query in [
+        "",
+        "?order=fastest&limit=2",
+        "?format=json&order=fastest&limit=3",
+        "?format=json&all=1",
+        "?format=csv&order=fastest",
+        "?format=requests&order=fastest&limit=2",
+        "?all=1",
+        "?limit=0",
+        "?protocol=socks4",
+        &format!("?api_key={KEY}&order=fastest"),
+    ] {
+        for key in [Some(KEY), None, Some("wrong-key-0123456789abcdef")] {
+            let mut hot = ask(query, key, false).await;
+            let mut routed = ask(query, key, true).await;
+            // Round-robin (the default order) moves on by one between the two.
+            if !query.contains("order=") && hot.0 == 200 {
+                assert_eq!(hot.3.lines().count(), routed.3.lines().count(), "{query}");
+                (hot.3, routed.3) = (String::new(), String::new());
+            }
+            assert_eq!(hot, routed, "{query} with key {key:?}");
+            match hot.0 {
+                200 => ok += 2.0,
+                401 => refused += 2.0,
+                _ => {}
+            }
+        }
+    }
+    // The JSON list is what serde writes for the entries, in order.
+    let (_, _, _, listed) = ask("?format=json&all=1", Some(KEY), false).await;
+    let v: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 3, "{listed}");
+    assert_eq!(serde_json::to_string(&v).unwrap().len(), listed.len(), "compact, as serde_json writes it");
+    ok += 1.0;
+    // HEAD goes through the router: a 200 with the head only.
+    let r = h.http.head(format!("{}/get-proxy", h.base)).header("X-Api-Key", KEY).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    ok += 1.0;
+
+    let (_, m, _) = h.get("/metrics").await;
+    let series = |status: &str| format!("proxychecker_api_requests_total{{route=\"/get-proxy\",status=\"{status}\"}}");
+    assert_eq!(metric_sum(&m, &series("200")), ok, "{m}");
+    assert_eq!(metric_sum(&m, &series("401")), refused);
+    let timed = "proxychecker_api_request_duration_seconds_count{route=\"/get-proxy\"}";
+    assert_eq!(metric_sum(&m, timed), metric_sum(&m, "proxychecker_api_requests_total{route=\"/get-proxy\""));
+
+    // The per-key limit refuses alike on both paths, with Retry-After, and is counted.
+    cfg["api"]["rate_limit_per_minute"] = json!(2);
+    std::fs::write(&h.cfg_path, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let limited = "limited-key-0123456789abcdef";
+    h.until("the config reload", async |h| {
+        let (_, m, _) = h.get("/metrics").await;
+        metric_sum(&m, "proxychecker_config_reloads_total{result=\"ok\"}") >= 1.0
+    })
+    .await;
+    let mut answers = Vec::new();
+    for body in [false, true, false, true] {
+        answers.push(ask("?order=fastest", Some(limited), body).await);
+    }
+    assert_eq!((answers[0].0, answers[1].0), (200, 200), "{answers:?}");
+    assert_eq!(answers[2].0, 429, "{answers:?}");
+    assert!(answers[2].2.is_some(), "Retry-After on a refusal");
+    assert_eq!(answers[2], answers[3], "the hot route refuses as the router does");
+    let (_, m, _) = h.get("/metrics").await;
+    assert_eq!(metric_sum(&m, "proxychecker_rate_limited_total{limiter=\"key\"}"), 2.0);
+    assert_eq!(metric_sum(&m, &series("429")), 2.0);
+}
