@@ -9,7 +9,7 @@
 //!   idle, the one whose request started longest ago (over a second) is. Keep-alive pools
 //!   and thousands of idle sockets cannot lock good clients out.
 //!
-//! Accept errors (EMFILE) back off 10 ms instead of axum's 1 s.
+//! Accept errors (EMFILE) back off 10 ms (`axum::serve` waited 1 s).
 
 use std::io;
 use std::net::SocketAddr;
@@ -89,7 +89,7 @@ impl Registry {
     }
 }
 
-/// The listener handed to `axum::serve`.
+/// The API's listener (served by `api::front`).
 pub struct CappedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,

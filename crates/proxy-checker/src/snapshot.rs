@@ -561,8 +561,7 @@ impl Snapshot {
     /// Entry `i` as JSON, exactly as `serde_json` writes it (rendered once).
     pub fn entry_json(&self, i: u32) -> &[u8] {
         self.json[i as usize].get_or_init(|| {
-            // Serializing our own struct cannot fail.
-            serde_json::to_vec(self.entry(i)).unwrap_or_default().into_boxed_slice()
+            serde_json::to_vec(self.entry(i)).expect("a ProxyEntry always serializes").into_boxed_slice()
         })
     }
 }

@@ -1,5 +1,6 @@
-//! The API's front door: serves each accepted connection with hyper (HTTP/1.1, as
-//! `axum::serve` did) and answers `GET /get-proxy`, the route clients call once per
+//! The API's front door: serves each accepted connection with hyper, HTTP/1.1 only (the
+//! listener's slowloris and eviction rules assume one request at a time on a connection;
+//! `axum::serve` also took HTTP/2 with prior knowledge), and answers `GET /get-proxy`, the route clients call once per
 //! request they make, itself: the same admission ([`super::admission`]), handler
 //! ([`routes::get_proxy_answer`]) and metrics as through the router, without the router's
 //! per-request machinery (route matching, boxed services cloned per request, two
@@ -50,8 +51,18 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     grace: Duration,
 ) {
-    let front = Arc::new(Front { state, router: TowerToHyperService::new(app), hot: HotMetrics::default() });
+    let front = Arc::new(Front {
+        state,
+        router: TowerToHyperService::new(app),
+        hot: HotMetrics::default(),
+        access: super::ROUTES
+            .iter()
+            .find(|r| (r.method, r.path) == ("GET", GET_PROXY))
+            .map_or(Access::Key, |r| r.access),
+    });
     let graceful = GracefulShutdown::new();
+    // Ends the connections still open when the grace period is over.
+    let hard = CancellationToken::new();
     let http = hyper::server::conn::http1::Builder::new();
     loop {
         let (io, peer) = tokio::select! {
@@ -60,9 +71,13 @@ pub(crate) async fn serve(
         };
         let conn = http.serve_connection(TokioIo::new(io), Conn { front: front.clone(), peer });
         let conn = graceful.watch(conn);
+        let hard = hard.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, "API connection ended with an error");
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    tracing::trace!(error = %e, "API connection ended with an error");
+                },
+                () = hard.cancelled() => {}
             }
         });
     }
@@ -71,6 +86,7 @@ pub(crate) async fn serve(
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(grace) => {
             tracing::warn!("API connections still open after the grace period; closing them");
+            hard.cancel();
         }
     }
 }
@@ -79,6 +95,8 @@ struct Front {
     state: Arc<AppState>,
     router: TowerToHyperService<Router>,
     hot: HotMetrics,
+    /// The route's level in [`super::ROUTES`].
+    access: Access,
 }
 
 /// The hot route's series of `proxychecker_api_requests_total{status="200"}` and of the
@@ -115,13 +133,13 @@ impl hyper::service::Service<Request<Incoming>> for Conn {
 }
 
 impl Front {
-    /// `GET /get-proxy`, as the router would answer it: admission at [`Access::Key`],
-    /// the handler, and the request counted and timed as `observe` does.
+    /// `GET /get-proxy`, as the router would answer it: admission at its level in
+    /// [`super::ROUTES`], the handler, and the request counted and timed as `observe` does.
     fn get_proxy(&self, peer: SocketAddr, req: &Request<Incoming>) -> Response<Out> {
         let started = Instant::now();
         let state = &self.state;
         let guard = state.guard.load();
-        let answer = super::admission(&guard, Access::Key, peer.ip(), req.headers(), req.uri())
+        let answer = super::admission(&guard, self.access, peer.ip(), req.headers(), req.uri())
             .map_err(|r| {
                 if let Refusal::Limited { limiter, .. } = &r {
                     state.service.metrics.rate_limited_total.with_label_values(&[limiter]).inc();

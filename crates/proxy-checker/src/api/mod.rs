@@ -223,6 +223,11 @@ pub fn judge_router(hidden: Vec<String>) -> Router {
 }
 
 /// The router with all middleware. Serve it with `into_make_service_with_connect_info`.
+///
+/// `GET /get-proxy` without a body does not reach it when served by [`front`], which
+/// answers it with the same admission, handler and metrics: a layer added here must be
+/// added there too (`it/security.rs::get_proxy_answers_alike_by_the_hot_route_and_the_router`
+/// compares the two answers, headers included).
 pub fn router(state: Arc<AppState>) -> Router {
     let mut app = Router::new();
     for r in ROUTES {

@@ -233,3 +233,40 @@ async fn wrong_keys_at_rate_and_a_crowd_of_addresses_leave_good_clients_alone() 
         .expect("the limiter gauge is exported");
     assert!((1000.0..=proxy_checker::api::MAX_TRACKED_IPS as f64).contains(&tracked), "{tracked}");
 }
+
+/// Shutdown: an idle keep-alive connection is closed at once, a request still being read
+/// gets the grace period and is then cut off — the connections do not outlive the server
+/// (here no idle or request timeout would close them for 10 minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_connection_by_the_end_of_the_grace_period() {
+    let farm = Farm::start(FarmSpec { groups: vec![Group::new(2, Protocol::Http, Behavior::Working)] }).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg: Value = config(&farm, vec![farm.add_list("l.txt", farm.list_urls())], dir.path());
+    let forever = Duration::from_secs(600);
+    let opts = Options {
+        fd_budget: 1000,
+        max_connections: 64,
+        grace: Duration::from_secs(1),
+        idle_timeout: Some(forever),
+        request_timeout: Some(forever),
+        ..Options::default()
+    };
+    let mut h = start_with(&cfg, dir.path(), opts).await;
+    h.wait_round(1).await;
+    let addr = h.base.trim_start_matches("http://").to_string();
+    // Served once, then idle between requests.
+    let mut idle = TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(format!("GET /get-proxy HTTP/1.1\r\nHost: x\r\nX-Api-Key: {KEY}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut b = [0u8; 1024];
+    let n = idle.read(&mut b).await.unwrap();
+    assert_eq!(status_of(&b[..n]), Some(200));
+    // A head that never ends.
+    let mut stuck = TcpStream::connect(&addr).await.unwrap();
+    stuck.write_all(b"GET /get-proxy HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    // One more request on its own connection: the stuck one was accepted before it.
+    good_request(&h).await;
+    h.shutdown().await;
+    // Hang guards only: once `shutdown` has returned, both are closed or closing.
+    until_closed(&mut idle, HANG_GUARD).await;
+    until_closed(&mut stuck, HANG_GUARD).await;
+}
