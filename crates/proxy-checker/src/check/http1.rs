@@ -127,40 +127,42 @@ async fn read_more<S: AsyncRead + Unpin>(s: &mut S, buf: &mut Vec<u8>, cap: usiz
 /// Reads until a complete final head is in `buf`, skipping up to [`MAX_INTERIM`]
 /// interim (1xx) answers. Silence until the deadline is `silent` (the proxy never
 /// answered); a partial answer is [`Reason::Timeout`].
-pub async fn read_head<S: AsyncRead + Unpin>(
+pub fn read_head<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     deadline: Instant,
     silent: Reason,
-) -> Result<Head, Failure> {
-    let mut interim: u8 = 0;
-    // Bytes already known not to end a head: a head trickled in small reads is parsed
-    // once it can be complete, not once per read (which would be quadratic).
-    let mut scanned: usize = 0;
-    loop {
-        if !buf.is_empty()
-            && may_end_head(buf, scanned)
-            && let Some(head) = parse_head(buf)?
-        {
-            if !(100..200).contains(&head.status) || head.status == 101 {
-                return Ok(head);
+) -> impl Future<Output = Result<Head, Failure>> {
+    async move {
+        let mut interim: u8 = 0;
+        // Bytes already known not to end a head: a head trickled in small reads is parsed
+        // once it can be complete, not once per read (which would be quadratic).
+        let mut scanned: usize = 0;
+        loop {
+            if !buf.is_empty()
+                && may_end_head(buf, scanned)
+                && let Some(head) = parse_head(buf)?
+            {
+                if !(100..200).contains(&head.status) || head.status == 101 {
+                    return Ok(head);
+                }
+                interim = interim.saturating_add(1);
+                if interim > MAX_INTERIM {
+                    return Err(Reason::ProxyProtocolError.into());
+                }
+                buf.drain(..head.len.min(buf.len()));
+                scanned = 0;
+                continue;
             }
-            interim = interim.saturating_add(1);
-            if interim > MAX_INTERIM {
+            scanned = buf.len();
+            if buf.len() >= MAX_HEAD {
                 return Err(Reason::ProxyProtocolError.into());
             }
-            buf.drain(..head.len.min(buf.len()));
-            scanned = 0;
-            continue;
-        }
-        scanned = buf.len();
-        if buf.len() >= MAX_HEAD {
-            return Err(Reason::ProxyProtocolError.into());
-        }
-        let on_timeout = if buf.is_empty() && interim == 0 { silent } else { Reason::Timeout };
-        let n = within(deadline, on_timeout, read_more(s, buf, MAX_HEAD)).await?;
-        if n == 0 {
-            return Err(Reason::ProxyClosed.into());
+            let on_timeout = if buf.is_empty() && interim == 0 { silent } else { Reason::Timeout };
+            let n = within(deadline, on_timeout, read_more(s, buf, MAX_HEAD)).await?;
+            if n == 0 {
+                return Err(Reason::ProxyClosed.into());
+            }
         }
     }
 }
@@ -228,44 +230,46 @@ pub struct Body {
 
 /// Reads the whole body after `head` (its first bytes already in `buf`), de-framed, up to
 /// `cap` bytes (what is past the cap is not read).
-pub async fn read_body<S: AsyncRead + Unpin>(
+pub fn read_body<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     head: Head,
     cap: usize,
     deadline: Instant,
-) -> Result<Body, Failure> {
-    buf.drain(..head.len.min(buf.len()));
-    // A long head grew the buffer; the body never needs more than one read's worth.
-    buf.shrink_to(BODY_READ);
-    let mut body = BodyReader::new(head.framing);
-    let mut out = Vec::with_capacity(buf.len().clamp(256, BODY_READ).min(cap));
-    loop {
-        let end = body.take(buf, &mut out).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
-        buf.clear();
-        if end || out.len() >= cap {
-            let clean_end = end && !body.overrun && out.len() <= cap;
-            if out.len() > cap {
-                out.truncate(cap);
-                out.shrink_to(cap);
+) -> impl Future<Output = Result<Body, Failure>> {
+    async move {
+        buf.drain(..head.len.min(buf.len()));
+        // A long head grew the buffer; the body never needs more than one read's worth.
+        buf.shrink_to(BODY_READ);
+        let mut body = BodyReader::new(head.framing);
+        let mut out = Vec::with_capacity(buf.len().clamp(256, BODY_READ).min(cap));
+        loop {
+            let end = body.take(buf, &mut out).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
+            buf.clear();
+            if end || out.len() >= cap {
+                let clean_end = end && !body.overrun && out.len() <= cap;
+                if out.len() > cap {
+                    out.truncate(cap);
+                    out.shrink_to(cap);
+                }
+                return Ok(Body { bytes: out, complete: true, clean_end });
             }
-            return Ok(Body { bytes: out, complete: true, clean_end });
-        }
-        let read = within(deadline, Reason::Timeout, read_more(s, buf, BODY_READ)).await;
-        let n = match (read, body.framing) {
-            (Ok(n), _) => n,
-            // A close-delimited body may end without TLS's close_notify: that is its end.
-            (Err(Failure::Dead(Reason::ProxyClosed)), Framing::Close) => 0,
-            (Err(Failure::Dead(Reason::Timeout)), _) if !out.is_empty() => {
-                return Ok(Body { bytes: out, complete: false, clean_end: false });
-            }
-            (Err(e), _) => return Err(e),
-        };
-        if n == 0 {
-            return match body.framing {
-                Framing::Close => Ok(Body { bytes: out, complete: true, clean_end: false }),
-                Framing::Length(_) | Framing::Chunked => Err(Reason::ProxyClosed.into()),
+            let read = within(deadline, Reason::Timeout, read_more(s, buf, BODY_READ)).await;
+            let n = match (read, body.framing) {
+                (Ok(n), _) => n,
+                // A close-delimited body may end without TLS's close_notify: that is its end.
+                (Err(Failure::Dead(Reason::ProxyClosed)), Framing::Close) => 0,
+                (Err(Failure::Dead(Reason::Timeout)), _) if !out.is_empty() => {
+                    return Ok(Body { bytes: out, complete: false, clean_end: false });
+                }
+                (Err(e), _) => return Err(e),
             };
+            if n == 0 {
+                return match body.framing {
+                    Framing::Close => Ok(Body { bytes: out, complete: true, clean_end: false }),
+                    Framing::Length(_) | Framing::Chunked => Err(Reason::ProxyClosed.into()),
+                };
+            }
         }
     }
 }
@@ -275,37 +279,39 @@ pub async fn read_body<S: AsyncRead + Unpin>(
 /// [`MAX_BODY`] bytes were scanned in vain (also a mismatch). A body cut short is
 /// [`Reason::ProxyClosed`]; broken chunked framing is [`Reason::ProxyProtocolError`].
 /// `Ok(true)`: the body had also ended cleanly (see [`Body::clean_end`]).
-pub async fn expect_in_body<S: AsyncRead + Unpin>(
+pub fn expect_in_body<S: AsyncRead + Unpin>(
     s: &mut S,
     buf: &mut Vec<u8>,
     head: Head,
     expect: Expect<'_>,
     deadline: Instant,
-) -> Result<bool, Failure> {
-    buf.drain(..head.len.min(buf.len()));
-    // A long head grew the buffer; the body never needs more than one read's worth.
-    buf.shrink_to(BODY_READ);
-    let mut body = BodyReader::new(head.framing);
-    let mut window = Vec::with_capacity(buf.len().clamp(256, BODY_READ));
-    let keep = expect.overlap();
-    loop {
-        let end = body.take(buf, &mut window).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
-        buf.clear();
-        if expect.found(&window) {
-            return Ok(end && !body.overrun);
-        }
-        if end || body.decoded >= MAX_BODY || body.raw >= MAX_RAW_BODY {
-            return Err(Reason::ContentMismatch.into());
-        }
-        // Only the tail a split match can start in is kept: the window stays small.
-        window.drain(..window.len().saturating_sub(keep));
-        let n = within(deadline, Reason::Timeout, read_more(s, buf, BODY_READ)).await?;
-        if n == 0 {
-            return Err(match body.framing {
-                Framing::Close => Reason::ContentMismatch,
-                Framing::Length(_) | Framing::Chunked => Reason::ProxyClosed,
+) -> impl Future<Output = Result<bool, Failure>> {
+    async move {
+        buf.drain(..head.len.min(buf.len()));
+        // A long head grew the buffer; the body never needs more than one read's worth.
+        buf.shrink_to(BODY_READ);
+        let mut body = BodyReader::new(head.framing);
+        let mut window = Vec::with_capacity(buf.len().clamp(256, BODY_READ));
+        let keep = expect.overlap();
+        loop {
+            let end = body.take(buf, &mut window).map_err(|BadChunk| Failure::Dead(Reason::ProxyProtocolError))?;
+            buf.clear();
+            if expect.found(&window) {
+                return Ok(end && !body.overrun);
             }
-            .into());
+            if end || body.decoded >= MAX_BODY || body.raw >= MAX_RAW_BODY {
+                return Err(Reason::ContentMismatch.into());
+            }
+            // Only the tail a split match can start in is kept: the window stays small.
+            window.drain(..window.len().saturating_sub(keep));
+            let n = within(deadline, Reason::Timeout, read_more(s, buf, BODY_READ)).await?;
+            if n == 0 {
+                return Err(match body.framing {
+                    Framing::Close => Reason::ContentMismatch,
+                    Framing::Length(_) | Framing::Chunked => Reason::ProxyClosed,
+                }
+                .into());
+            }
         }
     }
 }

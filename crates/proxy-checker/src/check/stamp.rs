@@ -131,9 +131,14 @@ impl Stamped {
     }
 
     /// Resolves when a byte (or the peer's close) is there to read, without reading it: a
-    /// peek, since the runtime's readiness can stay set from the last read.
-    pub async fn readable(&self) -> io::Result<()> {
-        self.io.peek(&mut [0u8; 1]).await.map(drop)
+    /// peek, since the runtime's readiness can stay set from the last read. Polled, not an
+    /// `async fn` over `TcpStream::peek`: thousands of checks wait here at once, and this
+    /// future is a reference (`peek`'s holds a waiter node and its own state).
+    pub fn readable(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        std::future::poll_fn(move |cx| {
+            let mut byte = [0u8; 1];
+            self.io.poll_peek(cx, &mut ReadBuf::new(&mut byte)).map_ok(drop)
+        })
     }
 
     /// Whether arrivals are stamped by the kernel (else by the read's return).
