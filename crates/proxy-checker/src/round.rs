@@ -119,8 +119,10 @@ impl RoundContext {
         let mut alive_per_source = vec![0u64; self.sources.len()];
         let mut relabelled_per_source = vec![0u64; self.sources.len()];
         // A relabelled proxy may turn out to be one another source listed under the right
-        // protocol: the pool keeps it once.
-        let mut alive_keys: std::collections::HashSet<crate::proxy::DedupKey> = std::collections::HashSet::new();
+        // protocol: the pool keeps it once. Fingerprints of the keys, as in `Dedupe`
+        // (8 bytes a live proxy).
+        let fingerprints = std::hash::RandomState::new();
+        let mut alive_keys: std::collections::HashSet<u64> = std::collections::HashSet::new();
         // Such duplicates: a duplicate listing, not a proxy of its own (not counted alive).
         let mut relabelled_duplicates: u64 = 0;
         let mut sink = |v: Verdict| {
@@ -132,7 +134,9 @@ impl RoundContext {
             {
                 *n = n.saturating_add(1);
             }
-            if v.is_alive() && !alive_keys.insert(v.candidate.proxy.dedup_key()) {
+            if v.is_alive()
+                && !alive_keys.insert(std::hash::BuildHasher::hash_one(&fingerprints, v.candidate.proxy.dedup_key()))
+            {
                 relabelled_duplicates = relabelled_duplicates.saturating_add(1);
                 return;
             }

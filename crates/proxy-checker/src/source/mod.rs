@@ -235,10 +235,27 @@ pub struct Found {
 /// random per process), not the key: 8 bytes a proxy instead of a copy of it, which matters
 /// because the set lives while checks run. Two different proxies share a fingerprint with
 /// a chance of about n²/2⁶⁵ (3·10⁻⁸ for a million), and would then be counted as one.
-#[derive(Debug, Default)]
+///
+/// The fingerprints are spread over [`DEDUPE_SHARDS`] sets by their top bits: a set that
+/// grows copies itself into one twice its size, and one set of a million would hold
+/// 9 MiB and 18 MiB at once at that moment; a shard's growth costs 1/64 of that. (Each
+/// insert also takes one shard's lock, not the whole set's.)
+#[derive(Debug)]
 pub struct Dedupe {
-    seen: Mutex<HashSet<u64>>,
+    shards: Box<[Mutex<HashSet<u64>>]>,
     keys: std::hash::RandomState,
+}
+
+/// See [`Dedupe`].
+pub const DEDUPE_SHARDS: usize = 64;
+/// A fingerprint shifted right by this is its shard: its top 6 bits.
+const SHARD_SHIFT: u32 = 58;
+const _: () = assert!(DEDUPE_SHARDS == 1 << (u64::BITS - SHARD_SHIFT));
+
+impl Default for Dedupe {
+    fn default() -> Self {
+        Self { shards: (0..DEDUPE_SHARDS).map(|_| Mutex::default()).collect(), keys: Default::default() }
+    }
 }
 
 impl Dedupe {
@@ -246,12 +263,29 @@ impl Dedupe {
     pub fn admit(&self, proxy: &Proxy) -> bool {
         use std::hash::BuildHasher;
         let fingerprint = self.keys.hash_one(proxy.dedup_key());
-        self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(fingerprint)
+        // The top bits pick the shard (the set hashes the fingerprint again for its own
+        // buckets, so no shard's buckets are left unused).
+        let shard = fingerprint.checked_shr(SHARD_SHIFT).and_then(|s| usize::try_from(s).ok()).unwrap_or(0);
+        self.shards
+            .get(shard)
+            .map(|set| set.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(fingerprint))
+            .unwrap_or(true)
     }
 
     /// Forgets everything (every source is in): the memory goes back before checks end.
     pub fn release(&self) {
-        *self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = HashSet::new();
+        for set in &self.shards {
+            *set.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = HashSet::new();
+        }
+    }
+
+    /// Fingerprints held.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|set| set.lock().unwrap_or_else(std::sync::PoisonError::into_inner).len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -457,6 +491,30 @@ pub async fn gather(
 #[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    /// Each distinct proxy is admitted once, however the sources repeat it (the same
+    /// address under another protocol is another proxy); the fingerprints spread over
+    /// every shard; a release forgets them all.
+    #[test]
+    fn dedupe_admits_each_proxy_once_across_its_shards() {
+        let opts = ParseOptions { default_protocol: Protocol::Http, allow_private: true, max_proxies: usize::MAX };
+        let proxy = |i: u32, scheme: &str| {
+            let [_, a, b, c] = i.to_be_bytes();
+            parse::parse_token(&format!("{scheme}://10.{a}.{b}.{c}:8080"), opts).unwrap()
+        };
+        let seen = Dedupe::default();
+        let n = 20_000;
+        assert!((0..n).all(|i| seen.admit(&proxy(i, "http"))), "each new proxy is admitted");
+        assert!((0..n).all(|i| !seen.admit(&proxy(i, "http"))), "and never again");
+        assert!(seen.admit(&proxy(7, "socks5")), "another protocol is another proxy");
+        assert_eq!(seen.len(), 20_001);
+        let per_shard: Vec<usize> = seen.shards.iter().map(|s| s.lock().unwrap().len()).collect();
+        // 312 a shard on average; every shard used, none with a share far from it.
+        assert!(per_shard.iter().all(|&k| (150..600).contains(&k)), "{per_shard:?}");
+        seen.release();
+        assert!(seen.is_empty());
+        assert!(seen.admit(&proxy(1, "http")), "forgotten after a release");
+    }
 
     #[test]
     fn error_chains_say_each_cause_once() {
