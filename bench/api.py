@@ -118,7 +118,7 @@ http {{ access_log off; server {{ listen 127.0.0.1:{nport}; root {www}; location
             compared.append((name, query, threads, size, api_rows, ngx_rows, old_rows))
         med = lambda rows, k: statistics.median(r[k] for r in rows)
         if a.only == "compare":
-            return report(a, compared, wver, nver, alive)
+            return report(a, compared, wver, nver, alive, hwm=(hwm, round_ms))
 
         # The same load while POST /reload runs rounds back to back.
         done = {"rounds": 0}
@@ -183,7 +183,7 @@ http {{ access_log off; server {{ listen 127.0.0.1:{nport}; root {www}; location
     write_report("api.md", "\n".join(out))
 
 
-def report(a, compared, wver, nver, alive, final=True):
+def report(a, compared, wver, nver, alive, final=True, hwm=None):
     """The comparison with nginx as Markdown; written out when `final`."""
     med = lambda rows, k: statistics.median(r[k] for r in rows)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -214,6 +214,9 @@ def report(a, compared, wver, nver, alive, final=True):
                        f"| {med(old_rows, 'rps') / med(ngx_rows, 'rps'):.2f} "
                        f"| {med(api_rows, 'rps') / med(old_rows, 'rps'):.2f} |")
     out += ["", "Targets: ratio ≥ 1.0, p99 at most nginx's + 1 ms (issue 15); medians of the runs.", ""]
+    if hwm:
+        out += [f"Peak RSS (VmHWM) of `serve` through its first {alive}-proxy round ({hwm[1]} ms): "
+                f"**{hwm[0]:.1f} MiB**.", ""]
     if final:
         write_report("api.md", "\n".join(out))
     return out
