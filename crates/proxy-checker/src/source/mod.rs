@@ -263,8 +263,9 @@ impl Dedupe {
     pub fn admit(&self, proxy: &Proxy) -> bool {
         use std::hash::BuildHasher;
         let fingerprint = self.keys.hash_one(proxy.dedup_key());
-        // The top bits pick the shard (the set hashes the fingerprint again for its own
-        // buckets, so no shard's buckets are left unused).
+        // The top bits pick the shard. The set hashes the fingerprint again for its own
+        // buckets (keep it so: with a pass-through hasher every entry of a shard would
+        // share its top bits, which hashbrown's control bytes are made of).
         let shard = fingerprint.checked_shr(SHARD_SHIFT).and_then(|s| usize::try_from(s).ok()).unwrap_or(0);
         self.shards
             .get(shard)

@@ -413,11 +413,15 @@ async fn get_proxy_answers_alike_by_the_hot_route_and_the_router() {
             }
         }
     }
-    // The JSON list is what serde writes for the entries, in order.
+    // The JSON list (its entries rendered once each) holds every live proxy. That its bytes
+    // are the router's is checked above; that they are serde's, by
+    // `snapshot::tests::entry_json_is_what_serde_writes` (a parse and a re-serialization
+    // here could differ in a float's last digit: serde_json's default float parse is not
+    // exact).
     let (_, _, _, listed) = ask("?format=json&all=1", Some(KEY), false).await;
     let v: Value = serde_json::from_str(&listed).unwrap();
-    assert_eq!(v.as_array().unwrap().len(), 3, "{listed}");
-    assert_eq!(serde_json::to_string(&v).unwrap().len(), listed.len(), "compact, as serde_json writes it");
+    let alive = h.stat().await["pool"]["alive"].as_u64();
+    assert_eq!(v.as_array().map(|a| a.len() as u64), alive, "{listed}");
     ok += 1.0;
     // HEAD goes through the router: a 200 with the head only.
     let r = h.http.head(format!("{}/get-proxy", h.base)).header("X-Api-Key", KEY).send().await.unwrap();
