@@ -1,11 +1,11 @@
 //! The API's front door: serves each accepted connection with hyper, HTTP/1.1 only (the
 //! listener's slowloris and eviction rules assume one request at a time on a connection;
-//! `axum::serve` also took HTTP/2 with prior knowledge), and answers `GET /get-proxy`, the route clients call once per
-//! request they make, itself: the same admission ([`super::admission`]), handler
-//! ([`routes::get_proxy_answer`]) and metrics as through the router, without the router's
-//! per-request machinery (route matching, boxed services cloned per request, two
-//! middleware futures, a timer). Every other request — and a `/get-proxy` that carries a
-//! body or is not a GET — goes to the axum router, which has the same route.
+//! `axum::serve` also took HTTP/2 with prior knowledge), and answers `GET /get-proxy`, the
+//! route clients call once per request they make, itself: the same admission
+//! ([`super::admission`]), handler ([`routes::get_proxy_answer`]) and metrics as through the
+//! router, without the router's per-request machinery (route matching, boxed services cloned
+//! per request, two middleware futures, a timer). Every other request — and a `/get-proxy`
+//! that carries a body or is not a GET — goes to the axum router, which has the same route.
 //!
 //! Profile and figures: docs/PERFORMANCE.md ("Where `/get-proxy`'s time goes").
 
