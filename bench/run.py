@@ -157,7 +157,8 @@ def side_by_side(out, what, rows, base, key, unit, higher_is_better):
     out.append(f"Side by side with the baseline `{BASELINE}`, alternating against the same farm: {what} "
                f"this build {n:.1f} {unit} (runs: {', '.join(f'{r[key]:.1f}' for r in rows)}), baseline "
                f"{b:.1f} {unit} (runs: {', '.join(f'{r[key]:.1f}' for r in base)}); this ÷ baseline "
-               f"**{(n / b) if b else float('nan'):.3f}** ({'higher' if higher_is_better else 'lower'} is better).\n")
+               f"**{f'{n / b:.3f}' if b else ('equal' if n == b else '—')}** "
+               f"({'higher' if higher_is_better else 'lower'} is better).\n")
 
 
 def throughput(reps, out):

@@ -161,6 +161,9 @@ fn loopback(addr: SocketAddr) -> bool {
     }
 }
 
+/// Listeners sharing the simulated proxies' port (see [`Farm::start`]).
+const PROXY_LISTENERS: usize = 8;
+
 async fn accept_loop<F, Fut>(listener: TcpListener, cancel: CancellationToken, on_conn: F)
 where
     F: Fn(TcpStream, SocketAddr) -> Fut + Send + 'static,
@@ -203,14 +206,23 @@ impl Farm {
 
         let judge_l = TcpListener::bind("127.0.0.1:0").await?;
         let judge_tls_l = TcpListener::bind("127.0.0.1:0").await?;
-        let proxy_l = {
+        // Several listeners on the proxies' one port (SO_REUSEPORT): the kernel spreads
+        // connections over their accept queues, each capped at `net.core.somaxconn`
+        // (4,096 here), so a checker's burst of tens of thousands of SYNs is not dropped by
+        // the farm (which the checker would rightly call connect timeouts).
+        let mut proxy_ls = Vec::with_capacity(PROXY_LISTENERS);
+        let mut proxy_port = 0;
+        for _ in 0..PROXY_LISTENERS {
             let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
             s.set_reuse_address(true)?;
+            s.set_reuse_port(true)?;
             s.set_nonblocking(true)?;
-            s.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
+            s.bind(&SocketAddr::from(([0, 0, 0, 0], proxy_port)).into())?;
             s.listen(65_535)?;
-            TcpListener::from_std(s.into())?
-        };
+            let l = TcpListener::from_std(s.into())?;
+            proxy_port = l.local_addr()?.port();
+            proxy_ls.push(l);
+        }
         // Bound, never listening: every SYN is answered with a reset.
         let refused = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
         refused.bind(&SocketAddr::from(([0, 0, 0, 0], 0)).into())?;
@@ -253,13 +265,13 @@ impl Farm {
             killed: Mutex::new(HashMap::new()),
         });
         let cancel = CancellationToken::new();
-        let proxy_port = proxy_l.local_addr()?.port();
-
-        let sh = shared.clone();
-        tokio::spawn(accept_loop(proxy_l, cancel.clone(), move |s, _| {
-            sh.connections.fetch_add(1, Ordering::Relaxed);
-            proxy::handle(sh.clone(), s)
-        }));
+        for proxy_l in proxy_ls {
+            let sh = shared.clone();
+            tokio::spawn(accept_loop(proxy_l, cancel.clone(), move |s, _| {
+                sh.connections.fetch_add(1, Ordering::Relaxed);
+                proxy::handle(sh.clone(), s)
+            }));
+        }
         let sh = shared.clone();
         tokio::spawn(accept_loop(judge_l, cancel.clone(), move |s, peer| http::serve_conn(sh.clone(), s, peer)));
         let sh = shared.clone();
