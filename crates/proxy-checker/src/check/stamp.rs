@@ -380,6 +380,20 @@ mod tests {
     use std::io::{Read, Write};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+    /// A stamped connection to a peer thread running `peer` on the accepted end; returns it,
+    /// when the connect began, and the peer's thread.
+    async fn stamped_to(
+        peer: impl FnOnce(std::net::TcpStream) + Send + 'static,
+    ) -> (Stamped, Instant, std::thread::JoinHandle<()>) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let peer = std::thread::spawn(move || peer(l.accept().unwrap().0));
+        let start = Instant::now();
+        let io = TcpStream::connect(addr).await.unwrap();
+        let connected = connect_completed(&io, start);
+        (Stamped::new(io, connected), start, peer)
+    }
+
     /// An answer that waits in the socket while we are busy is timed at its arrival; our
     /// delay before writing is not the peer's. Busy = the runtime's only thread blocked;
     /// every bound below follows from sleeps' lower bounds and the peer's signal, not from
@@ -387,11 +401,8 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn arrivals_are_stamped_and_our_turns_left_out() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
         let (wrote, written) = std::sync::mpsc::channel();
-        let peer = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
+        let (mut s, start, peer) = stamped_to(move |mut s| {
             let mut b = [0u8; 4];
             for _ in 0..2 {
                 s.read_exact(&mut b).unwrap();
@@ -399,11 +410,8 @@ mod tests {
                 s.write_all(b"pong").unwrap();
                 wrote.send(()).unwrap();
             }
-        });
-        let start = Instant::now();
-        let io = TcpStream::connect(addr).await.unwrap();
-        let connected = connect_completed(&io, start);
-        let mut s = Stamped::new(io, connected);
+        })
+        .await;
         assert!(s.kernel_clock(), "SO_TIMESTAMPNS on TCP (Linux ≥ 2.6)");
         for round in 0..2 {
             // We dawdle 150 ms before writing: our turn.
@@ -438,13 +446,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn bytes_there_before_a_request_are_told_apart() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
         let (early_sent, early) = std::sync::mpsc::channel();
         let (stamping, stamped) = std::sync::mpsc::channel::<()>();
         let (go, answer_now) = std::sync::mpsc::channel::<()>();
-        let peer = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
+        let (mut s, _, peer) = stamped_to(move |mut s| {
             // Only once our socket stamps arrivals: bytes that came before nobody asked
             // for a stamp carry none (the kernel then tells nothing and the read's return
             // stands in, which is after the request).
@@ -455,11 +460,8 @@ mod tests {
             s.write_all(b"pong").unwrap();
             let mut b = [0u8; 8];
             let _ = s.read(&mut b);
-        });
-        let start = Instant::now();
-        let io = TcpStream::connect(addr).await.unwrap();
-        let connected = connect_completed(&io, start);
-        let mut s = Stamped::new(io, connected);
+        })
+        .await;
         stamping.send(()).unwrap();
         early.recv().unwrap();
         // Margin for the two clock readings that place an arrival (they err later).
