@@ -423,6 +423,37 @@ async fn get_proxy_answers_alike_by_the_hot_route_and_the_router() {
     let alive = h.stat().await["pool"]["alive"].as_u64();
     assert_eq!(v.as_array().map(|a| a.len() as u64), alive, "{listed}");
     ok += 1.0;
+    // Request shapes a library client does not send, written by hand: an absolute-form
+    // target (as sent to a proxy), an empty chunked body (which goes to the router), a
+    // lower-case key header, the key in the query percent-encoded. All answer as the plain
+    // origin-form request does.
+    let raw = async |head: &str| {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut c = tokio::net::TcpStream::connect(h.base.trim_start_matches("http://")).await.unwrap();
+        c.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        c.read_to_end(&mut answer).await.unwrap();
+        let answer = String::from_utf8(answer).unwrap();
+        let status = answer.split(' ').nth(1).unwrap_or_default().to_string();
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    };
+    let close = "Host: x\r\nConnection: close\r\n";
+    let plain = raw(&format!("GET /get-proxy?order=fastest HTTP/1.1\r\n{close}X-Api-Key: {KEY}\r\n\r\n")).await;
+    assert_eq!(plain.0, "200", "{plain:?}");
+    let encoded_key: String = KEY.bytes().map(|b| format!("%{b:02X}")).collect();
+    for head in [
+        format!("GET http://x/get-proxy?order=fastest HTTP/1.1\r\n{close}X-Api-Key: {KEY}\r\n\r\n"),
+        format!(
+            "GET /get-proxy?order=fastest HTTP/1.1\r\n{close}X-Api-Key: {KEY}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        ),
+        format!("GET /get-proxy?order=fastest HTTP/1.1\r\n{close}x-api-key: {KEY}\r\nContent-Length: 0\r\n\r\n"),
+        format!("GET /get-proxy?order=fastest&api_key={encoded_key} HTTP/1.1\r\n{close}\r\n"),
+    ] {
+        assert_eq!(raw(&head).await, plain, "{head:?}");
+        ok += 1.0;
+    }
+    ok += 1.0;
     // HEAD goes through the router: a 200 with the head only.
     let r = h.http.head(format!("{}/get-proxy", h.base)).header("X-Api-Key", KEY).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
